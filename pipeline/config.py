@@ -1,0 +1,420 @@
+"""The feature config: what the columns are, how to measure them, how to embed them.
+
+A user describes the columns once, in TOML. `load_config` parses and validates the file
+before any pipeline starts and returns a `Config`; every mistake is a `ConfigError` that
+names the file and the key. The pipeline writes the resolved config next to its output as
+JSON (`Config.to_dict`), so the planner and the trainer read exactly what the pipeline used.
+
+This module is pure Python (no TensorFlow, no Beam) so it loads in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+INPUT_FORMATS = ("csv", "jsonl", "tfrecord", "parquet")
+LABEL_TYPES = ("binary", "regression")
+FEATURE_TYPES = ("categorical", "sequence", "numeric")
+TRUNCATE_MODES = ("keep_first", "keep_last")
+COMBINERS = ("mean", "sum", "sqrtn")
+OPTIMIZERS = ("adagrad", "adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """How raw records are read.
+
+    Attributes:
+      format: one of csv, jsonl, tfrecord, parquet.
+      list_delimiter: how a csv cell holds a sequence ("a b c").
+      field_delimiter: the csv field separator.
+    """
+
+    format: str = "csv"
+    list_delimiter: str = " "
+    field_delimiter: str = ","
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Train/eval split by a stable hash of one column, so a key's rows never straddle.
+
+    Attributes:
+      eval_fraction: share of keys that go to eval, in [0, 1).
+      key: the column hashed; it need not be a feature.
+    """
+
+    eval_fraction: float = 0.1
+    key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """Attributes:
+    name: the label column.
+    type: binary (0/1, sigmoid loss, AUC) or regression (MSE, RMSE).
+    """
+
+    name: str
+    type: str = "binary"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """One input column.
+
+    Attributes:
+      name: the column name in the raw data.
+      type: categorical (one value a row), sequence (a list of values) or numeric.
+      vocabulary: the vocabulary (and embedding table) it shares; defaults to its own name.
+      truncate: for sequences, which end survives max_sequence_length.
+      max_sequence_length: for sequences, a fixed length that overrides the measured one.
+    """
+
+    name: str
+    type: str
+    vocabulary: str | None = None
+    truncate: str = "keep_last"
+    max_sequence_length: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabularyConfig:
+    """How one vocabulary is computed and embedded.
+
+    Attributes:
+      top_k: keep at most this many most frequent values.
+      frequency_threshold: drop values seen fewer times than this.
+      num_oov_buckets: hash buckets for values outside the vocabulary.
+      dimension: embedding dimension for this vocabulary's table; None uses [embedding].
+    """
+
+    top_k: int = 100_000
+    frequency_threshold: int = 1
+    num_oov_buckets: int = 1
+    dimension: int | str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+    """Attributes:
+    length_coverage: max_sequence_length is the smallest L with at least this share of
+      sequences no longer than L.
+    """
+
+    length_coverage: float = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig:
+    """How tables are embedded and trained on the TPU.
+
+    Attributes:
+      dimension: an int, or "auto" (a rule from the vocabulary size, see embedding.planner).
+      combiner: how a sequence's embeddings are pooled: mean, sum or sqrtn.
+      optimizer: adagrad, adam or sgd, for the embedding tables.
+      learning_rate: the embedding tables' learning rate.
+      clip_weight_min: optional lower clip of embedding weights.
+      clip_weight_max: optional upper clip of embedding weights.
+    """
+
+    dimension: int | str = "auto"
+    combiner: str = "mean"
+    optimizer: str = "adagrad"
+    learning_rate: float = 0.05
+    clip_weight_min: float | None = None
+    clip_weight_max: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole feature config.
+
+    Attributes:
+      input: how raw records are read.
+      split: how rows are split into train and eval.
+      label: the label column.
+      features: the feature columns, in config order.
+      vocabulary_defaults: defaults for every vocabulary.
+      vocabulary_overrides: per-vocabulary settings, by vocabulary name.
+      sequence: how max_sequence_length is chosen.
+      embedding: how tables are embedded.
+    """
+
+    input: InputConfig
+    split: SplitConfig
+    label: LabelConfig
+    features: tuple[FeatureConfig, ...]
+    vocabulary_defaults: VocabularyConfig = VocabularyConfig()
+    vocabulary_overrides: dict[str, VocabularyConfig] = dataclasses.field(default_factory=dict)
+    sequence: SequenceConfig = SequenceConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+
+    def feature(self, name: str) -> FeatureConfig:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    def vocabulary_of(self, feature: FeatureConfig) -> str:
+        """The vocabulary a categorical or sequence feature uses (its own name by default)."""
+        return feature.vocabulary or feature.name
+
+    def vocabularies(self) -> dict[str, list[str]]:
+        """Vocabulary name -> the names of the features that share it, sorted."""
+        vocabularies: dict[str, list[str]] = {}
+        for feature in self.features:
+            if feature.type != "numeric":
+                vocabularies.setdefault(self.vocabulary_of(feature), []).append(feature.name)
+        return {name: sorted(features) for name, features in sorted(vocabularies.items())}
+
+    def vocabulary_config(self, vocabulary: str) -> VocabularyConfig:
+        return self.vocabulary_overrides.get(vocabulary, self.vocabulary_defaults)
+
+    def columns(self) -> list[str]:
+        """Every raw column the pipeline reads: features, label and split key."""
+        names = [f.name for f in self.features] + [self.label.name]
+        if self.split.key and self.split.key not in names:
+            names.append(self.split.key)
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _take(table: dict[str, Any], cls: type, where: str, source: str) -> Any:
+    """Builds dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {where}.{unknown[0]}; known keys in [{where}] are: "
+            f"{', '.join(sorted(fields))}"
+        )
+    for key, value in table.items():
+        expected = {"int": int, "float": float, "str": str}.get(fields[key].type)
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{source}: {where}.{key} must be a single value, got {value!r}")
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            table = {**table, key: float(value)}
+        elif expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{source}: {where}.{key} must be an integer, got {value!r}")
+        elif expected is str and not isinstance(value, str):
+            raise ConfigError(f"{source}: {where}.{key} must be a string, got {value!r}")
+    try:
+        return cls(**table)
+    except TypeError as e:
+        missing = [
+            name
+            for name, f in fields.items()
+            if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and name not in table
+        ]
+        raise ConfigError(f"{source}: [{where}] is missing required key {missing}") from e
+
+
+def _one_of(value: Any, choices: tuple[str, ...], key: str, source: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{source}: {key} = {value!r} is not one of {', '.join(choices)}")
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Builds and validates a `Config` from parsed TOML.
+
+    Args:
+      data: the parsed TOML document.
+      source: the file name, for error messages.
+
+    Returns:
+      The validated config.
+
+    Raises:
+      ConfigError: on any unknown key, unknown type, or inconsistent setting; the message
+        names the source and the key.
+    """
+    known = {"input", "split", "label", "feature", "vocabulary", "sequence", "embedding"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section [{unknown[0]}]; known sections are: "
+            f"{', '.join(sorted(known))}"
+        )
+    for section in ("input", "split", "label", "vocabulary", "sequence", "embedding"):
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+
+    input_config = _take(data.get("input", {}), InputConfig, "input", source)
+    _one_of(input_config.format, INPUT_FORMATS, "input.format", source)
+    if input_config.format != "csv":
+        raise ConfigError(
+            f"{source}: input.format = {input_config.format!r} is not supported yet; "
+            "use csv"
+        )
+    if len(input_config.field_delimiter) != 1:
+        raise ConfigError(f"{source}: input.field_delimiter must be one character")
+    if not input_config.list_delimiter:
+        raise ConfigError(f"{source}: input.list_delimiter must not be empty")
+    if input_config.list_delimiter == input_config.field_delimiter:
+        raise ConfigError(f"{source}: input.list_delimiter must differ from field_delimiter")
+
+    if "label" not in data:
+        raise ConfigError(f"{source}: missing [label] section (name and type of the label)")
+    label = _take(data["label"], LabelConfig, "label", source)
+    _one_of(label.type, LABEL_TYPES, "label.type", source)
+
+    raw_features = data.get("feature", [])
+    if not isinstance(raw_features, list) or not raw_features:
+        raise ConfigError(f"{source}: no [[feature]] entries; describe at least one feature")
+    features = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_features):
+        where = f"feature[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: {where} must be a table")
+        if "name" in raw:
+            where = f"feature[{i}] ({raw['name']!r})"
+        feature = _take(raw, FeatureConfig, where, source)
+        _one_of(feature.type, FEATURE_TYPES, f"{where}.type", source)
+        _one_of(feature.truncate, TRUNCATE_MODES, f"{where}.truncate", source)
+        if feature.name in seen:
+            raise ConfigError(f"{source}: feature {feature.name!r} is described twice")
+        seen.add(feature.name)
+        if feature.name == label.name:
+            raise ConfigError(
+                f"{source}: {feature.name!r} is the label and cannot also be a feature"
+            )
+        if feature.vocabulary is not None and not isinstance(feature.vocabulary, str):
+            raise ConfigError(f"{source}: {where}.vocabulary must be a string")
+        if feature.type == "numeric" and feature.vocabulary is not None:
+            raise ConfigError(
+                f"{source}: numeric feature {feature.name!r} cannot have a vocabulary; "
+                "remove feature.vocabulary or make it categorical"
+            )
+        if feature.max_sequence_length is not None:
+            if feature.type != "sequence":
+                raise ConfigError(
+                    f"{source}: {where}.max_sequence_length is only for sequence features"
+                )
+            length = feature.max_sequence_length
+            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+                raise ConfigError(f"{source}: {where}.max_sequence_length must be an integer >= 1")
+        features.append(feature)
+    numeric = {f.name for f in features if f.type == "numeric"}
+    clash = sorted(numeric & {f.vocabulary for f in features if f.vocabulary})
+    if clash:
+        raise ConfigError(
+            f"{source}: vocabulary {clash[0]!r} is also the name of a numeric feature; "
+            "a vocabulary holds categorical or sequence features only"
+        )
+
+    split = _take(data.get("split", {}), SplitConfig, "split", source)
+    if not 0.0 <= split.eval_fraction < 1.0:
+        raise ConfigError(f"{source}: split.eval_fraction must be in [0, 1)")
+    if not split.key:
+        raise ConfigError(f"{source}: split.key must name the column rows are split by")
+
+    vocabulary_section = dict(data.get("vocabulary", {}))
+    overrides_raw = {k: v for k, v in vocabulary_section.items() if isinstance(v, dict)}
+    defaults_raw = {k: v for k, v in vocabulary_section.items() if not isinstance(v, dict)}
+    defaults = _take(defaults_raw, VocabularyConfig, "vocabulary", source)
+    vocabulary_names = {f.vocabulary or f.name for f in features if f.type != "numeric"}
+    overrides = {}
+    for name, raw in overrides_raw.items():
+        if name not in vocabulary_names:
+            raise ConfigError(
+                f"{source}: [vocabulary.{name}] names no vocabulary; vocabularies are: "
+                f"{', '.join(sorted(vocabulary_names))}"
+            )
+        overrides[name] = _take(
+            {**dataclasses.asdict(defaults), **raw}, VocabularyConfig, f"vocabulary.{name}", source
+        )
+    for name, vocab in [("vocabulary", defaults)] + [
+        (f"vocabulary.{k}", v) for k, v in overrides.items()
+    ]:
+        if vocab.top_k < 1:
+            raise ConfigError(f"{source}: {name}.top_k must be >= 1")
+        if vocab.frequency_threshold < 1:
+            raise ConfigError(f"{source}: {name}.frequency_threshold must be >= 1")
+        if vocab.num_oov_buckets < 0:
+            raise ConfigError(f"{source}: {name}.num_oov_buckets must be >= 0")
+        _check_dimension(vocab.dimension, f"{name}.dimension", source, allow_none=True)
+
+    sequence = _take(data.get("sequence", {}), SequenceConfig, "sequence", source)
+    if not 0.0 < sequence.length_coverage <= 1.0:
+        raise ConfigError(f"{source}: sequence.length_coverage must be in (0, 1]")
+
+    embedding = _take(data.get("embedding", {}), EmbeddingConfig, "embedding", source)
+    _check_dimension(embedding.dimension, "embedding.dimension", source)
+    _one_of(embedding.combiner, COMBINERS, "embedding.combiner", source)
+    _one_of(embedding.optimizer, OPTIMIZERS, "embedding.optimizer", source)
+    if embedding.learning_rate <= 0:
+        raise ConfigError(f"{source}: embedding.learning_rate must be > 0")
+
+    return Config(
+        input=input_config,
+        split=split,
+        label=label,
+        features=tuple(features),
+        vocabulary_defaults=defaults,
+        vocabulary_overrides=overrides,
+        sequence=sequence,
+        embedding=embedding,
+    )
+
+
+def _check_dimension(value: Any, key: str, source: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{source}: {key} must be a positive integer or \"auto\", got {value!r}")
+
+
+def load_config(path: str | Path) -> Config:
+    """Reads and validates a TOML config file.
+
+    Raises:
+      ConfigError: the file is missing, is not valid TOML, or does not validate.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return parse_config(data, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuilds a `Config` from `Config.to_dict()` output (the pipeline's config.json)."""
+    return Config(
+        input=InputConfig(**data["input"]),
+        split=SplitConfig(**data["split"]),
+        label=LabelConfig(**data["label"]),
+        features=tuple(FeatureConfig(**f) for f in data["features"]),
+        vocabulary_defaults=VocabularyConfig(**data["vocabulary_defaults"]),
+        vocabulary_overrides={
+            k: VocabularyConfig(**v) for k, v in data["vocabulary_overrides"].items()
+        },
+        sequence=SequenceConfig(**data["sequence"]),
+        embedding=EmbeddingConfig(**data["embedding"]),
+    )
+
+
+def read_pipeline_config(pipeline_output: str) -> Config:
+    """Reads the config the pipeline wrote into its output directory."""
+    from pipeline import artifacts
+
+    return config_from_dict(artifacts.read_json(pipeline_output, artifacts.CONFIG))

@@ -1,0 +1,120 @@
+"""Vectorized measurement of raw record batches, as Beam combiners.
+
+Each record batch is measured with pyarrow and numpy in one go (lengths, numeric moments,
+per-batch token counts), so the per-row Python cost stays in parsing alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import Config
+
+
+def _empty() -> dict[str, Any]:
+    return {"rows": 0, "lengths": {}, "numeric": {}}
+
+
+def measure_batch(batch: pa.RecordBatch, config: Config) -> dict[str, Any]:
+    """Row count, per-sequence length counts and per-numeric moments of one batch."""
+    result = _empty()
+    result["rows"] = batch.num_rows
+    for feature in config.features:
+        column = batch.column(batch.schema.get_field_index(feature.name))
+        if feature.type == "sequence":
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            counts = np.bincount(lengths.astype(np.int64)) if len(lengths) else []
+            result["lengths"][feature.name] = Counter(
+                {int(n): int(c) for n, c in enumerate(counts) if c}
+            )
+        elif feature.type == "numeric":
+            values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
+            result["numeric"][feature.name] = (
+                [len(values), float(values.sum()), float((values**2).sum()),
+                 float(values.min()), float(values.max())]
+                if len(values) else [0, 0.0, 0.0, float("inf"), float("-inf")]
+            )
+    return result
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    a["rows"] += b["rows"]
+    for name, counts in b["lengths"].items():
+        a["lengths"].setdefault(name, Counter()).update(counts)
+    for name, (n, s, sq, lo, hi) in b["numeric"].items():
+        if name in a["numeric"]:
+            n0, s0, sq0, lo0, hi0 = a["numeric"][name]
+            a["numeric"][name] = [n0 + n, s0 + s, sq0 + sq, min(lo0, lo), max(hi0, hi)]
+        else:
+            a["numeric"][name] = [n, s, sq, lo, hi]
+    return a
+
+
+class MeasureBatches(beam.CombineFn):
+    """Combines record batches into exact row, length and numeric totals."""
+
+    def __init__(self, config: Config):
+        self._config = config
+
+    def create_accumulator(self) -> dict[str, Any]:
+        return _empty()
+
+    def add_input(self, accumulator, batch):
+        return _merge(accumulator, measure_batch(batch, self._config))
+
+    def merge_accumulators(self, accumulators):
+        merged = _empty()
+        for accumulator in accumulators:
+            _merge(merged, accumulator)
+        return merged
+
+    def extract_output(self, accumulator):
+        return {
+            "rows": accumulator["rows"],
+            "lengths": {k: {str(n): c for n, c in sorted(v.items())}
+                        for k, v in accumulator["lengths"].items()},
+            "numeric": accumulator["numeric"],
+        }
+
+
+def token_counts(batch: pa.RecordBatch, config: Config) -> Iterator[tuple[tuple[str, bytes], int]]:
+    """((vocabulary, token), count) for every distinct token of each vocabulary in a batch."""
+    for vocabulary, features in config.vocabularies().items():
+        values = pa.concat_arrays([
+            pc.list_flatten(batch.column(batch.schema.get_field_index(name)))
+            for name in features
+        ])
+        if len(values) == 0:
+            continue
+        counted = pc.value_counts(values)
+        tokens = counted.field("values").to_pylist()
+        counts = counted.field("counts").to_pylist()
+        for token, count in zip(tokens, counts, strict=True):
+            yield (vocabulary, token), count
+
+
+class CountFrequencies(beam.PTransform):
+    """Record batches -> (vocabulary, [(frequency, distinct values seen that often), ...])."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self._config = config
+
+    def expand(self, batches):
+        return (
+            batches
+            | "TokenCounts" >> beam.FlatMap(token_counts, self._config)
+            | "SumPerToken" >> beam.CombinePerKey(sum)
+            | "KeyByFrequency" >> beam.Map(lambda kv: ((kv[0][0], kv[1]), 1))
+            | "CountPerFrequency" >> beam.CombinePerKey(sum)
+            | "KeyByVocabulary" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+            | "GroupFrequencies" >> beam.GroupByKey()
+            | "SortFrequencies" >> beam.MapTuple(lambda vocab, pairs: (vocab, sorted(pairs)))
+        )

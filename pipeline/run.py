@@ -1,0 +1,365 @@
+"""The measuring pipeline: raw CSV -> vocabularies, exact statistics, transformed TFRecords.
+
+Locally, on the DirectRunner:
+
+    python -m pipeline --config examples/clicks/features.toml \
+        --input 'examples/clicks/data/clicks.csv' --output runs/clicks
+
+On Dataflow, the same command with Beam's options (they pass through untouched):
+
+    python -m pipeline --config features.toml --input 'gs://BUCKET/raw/*.csv.gz' \
+        --output gs://BUCKET/clicks --runner DataflowRunner --project P --region R \
+        --temp_location gs://BUCKET/tmp --setup_file ./setup.py
+
+OUTPUT receives the tf.Transform artifacts (transform_fn/, transformed_metadata/), the
+transformed tf.Examples (data/train-*.tfrecord.gz, data/eval-*.tfrecord.gz), every unusable
+row with its reason (rejected/), stats.json, the resolved config.json and, last, _SUCCESS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import artifacts, decode, statistics
+from pipeline.config import Config, ConfigError, load_config
+
+LOG = logging.getLogger("pipeline")
+
+REJECTED = "rejected"
+MEASUREMENTS = "measurements.json"
+DEFAULT_BATCH_SIZE = 2048
+
+
+class InputError(ValueError):
+    """Input files that are missing, empty, or do not match the config."""
+
+
+def match_inputs(patterns: Sequence[str]) -> list[str]:
+    """Every file the patterns match, sorted.
+
+    Raises:
+      InputError: a pattern matches no file.
+    """
+    files = []
+    for pattern in patterns:
+        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        if not matched:
+            raise InputError(f"--input {pattern!r} matches no file")
+        files.extend(sorted(matched))
+    return files
+
+
+def read_header(path: str, config: Config) -> list[str]:
+    """The header row of one CSV file (plain or compressed).
+
+    Raises:
+      InputError: the file is empty or its header lacks a column the config needs.
+    """
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        first = f.readline().decode("utf-8-sig").rstrip("\r\n")
+    if not first:
+        raise InputError(f"{path}: the file is empty; a CSV input needs a header row")
+    header = decode.parse_header(first, config.input.field_delimiter)
+    try:
+        decode.check_header(header, config, path)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return header
+
+
+class ParseRows(beam.DoFn):
+    """(file, line) -> the train output, or the tagged eval or rejected outputs."""
+
+    def __init__(self, config: Config, header: list[str]):
+        self._config = config
+        self._header = header
+        self._rows = beam.metrics.Metrics.counter("pipeline", "rows_read")
+        self._rejected = beam.metrics.Metrics.counter("pipeline", "rows_rejected")
+
+    def setup(self):
+        self._decoder = decode.CsvRowDecoder(self._config, self._header)
+
+    def process(self, element):
+        source, raw = element
+        self._rows.inc()
+        try:
+            line = raw.decode("utf-8")
+            split, values = self._decoder.decode(line)
+        except (UnicodeDecodeError, decode.RowError) as e:
+            self._rejected.inc()
+            reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+            yield beam.pvalue.TaggedOutput(
+                REJECTED,
+                {"file": source, "row": raw.decode("utf-8", "replace"), "reason": reason},
+            )
+            return
+        if split == decode.TRAIN:
+            yield values
+        else:
+            yield beam.pvalue.TaggedOutput(decode.EVAL, values)
+
+
+def _write_json(value: Any, path: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(value, sort_keys=True).encode("utf-8"))
+
+
+def _single(label: str, key: str):
+    return label >> beam.Map(lambda value: (key, value))
+
+
+def build(
+    p: beam.Pipeline,
+    config: Config,
+    files: Sequence[str],
+    header: list[str],
+    output: str,
+    work_dir: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Adds the whole measuring and transforming graph to pipeline `p`."""
+    import tensorflow_transform.beam as tft_beam
+    from tfx_bsl.coders import example_coder
+
+    from pipeline import features, measure
+    from pipeline.preprocessing import PreprocessingFn
+
+    adapter_config = features.tensor_adapter_config(config)
+    schema = adapter_config.arrow_schema
+
+    reads = [
+        p | f"ReadRaw{i}" >> beam.io.ReadFromTextWithFilename(
+            path, skip_header_lines=1, coder=beam.coders.BytesCoder()
+        )
+        for i, path in enumerate(files)
+    ]
+    lines = reads | "FlattenInputs" >> beam.Flatten()
+    rows = lines | "ParseRows" >> beam.ParDo(ParseRows(config, header)).with_outputs(
+        REJECTED, decode.EVAL, main=decode.TRAIN
+    )
+
+    def to_batches(split_rows, name):
+        return (
+            split_rows
+            | f"Batch{name}" >> beam.BatchElements(
+                min_batch_size=batch_size, max_batch_size=batch_size
+            )
+            | f"{name}ToArrow" >> beam.Map(decode.to_record_batch, schema)
+        )
+
+    train = to_batches(rows[decode.TRAIN], "Train")
+    eval_ = to_batches(rows[decode.EVAL], "Eval")
+
+    with tft_beam.Context(temp_dir=artifacts.join(work_dir, "tft")):
+        (train_out, _), transform_fn = (
+            train, adapter_config
+        ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+            PreprocessingFn(config), output_record_batches=True
+        )
+        eval_out, _ = (
+            (eval_, adapter_config), transform_fn
+        ) | "TransformEval" >> tft_beam.TransformDataset(output_record_batches=True)
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
+
+    for name, transformed in (("Train", train_out), ("Eval", eval_out)):
+        _ = (
+            transformed
+            | f"Encode{name}" >> beam.FlatMap(
+                lambda batch: example_coder.RecordBatchToExamples(batch[0])
+            )
+            | f"Write{name}" >> beam.io.WriteToTFRecord(
+                artifacts.join(output, artifacts.DATA_DIR, name.lower()),
+                file_name_suffix=artifacts.TFRECORD_SUFFIX,
+            )
+        )
+
+    rejected = rows[REJECTED]
+    _ = (
+        rejected
+        | "FormatRejected" >> beam.Map(json.dumps, sort_keys=True)
+        | "WriteRejected" >> beam.io.WriteToText(
+            artifacts.join(output, artifacts.REJECTED_DIR, "rejected"),
+            file_name_suffix=".jsonl",
+        )
+    )
+
+    measurements = [
+        lines | "CountRead" >> beam.combiners.Count.Globally() | _single("KeyRead", "read"),
+        rejected
+        | "CountRejected" >> beam.combiners.Count.Globally()
+        | _single("KeyRejected", "rejected"),
+        rejected
+        | "Reasons" >> beam.Map(lambda r: r["reason"])
+        | "CountReasons" >> beam.combiners.Count.PerElement()
+        | "ListReasons" >> beam.combiners.ToList()
+        | _single("KeyReasons", "reasons"),
+        train
+        | "MeasureTrain" >> beam.CombineGlobally(measure.MeasureBatches(config))
+        | _single("KeyTrain", "train"),
+        eval_
+        | "EvalRows" >> beam.Map(lambda batch: batch.num_rows)
+        | "CountEval" >> beam.CombineGlobally(sum)
+        | _single("KeyEval", "eval"),
+        train
+        | "CountFrequencies" >> measure.CountFrequencies(config)
+        | "ListFrequencies" >> beam.combiners.ToList()
+        | _single("KeyFrequencies", "frequencies"),
+    ]
+    _ = (
+        measurements
+        | "FlattenMeasurements" >> beam.Flatten()
+        | "CollectMeasurements" >> beam.combiners.ToDict()
+        | "WriteMeasurements" >> beam.Map(
+            _write_json, artifacts.join(work_dir, MEASUREMENTS)
+        )
+    )
+
+
+def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[str, int]) -> dict:
+    """stats.json from the pipeline's measurements and the written vocabulary sizes."""
+    train = measured["train"]
+    frequencies = dict(measured["frequencies"])
+    stats: dict[str, Any] = {
+        "rows": {
+            "read": measured["read"],
+            "train": train["rows"],
+            "eval": measured["eval"],
+            "rejected": measured["rejected"],
+        },
+        "rejected_reasons": dict(sorted(measured["reasons"], key=lambda r: (-r[1], r[0]))),
+        "vocabularies": {},
+        "sequences": {},
+        "numeric": {},
+        "label": {"name": config.label.name, "type": config.label.type},
+    }
+    for vocabulary, names in config.vocabularies().items():
+        settings = config.vocabulary_config(vocabulary)
+        summary = statistics.vocabulary_summary(
+            frequencies.get(vocabulary, []), settings.top_k, settings.frequency_threshold
+        )
+        size = vocabulary_sizes[vocabulary]
+        if size != summary["expected_size"]:
+            LOG.warning(
+                "vocabulary %s: tf.Transform wrote %d entries, the frequency counts expect %d",
+                vocabulary, size, summary["expected_size"],
+            )
+        stats["vocabularies"][vocabulary] = {
+            "features": names,
+            "size": size,
+            "num_oov_buckets": settings.num_oov_buckets,
+            "distinct_values": summary["distinct_values"],
+            "tokens": summary["tokens"],
+            "oov_rate": summary["oov_rate"],
+            "coverage": summary["coverage"],
+            "top_k": settings.top_k,
+            "frequency_threshold": settings.frequency_threshold,
+        }
+    for feature in config.features:
+        if feature.type == "sequence":
+            histogram = train["lengths"].get(feature.name, {})
+            stats["sequences"][feature.name] = statistics.sequence_summary(histogram)
+        elif feature.type == "numeric":
+            moments = train["numeric"].get(feature.name, [0, 0.0, 0.0, 0.0, 0.0])
+            stats["numeric"][feature.name] = statistics.numeric_summary(*moments)
+    return stats
+
+
+def _prepare_output(output: str, overwrite: bool) -> None:
+    if FileSystems.exists(output):
+        if not overwrite:
+            raise InputError(
+                f"--output {output} already exists; pass --overwrite to replace it"
+            )
+        LOG.info("Removing the existing %s (--overwrite)", output)
+        FileSystems.delete([output])
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description=(
+            "Measure raw data and transform it for training: shared vocabularies, exact "
+            "sequence-length statistics, transformed TFRecords. Any other flag is a Beam "
+            "pipeline option (--runner DataflowRunner --project P --region R ...)."
+        ),
+    )
+    parser.add_argument("--config", required=True, help="the feature config (TOML)")
+    parser.add_argument(
+        "--input", required=True, action="append",
+        help="a file pattern of raw CSV files (local or gs://, .gz allowed); repeat for more",
+    )
+    parser.add_argument("--output", required=True, help="the output directory (local or gs://)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output directory"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+        help="rows per record batch fed to tf.Transform (default %(default)s)",
+    )
+    return parser.parse_known_args(argv)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the pipeline; returns the stats written to OUTPUT/stats.json."""
+    args, beam_args = parse_args(argv)
+    config = load_config(args.config)
+    files = match_inputs(args.input)
+    header = read_header(files[0], config)
+    for path in files[1:]:
+        other = read_header(path, config)
+        if other != header:
+            raise InputError(
+                f"{path}: its header differs from {files[0]}'s; every input file must have "
+                "the same columns in the same order"
+            )
+    output = args.output.rstrip("/")
+    _prepare_output(output, args.overwrite)
+    work_dir = artifacts.join(output, ".work")
+    LOG.info("Reading %d file(s); writing to %s", len(files), output)
+
+    import tensorflow_transform as tft
+
+    started = time.time()
+    options = PipelineOptions(beam_args, save_main_session=False)
+    with beam.Pipeline(options=options) as p:
+        build(p, config, files, header, output, work_dir, args.batch_size)
+    LOG.info("Beam pipeline finished in %.1f s", time.time() - started)
+
+    measured = json.loads(artifacts.read_text(work_dir, MEASUREMENTS))
+    transform_output = tft.TFTransformOutput(output)
+    sizes = {
+        name: int(transform_output.vocabulary_size_by_name(name))
+        for name in config.vocabularies()
+    }
+    stats = summarize(config, measured, sizes)
+    artifacts.write_json(output, artifacts.STATS, stats)
+    artifacts.write_json(output, artifacts.CONFIG, config.to_dict())
+    FileSystems.delete([work_dir])
+    artifacts.write_text(output, artifacts.SUCCESS, "")
+    rows = stats["rows"]
+    LOG.info(
+        "Rows: %d read, %d train, %d eval, %d rejected", rows["read"], rows["train"],
+        rows["eval"], rows["rejected"],
+    )
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        stats = run(argv)
+    except (ConfigError, InputError) as e:
+        LOG.error("%s", e)
+        return 2
+    print(json.dumps({"rows": stats["rows"]}, indent=2))
+    return 0

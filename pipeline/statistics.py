@@ -1,0 +1,147 @@
+"""Exact statistics maths: sequence-length histograms, quantiles, vocabulary coverage.
+
+Pure Python, no TensorFlow, Beam or Arrow: the pipeline feeds it exact counts and the
+embedding planner reuses `coverage_length`, so the quantiles in stats.json and the planned
+`max_sequence_length` follow one rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+from typing import Any
+
+QUANTILES = ("0.5", "0.9", "0.95", "0.99")
+
+
+def _histogram(histogram: Mapping[Any, int]) -> list[tuple[int, int]]:
+    """(length, count) pairs sorted by length, with int keys (JSON gives strings)."""
+    return sorted((int(length), int(count)) for length, count in histogram.items() if count)
+
+
+def coverage_length(histogram: Mapping[Any, int], coverage: float) -> int:
+    """The smallest L such that at least `coverage` of the sequences are no longer than L.
+
+    Exact: the share is compared as a fraction of integers, so a coverage of 0.95 over 20
+    sequences is met by 19 of them, not missed by a rounding error.
+
+    Args:
+      histogram: sequence length -> number of sequences of that length.
+      coverage: the share of sequences that must fit, in (0, 1].
+
+    Returns:
+      The length; 0 when there are no sequences or all are empty.
+    """
+    pairs = _histogram(histogram)
+    total = sum(count for _, count in pairs)
+    if total == 0:
+        return 0
+    needed = math.ceil(Fraction(repr(float(coverage))) * total)
+    seen = 0
+    for length, count in pairs:
+        seen += count
+        if seen >= needed:
+            return length
+    return pairs[-1][0]
+
+
+def sequence_summary(histogram: Mapping[Any, int]) -> dict[str, Any]:
+    """The stats.json entry of one sequence feature, from its exact length histogram."""
+    pairs = _histogram(histogram)
+    count = sum(c for _, c in pairs)
+    ids = sum(length * c for length, c in pairs)
+    return {
+        "count": count,
+        "empty": dict(pairs).get(0, 0),
+        "min": pairs[0][0] if pairs else 0,
+        "max": pairs[-1][0] if pairs else 0,
+        "mean": ids / count if count else 0.0,
+        "ids": ids,
+        "quantiles": {q: coverage_length(histogram, float(q)) for q in QUANTILES},
+        "histogram": {str(length): c for length, c in pairs},
+    }
+
+
+def truncation(histogram: Mapping[Any, int], length: int) -> dict[str, float]:
+    """What capping sequences at `length` costs and saves.
+
+    Returns:
+      padding_efficiency: real ids kept / (sequences x length), the share of a padded
+        [rows, length] batch that holds data (1.0 when length is 0).
+      truncated_fraction: share of sequences longer than `length`.
+      dropped_id_fraction: share of all ids cut off by the cap.
+    """
+    pairs = _histogram(histogram)
+    count = sum(c for _, c in pairs)
+    ids = sum(n * c for n, c in pairs)
+    kept = sum(min(n, length) * c for n, c in pairs)
+    truncated = sum(c for n, c in pairs if n > length)
+    return {
+        "padding_efficiency": kept / (count * length) if count and length else 1.0,
+        "truncated_fraction": truncated / count if count else 0.0,
+        "dropped_id_fraction": (ids - kept) / ids if ids else 0.0,
+    }
+
+
+def vocabulary_summary(
+    frequency_counts: Iterable[tuple[int, int]], top_k: int, frequency_threshold: int
+) -> dict[str, Any]:
+    """Vocabulary figures from the frequency of frequencies.
+
+    Which values tf.Transform keeps among values of equal frequency does not change how many
+    tokens the kept values cover, so the counts of counts are enough to get the size and the
+    out-of-vocabulary share exactly.
+
+    Args:
+      frequency_counts: (frequency, number of distinct values seen that often) pairs.
+      top_k: the vocabulary keeps at most this many values, the most frequent.
+      frequency_threshold: values seen fewer times are left out.
+
+    Returns:
+      distinct_values, tokens, expected_size (entries after top_k and threshold),
+      in_vocabulary_tokens, oov_rate, and coverage: the share of tokens covered by the top k
+      values, for k at powers of two (the coverage curve of the report).
+    """
+    pairs = sorted(
+        ((int(f), int(n)) for f, n in frequency_counts if n), key=lambda p: -p[0]
+    )
+    distinct = sum(n for _, n in pairs)
+    tokens = sum(f * n for f, n in pairs)
+    size = kept_tokens = 0
+    for frequency, n in pairs:
+        if frequency < frequency_threshold or size >= top_k:
+            break
+        take = min(n, top_k - size)
+        size += take
+        kept_tokens += take * frequency
+    coverage = {}
+    k, covered, ranked = 1, 0, 0
+    for frequency, n in pairs:
+        while k <= ranked + n:
+            coverage[str(k)] = (covered + (k - ranked) * frequency) / tokens
+            k *= 2
+        ranked += n
+        covered += frequency * n
+    if distinct:
+        coverage[str(distinct)] = 1.0
+    return {
+        "distinct_values": distinct,
+        "tokens": tokens,
+        "expected_size": size,
+        "in_vocabulary_tokens": kept_tokens,
+        "oov_rate": (tokens - kept_tokens) / tokens if tokens else 0.0,
+        "coverage": coverage,
+    }
+
+
+def numeric_summary(count: int, total: float, total_sq: float, low: float, high: float) -> dict:
+    mean = total / count if count else 0.0
+    variance = max(total_sq / count - mean * mean, 0.0) if count else 0.0
+    return {
+        "count": count,
+        "mean": mean,
+        "std": math.sqrt(variance),
+        "min": low if count else 0.0,
+        "max": high if count else 0.0,
+    }

@@ -75,7 +75,7 @@ def read_json(directory: str, name: str) -> Any:
 
 
 def write_json(directory: str, name: str, value: Any) -> str:
-    return write_text(directory, name, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    return write_text(directory, name, json.dumps(value, indent=2) + "\n")
 
 
 def require_complete(pipeline_output: str) -> None:

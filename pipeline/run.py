@@ -341,6 +341,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name: int(transform_output.vocabulary_size_by_name(name))
         for name in config.vocabularies()
     }
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+
+    from pipeline import features
+
+    metadata_io.write_metadata(
+        dataset_metadata.DatasetMetadata(features.raw_schema(config)),
+        artifacts.join(output, tft.TFTransformOutput.RAW_METADATA_DIR),
+    )
     stats = summarize(config, measured, sizes)
     artifacts.write_json(output, artifacts.STATS, stats)
     artifacts.write_json(output, artifacts.CONFIG, config.to_dict())

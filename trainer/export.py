@@ -1,0 +1,33 @@
+"""The serving signature: serialized RAW tf.Examples in, the transform graph applied inside.
+
+A client sends the raw columns (item ids as strings, the history as a list of strings, raw
+numbers); the SavedModel parses them with the raw schema, applies the tf.Transform graph the
+pipeline wrote (`TFTransformOutput.transform_raw_features`) and then the same feature
+preparation as training (negative ids dropped, sequences cut to the planned length).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from embedding.planner import EmbeddingPlan
+from trainer.inputs import prepare_features
+
+INPUT_NAME = "examples"
+
+
+def make_serving_input_receiver_fn(transform_output: tft.TFTransformOutput, plan: EmbeddingPlan):
+    raw_spec = dict(transform_output.raw_feature_spec())
+    raw_spec.pop(plan.label["name"], None)
+    used = set(plan.features) | set(plan.numeric_features)
+    raw_spec = {name: spec for name, spec in raw_spec.items() if name in used}
+
+    def serving_input_receiver_fn():
+        serialized = tf.compat.v1.placeholder(tf.string, shape=[None], name="input_example")
+        raw = tf.io.parse_example(serialized, raw_spec)
+        transformed = transform_output.transform_raw_features(raw, drop_unused_features=True)
+        features = prepare_features(transformed, plan)
+        return tf.estimator.export.ServingInputReceiver(features, {INPUT_NAME: serialized})
+
+    return serving_input_receiver_fn

@@ -1,0 +1,100 @@
+"""The `input_fn` over the transformed TFRecords.
+
+Batches are read, shuffled and parsed vectorized (batch first, then `parse_example`). Ids stay
+sparse int64: never padded with 0, which is the most frequent value's id. Each sequence is cut
+to its planned `max_sequence_length` here, keeping the end the plan says, because the TPU's
+embedding lookup truncates and the CPU's does not: doing it in the input makes both see the
+same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from embedding.planner import EmbeddingPlan
+
+SHUFFLE_BUFFER = 16_384
+
+
+def parse_spec(plan: EmbeddingPlan) -> dict:
+    """The transformed tf.Example spec the model reads: ids sparse, numbers and label dense."""
+    spec = {name: tf.io.VarLenFeature(tf.int64) for name in plan.features}
+    for name in plan.numeric_features:
+        spec[name] = tf.io.FixedLenFeature([], tf.float32)
+    spec[plan.label["name"]] = tf.io.FixedLenFeature([], tf.float32)
+    return spec
+
+
+def truncate(ids: tf.SparseTensor, length: int, keep: str) -> tf.SparseTensor:
+    """Keeps at most `length` ids a row: the first ones (keep_first) or the last (keep_last)."""
+    ragged = tf.RaggedTensor.from_sparse(ids)
+    kept = ragged[:, :length] if keep == "keep_first" else ragged[:, -length:]
+    return kept.to_sparse()
+
+
+def prepare_features(features: dict, plan: EmbeddingPlan) -> dict:
+    """Drops negative ids (values outside a vocabulary without OOV buckets) and truncates
+    sequences to their planned length. Used by training, evaluation and serving alike."""
+    prepared = {}
+    for name, feature in plan.features.items():
+        ids = features[name]
+        if not isinstance(ids, tf.SparseTensor):
+            ids = tf.sparse.from_dense(tf.reshape(tf.cast(ids, tf.int64), [-1, 1]))
+        ids = tf.sparse.retain(ids, tf.math.greater_equal(ids.values, 0))
+        if feature.type == "sequence":
+            ids = truncate(ids, feature.max_sequence_length, feature.truncate)
+        prepared[name] = ids
+    for name in plan.numeric_features:
+        prepared[name] = tf.reshape(tf.cast(features[name], tf.float32), [-1])
+    return prepared
+
+
+def make_input_fn(
+    file_pattern: str,
+    plan: EmbeddingPlan,
+    training: bool,
+    drop_remainder: bool = False,
+    num_epochs: int | None = None,
+    seed: int | None = None,
+) -> Callable:
+    """An Estimator `input_fn(params)`; the batch size comes from `params['batch_size']`
+    (TPUEstimator sets it per host).
+
+    Args:
+      file_pattern: the glob of gzip TFRecords of transformed tf.Examples.
+      plan: the embedding plan (which features, which lengths).
+      training: shuffle and repeat (forever, or `num_epochs` times).
+      drop_remainder: static batch shapes, as the TPU needs.
+      num_epochs: passes over the data; None repeats forever when training, once otherwise.
+      seed: shuffle seed, for reproducible order.
+    """
+    spec = parse_spec(plan)
+    label = plan.label["name"]
+
+    def input_fn(params):
+        batch_size = params["batch_size"]
+        files = tf.data.Dataset.list_files(file_pattern, shuffle=training, seed=seed)
+        dataset = files.interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+            cycle_length=4,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=not training,
+        )
+        if training:
+            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed)
+            dataset = dataset.repeat(num_epochs)
+        elif num_epochs:
+            dataset = dataset.repeat(num_epochs)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+        def parse(serialized):
+            parsed = tf.io.parse_example(serialized, spec)
+            labels = parsed.pop(label)
+            return prepare_features(parsed, plan), labels
+
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    return input_fn

@@ -1,0 +1,249 @@
+"""Train and evaluate with TPUEstimator on the pipeline's transformed TFRecords.
+
+On CPU (here, and for small runs):
+
+    python -m trainer.task --pipeline-output runs/clicks --model-dir runs/model \
+        --train-steps 2000
+
+On a Cloud TPU (the same model, the same checkpoints):
+
+    python -m trainer.task --pipeline-output gs://BUCKET/clicks --model-dir gs://BUCKET/model \
+        --train-steps 100000 --batch-size 4096 --use-tpu --tpu NAME
+
+MODEL_DIR receives the checkpoints, TensorBoard summaries, eval_metrics.json after each
+evaluation, the resolved training configuration and plan, and export/<timestamp>/, a SavedModel
+whose `serving_default` takes serialized raw tf.Examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from embedding.cli import load_or_make_plan
+from embedding.planner import EmbeddingPlan
+from pipeline import artifacts
+from pipeline.config import Config, read_pipeline_config
+
+LOG = logging.getLogger("trainer")
+
+EVAL_METRICS = "eval_metrics.json"
+TRAINING_CONFIG = "training_config.json"
+
+
+class TrainerError(ValueError):
+    """Inputs the trainer cannot train on; the message says what is wrong and what to do."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.task",
+        description="Train TPUEstimator on the pipeline's output, on a Cloud TPU or on CPU.",
+    )
+    parser.add_argument("--pipeline-output", required=True, help="the pipeline's OUTPUT")
+    parser.add_argument("--model-dir", required=True, help="checkpoints and exports (or gs://)")
+    parser.add_argument("--train-steps", type=int, required=True, help="total training steps")
+    parser.add_argument(
+        "--eval-steps", type=int, default=None,
+        help="evaluation batches (default: the whole eval split; required on TPU)",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--optimizer", choices=("adagrad", "adam", "sgd"), default="adagrad")
+    parser.add_argument(
+        "--hidden-units", default="128,64", help="DNN layer sizes, comma separated"
+    )
+    parser.add_argument("--use-tpu", action="store_true", help="train on a Cloud TPU")
+    parser.add_argument("--tpu", default=None, help="the TPU name (or grpc:// address)")
+    parser.add_argument("--tpu-zone", default=None)
+    parser.add_argument("--gcp-project", default=None)
+    parser.add_argument("--iterations-per-loop", type=int, default=100)
+    parser.add_argument("--save-checkpoints-steps", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--export", action=argparse.BooleanOptionalAction, default=True,
+        help="export a SavedModel that serves raw tf.Examples (default: on)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.hidden_units = [int(u) for u in args.hidden_units.split(",") if u.strip()]
+    except ValueError:
+        parser.error(f"--hidden-units must be integers separated by commas: {args.hidden_units}")
+    for flag in ("train_steps", "batch_size", "iterations_per_loop"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.use_tpu and not args.tpu:
+        parser.error("--use-tpu needs --tpu NAME")
+    if args.use_tpu and not args.eval_steps:
+        parser.error("--use-tpu needs --eval-steps (a TPU evaluates a fixed number of batches)")
+    return args
+
+
+def check_inputs(config: Config, plan: EmbeddingPlan, transformed_spec: dict) -> None:
+    """Refuses a plan that does not match the transformed data, before any training.
+
+    Raises:
+      TrainerError: a planned feature or the label is not in the transformed schema, or
+        has the wrong type, or the label type cannot be trained.
+    """
+    import tensorflow as tf
+
+    if plan.label["type"] not in ("binary", "regression"):
+        raise TrainerError(
+            f"label type {plan.label['type']!r} cannot be trained; use binary or regression"
+        )
+    if not plan.tables:
+        raise TrainerError("the plan has no embedding table; every categorical was dropped")
+    expected = {name: tf.int64 for name in plan.features}
+    expected.update({name: tf.float32 for name in plan.numeric_features})
+    expected[plan.label["name"]] = tf.float32
+    for name, dtype in expected.items():
+        spec = transformed_spec.get(name)
+        if spec is None:
+            raise TrainerError(
+                f"the plan uses {name!r} but the transformed data has no such feature; rerun "
+                "`python -m embedding --pipeline-output OUTPUT` on this pipeline output"
+            )
+        if spec.dtype != dtype:
+            raise TrainerError(
+                f"{name!r} is {spec.dtype.name} in the transformed data, the model needs "
+                f"{dtype.name}; rerun the pipeline and the planner"
+            )
+    if config.label.name != plan.label["name"]:
+        raise TrainerError(
+            f"the plan's label {plan.label['name']!r} is not the config's "
+            f"{config.label.name!r}; rerun the planner"
+        )
+
+
+def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Config):
+    """The TPUEstimator: TPU embeddings on a Cloud TPU with --use-tpu, on CPU without."""
+    import tensorflow as tf
+
+    from embedding.columns import create_embedding_config_spec, create_feature_columns
+    from trainer.model import create_model_fn
+
+    tpu = tf.compat.v1.estimator.tpu
+    cluster = None
+    if args.use_tpu:
+        cluster = tf.distribute.cluster_resolver.TPUClusterResolver(
+            args.tpu, zone=args.tpu_zone, project=args.gcp_project
+        )
+    run_config = tpu.RunConfig(
+        cluster=cluster,
+        model_dir=args.model_dir,
+        save_checkpoints_steps=args.save_checkpoints_steps,
+        tf_random_seed=args.seed,
+        log_step_count_steps=100,
+        tpu_config=tpu.TPUConfig(
+            iterations_per_loop=args.iterations_per_loop,
+            per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,
+        ),
+    )
+    columns = create_feature_columns(plan)
+    return tpu.TPUEstimator(
+        model_fn=create_model_fn(
+            plan,
+            hidden_units=args.hidden_units,
+            learning_rate=args.learning_rate,
+            optimizer=args.optimizer,
+            use_tpu=args.use_tpu,
+        ),
+        config=run_config,
+        use_tpu=args.use_tpu,
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        predict_batch_size=args.batch_size,
+        embedding_config_spec=create_embedding_config_spec(columns, config.embedding),
+        export_to_tpu=False,
+    )
+
+
+def _jsonable(metrics: dict) -> dict[str, Any]:
+    return {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
+
+
+def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains to --train-steps (resuming from MODEL_DIR's checkpoint), evaluates, exports.
+
+    Returns:
+      The evaluation metrics, plus `export_dir` when a model was exported.
+    """
+    artifacts.require_complete(args.pipeline_output)
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from trainer.export import make_serving_input_receiver_fn
+    from trainer.inputs import make_input_fn
+
+    config = read_pipeline_config(args.pipeline_output)
+    plan = load_or_make_plan(args.pipeline_output)
+    transform_output = tft.TFTransformOutput(args.pipeline_output)
+    check_inputs(config, plan, transform_output.transformed_feature_spec())
+
+    tf.io.gfile.makedirs(args.model_dir)
+    resolved = {k: v for k, v in vars(args).items()}
+    artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
+    artifacts.write_json(args.model_dir, artifacts.PLAN, plan.to_dict())
+
+    estimator = build_estimator(args, plan, config)
+    train_files = artifacts.data_pattern(args.pipeline_output, "train")
+    eval_files = artifacts.data_pattern(args.pipeline_output, "eval")
+    started = time.time()
+    step_before = _global_step(estimator)
+    estimator.train(
+        make_input_fn(train_files, plan, training=True, drop_remainder=args.use_tpu,
+                      seed=args.seed),
+        max_steps=args.train_steps,
+    )
+    steps = _global_step(estimator) - step_before
+    elapsed = time.time() - started
+    LOG.info(
+        "Trained %d steps in %.1f s (%.1f steps/s, %.0f examples/s)",
+        steps, elapsed, steps / max(elapsed, 1e-9), steps * args.batch_size / max(elapsed, 1e-9),
+    )
+
+    metrics = _jsonable(
+        estimator.evaluate(
+            make_input_fn(eval_files, plan, training=False, drop_remainder=args.use_tpu),
+            steps=args.eval_steps,
+        )
+    )
+    artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
+    if args.export:
+        export_base = artifacts.join(args.model_dir, "export")
+        path = estimator.export_saved_model(
+            export_base, make_serving_input_receiver_fn(transform_output, plan)
+        )
+        metrics["export_dir"] = path.decode() if isinstance(path, bytes) else path
+    return metrics
+
+
+def _global_step(estimator) -> int:
+    try:
+        return int(estimator.get_variable_value("global_step"))
+    except ValueError:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    args = parse_args(argv)
+    try:
+        metrics = train_and_evaluate(args)
+    except (TrainerError, artifacts.PipelineOutputError) as e:
+        LOG.error("%s", e)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+import pytest
+
+from pipeline.config import ConfigError, config_from_dict, load_config, parse_config
+from tests.conftest import EXAMPLE_CONFIG
+
+MINIMAL = {
+    "split": {"key": "user_id"},
+    "label": {"name": "clicked", "type": "binary"},
+    "feature": [
+        {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+        {"name": "history", "type": "sequence", "vocabulary": "items"},
+        {"name": "price", "type": "numeric"},
+    ],
+}
+
+
+def with_changes(**sections):
+    data = {k: (list(v) if isinstance(v, list) else dict(v)) for k, v in MINIMAL.items()}
+    data.update(sections)
+    return data
+
+
+def test_example_config_loads_with_shared_vocabulary():
+    config = load_config(EXAMPLE_CONFIG)
+    vocabularies = config.vocabularies()
+    assert vocabularies["items"] == ["history", "item_id"]
+    assert vocabularies["device"] == ["device"]
+    assert config.vocabulary_config("user_id").frequency_threshold == 2
+    assert config.vocabulary_config("user_id").top_k == 100000  # inherits the defaults
+    assert config.feature("history").truncate == "keep_last"
+
+
+def test_defaults_and_round_trip_through_json():
+    config = parse_config(with_changes())
+    assert config.input.format == "csv"
+    assert config.sequence.length_coverage == 0.95
+    assert config.embedding.dimension == "auto"
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_integer_accepted_where_float_expected():
+    config = parse_config(with_changes(sequence={"length_coverage": 1}))
+    assert config.sequence.length_coverage == 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (with_changes(bogus={}), "unknown section [bogus]"),
+        (with_changes(split={"key": "user_id", "fraction": 0.1}), "unknown key split.fraction"),
+        (with_changes(label={"name": "clicked", "type": "ordinal"}), "label.type = 'ordinal'"),
+        (
+            with_changes(feature=[{"name": "x", "type": "embedding"}]),
+            "feature[0] ('x').type = 'embedding'",
+        ),
+        (
+            with_changes(feature=[{"name": "x", "type": "categorical", "dim": 4}]),
+            "unknown key feature[0] ('x').dim",
+        ),
+        (
+            with_changes(feature=[{"name": "clicked", "type": "numeric"}]),
+            "'clicked' is the label and cannot also be a feature",
+        ),
+        (
+            with_changes(feature=[{"name": "p", "type": "numeric", "vocabulary": "v"}]),
+            "numeric feature 'p' cannot have a vocabulary",
+        ),
+        (
+            with_changes(
+                feature=[
+                    {"name": "p", "type": "numeric"},
+                    {"name": "c", "type": "categorical", "vocabulary": "p"},
+                ]
+            ),
+            "vocabulary 'p' is also the name of a numeric feature",
+        ),
+        (with_changes(feature=[]), "no [[feature]] entries"),
+        (
+            with_changes(feature=[{"name": "a", "type": "categorical"}] * 2),
+            "feature 'a' is described twice",
+        ),
+        (with_changes(split={"key": "u", "eval_fraction": 1.5}), "split.eval_fraction"),
+        (with_changes(split={}), "split.key must name the column"),
+        (with_changes(vocabulary={"top_k": 0}), "vocabulary.top_k must be >= 1"),
+        (with_changes(vocabulary={"top_k": "many"}), "vocabulary.top_k must be an integer"),
+        (
+            with_changes(vocabulary={"nope": {"top_k": 5}}),
+            "[vocabulary.nope] names no vocabulary",
+        ),
+        (with_changes(embedding={"dimension": 0}), "embedding.dimension must be a positive"),
+        (with_changes(embedding={"dimension": "big"}), "embedding.dimension must be a positive"),
+        (with_changes(embedding={"combiner": "max"}), "embedding.combiner = 'max'"),
+        (with_changes(sequence={"length_coverage": 0}), "sequence.length_coverage"),
+        (with_changes(input={"format": "xml"}), "input.format = 'xml'"),
+        (
+            with_changes(
+                feature=[{"name": "c", "type": "categorical", "max_sequence_length": 5}]
+            ),
+            "max_sequence_length is only for sequence features",
+        ),
+        ({"feature": MINIMAL["feature"]}, "missing [label] section"),
+    ],
+)
+def test_invalid_configs_name_the_key(data, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, source="my.toml")
+    assert message in str(error.value)
+    assert str(error.value).startswith("my.toml: ")
+
+
+def test_load_config_names_the_file(write_config, tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "missing.toml")
+    broken = write_config("[label\nname = 1\n")
+    with pytest.raises(ConfigError, match=f"{broken}: not valid TOML"):
+        load_config(broken)
+
+
+def test_dimension_accepts_int_per_vocabulary(write_config):
+    path = write_config(
+        """
+        [split]
+        key = "u"
+        [label]
+        name = "y"
+        [[feature]]
+        name = "c"
+        type = "categorical"
+        [vocabulary.c]
+        dimension = 12
+        [embedding]
+        dimension = 32
+        """
+    )
+    config = load_config(path)
+    assert config.vocabulary_config("c").dimension == 12
+    assert config.embedding.dimension == 32

@@ -1,0 +1,164 @@
+"""The whole chain on 2,000 generated rows: pipeline, plan, 20 training steps, export, serve.
+
+One real Beam pipeline, one real TPUEstimator (on CPU), one real SavedModel; the module-scoped
+fixture runs them once and the tests check what each stage wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from embedding.cli import plan_pipeline_output
+from examples.clicks.generate import generate, write_csv
+from pipeline import artifacts
+from pipeline.run import run as run_pipeline
+from tests.conftest import EXAMPLE_CONFIG
+from trainer import task
+
+pytestmark = pytest.mark.slow
+
+ROWS = 2000
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    data = str(root / "clicks.csv")
+    write_csv(data, generate(ROWS, seed=11))
+    output = str(root / "pipeline")
+    stats = run_pipeline(
+        ["--config", str(EXAMPLE_CONFIG), "--input", data, "--output", output]
+    )
+    plan = plan_pipeline_output(output)
+    model_dir = str(root / "model")
+    metrics = task.train_and_evaluate(
+        task.parse_args(
+            ["--pipeline-output", output, "--model-dir", model_dir, "--train-steps", "20",
+             "--batch-size", "64"]
+        )
+    )
+    return {"data": data, "output": output, "stats": stats, "plan": plan,
+            "model_dir": model_dir, "metrics": metrics}
+
+
+def test_pipeline_writes_every_artifact(chain):
+    output = chain["output"]
+    for name in ("transform_fn", "transformed_metadata", "stats.json", "config.json",
+                 "_SUCCESS", "rejected"):
+        assert os.path.exists(os.path.join(output, name)), name
+    assert glob.glob(os.path.join(output, "data", "train-*.tfrecord.gz"))
+    assert glob.glob(os.path.join(output, "data", "eval-*.tfrecord.gz"))
+    assert not os.path.exists(os.path.join(output, ".work"))
+    transform_output = tft.TFTransformOutput(output)
+    assert transform_output.transformed_feature_spec()["history"] == tf.io.VarLenFeature(
+        tf.int64
+    )
+    assert transform_output.raw_feature_spec()["history"] == tf.io.VarLenFeature(tf.string)
+
+
+def test_rows_add_up(chain):
+    rows = chain["stats"]["rows"]
+    assert rows["read"] == ROWS
+    assert rows["read"] == rows["train"] + rows["eval"] + rows["rejected"]
+    assert rows["rejected"] == 0
+    assert 0.05 < rows["eval"] / ROWS < 0.2
+    on_disk = artifacts.read_json(chain["output"], "stats.json")
+    assert on_disk["rows"] == rows
+
+
+def _transformed_rows(output, split):
+    spec = tft.TFTransformOutput(output).transformed_feature_spec()
+    files = sorted(glob.glob(os.path.join(output, "data", f"{split}-*.tfrecord.gz")))
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(512)
+    for batch in dataset.map(lambda s: tf.io.parse_example(s, spec)):
+        yield batch
+
+
+def test_length_histogram_equals_an_independent_count(chain):
+    # Count history lengths in the transformed train TFRecords, and all lengths in the raw CSV.
+    train_counts = Counter()
+    rows = 0
+    for batch in _transformed_rows(chain["output"], "train"):
+        lengths = tf.sparse.reduce_sum(
+            tf.sparse.map_values(tf.ones_like, batch["history"]), axis=1
+        ).numpy()
+        rows += len(lengths)
+        train_counts.update(int(n) for n in lengths)
+    summary = chain["stats"]["sequences"]["history"]
+    assert summary["histogram"] == {str(n): c for n, c in sorted(train_counts.items())}
+    assert summary["count"] == rows == chain["stats"]["rows"]["train"]
+    with open(chain["data"]) as f:
+        raw = Counter(len(r["history"].split()) for r in csv.DictReader(f))
+    eval_counts = Counter()
+    for batch in _transformed_rows(chain["output"], "eval"):
+        lengths = tf.sparse.reduce_sum(
+            tf.sparse.map_values(tf.ones_like, batch["history"]), axis=1
+        ).numpy()
+        eval_counts.update(int(n) for n in lengths)
+    assert train_counts + eval_counts == raw
+
+
+def test_vocabulary_is_shared_and_sized_from_the_file(chain):
+    output = chain["output"]
+    vocabulary = tft.TFTransformOutput(output).vocabulary_by_name("items")
+    with open(chain["data"]) as f:
+        train_or_eval_items = set()
+        for r in csv.DictReader(f):
+            train_or_eval_items.update(r["history"].split())
+            train_or_eval_items.add(r["item_id"])
+    assert set(v.decode() for v in vocabulary) <= train_or_eval_items
+    stats_items = chain["stats"]["vocabularies"]["items"]
+    assert stats_items["features"] == ["history", "item_id"]
+    assert stats_items["size"] == len(vocabulary)
+    plan = artifacts.read_json(output, "embedding_plan.json")
+    assert plan["tables"]["items"]["features"] == ["history", "item_id"]
+    assert plan["tables"]["items"]["vocabulary_size"] == len(vocabulary) + 1
+    assert plan["features"]["history"]["table"] == plan["features"]["item_id"]["table"]
+    longest = chain["stats"]["sequences"]["history"]["max"]
+    assert 0 < plan["features"]["history"]["max_sequence_length"] < longest
+
+
+def test_training_wrote_metrics_and_checkpoint(chain):
+    metrics = json.loads(open(os.path.join(chain["model_dir"], "eval_metrics.json")).read())
+    assert metrics["global_step"] == 20
+    assert 0.0 <= metrics["auc"] <= 1.0
+    assert np.isfinite(metrics["loss"])
+    assert tf.train.latest_checkpoint(chain["model_dir"]).endswith("-20")
+    saved_plan = json.loads(open(os.path.join(chain["model_dir"], "embedding_plan.json")).read())
+    assert saved_plan == chain["plan"].to_dict()
+
+
+def _raw_example(row):
+    example = tf.train.Example()
+    feature = example.features.feature
+    for name in ("item_id", "user_id", "device"):
+        feature[name].bytes_list.value.append(row[name].encode())
+    feature["history"].bytes_list.value.extend(t.encode() for t in row["history"].split())
+    feature["price"].float_list.value.append(float(row["price"]))
+    return example.SerializeToString()
+
+
+def test_exported_model_serves_raw_examples(chain):
+    export_dir = chain["metrics"]["export_dir"]
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    with open(chain["data"]) as f:
+        rows = [r for _, r in zip(range(8), csv.DictReader(f), strict=False)]
+    rows.append({"item_id": "never-seen", "user_id": "new-user", "device": "fridge",
+                 "history": "", "price": "3.5"})
+    rows.append({"item_id": "i1", "user_id": "u1", "device": "mobile",
+                 "history": " ".join(["i2"] * 3000), "price": "1e3"})
+    probabilities = serve(examples=tf.constant([_raw_example(r) for r in rows]))[
+        "probabilities"
+    ].numpy()
+    assert probabilities.shape == (len(rows),)
+    assert np.all((probabilities > 0) & (probabilities < 1))
+    assert len(set(np.round(probabilities, 6))) > 1

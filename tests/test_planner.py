@@ -1,0 +1,156 @@
+import json
+import time
+
+import pytest
+
+from embedding.planner import EmbeddingPlan, PlanError, auto_dimension, format_plan, make_plan
+from pipeline.config import parse_config
+
+
+def config(**overrides):
+    data = {
+        "split": {"key": "user_id"},
+        "label": {"name": "clicked"},
+        "feature": [
+            {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+            {"name": "history", "type": "sequence", "vocabulary": "items"},
+            {"name": "device", "type": "categorical"},
+            {"name": "user_id", "type": "categorical"},
+            {"name": "price", "type": "numeric"},
+        ],
+        "vocabulary": {"num_oov_buckets": 2},
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+def vocab(size, distinct=None, features=()):
+    return {
+        "features": list(features), "size": size, "num_oov_buckets": 2,
+        "distinct_values": size if distinct is None else distinct, "tokens": 10 * size,
+        "oov_rate": 0.0,
+    }
+
+
+def sequence(histogram):
+    lengths = [int(k) for k, v in histogram.items() if v]
+    return {"histogram": histogram, "max": max(lengths) if lengths else 0}
+
+
+def stats(history=None, device_size=3, user_distinct=60, rows=100):
+    return {
+        "rows": {"read": rows, "train": rows, "eval": 0, "rejected": 0},
+        "vocabularies": {
+            "items": vocab(5000),
+            "device": vocab(device_size),
+            "user_id": vocab(user_distinct, user_distinct),
+        },
+        "sequences": {
+            "history": sequence(history or {"0": 10, "5": 85, "40": 4, "400": 1}),
+        },
+    }
+
+
+def test_shared_table_sizes_are_entries_plus_oov_as_ints():
+    plan = make_plan(stats(), config())
+    items = plan.tables["items"]
+    assert items.features == ["history", "item_id"]
+    assert items.vocabulary_size == 5002
+    assert type(items.vocabulary_size) is int and type(items.dimension) is int
+    assert plan.features["item_id"].table == "items"
+    assert plan.features["item_id"].max_sequence_length == 0
+    assert plan.numeric_features == ["price"]
+
+
+def test_length_from_coverage_exactly_met():
+    # 95 of 100 sequences are <= 5 long.
+    plan = make_plan(stats(), config())
+    history = plan.features["history"]
+    assert history.max_sequence_length == 5
+    assert history.length_source == "coverage"
+    assert history.truncated_fraction == pytest.approx(0.05)
+    # kept ids: 85*5 + 4*5 + 1*5 = 450 of 85*5 + 160 + 400 = 985
+    assert history.dropped_id_fraction == pytest.approx(1 - 450 / 985)
+    assert history.padding_efficiency == pytest.approx(450 / (100 * 5))
+    assert history.longest == 400
+    assert history.longest_padding_efficiency == pytest.approx(985 / (100 * 400))
+    assert make_plan(stats(), config(), length_coverage=0.96).features[
+        "history"
+    ].max_sequence_length == 40
+
+
+def test_config_length_override_wins():
+    cfg = config(
+        feature=[
+            {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+            {"name": "history", "type": "sequence", "vocabulary": "items",
+             "max_sequence_length": 50, "truncate": "keep_first"},
+        ]
+    )
+    plan = make_plan(stats(), cfg)
+    assert plan.features["history"].max_sequence_length == 50
+    assert plan.features["history"].length_source == "config"
+    assert plan.features["history"].truncate == "keep_first"
+
+
+def test_empty_only_sequence_is_dropped_and_table_keeps_the_rest():
+    plan = make_plan(stats(history={"0": 100}), config())
+    assert "history" not in plan.features
+    assert "empty" in plan.dropped["history"]
+    assert plan.tables["items"].features == ["item_id"]
+
+
+def test_one_value_vocabulary_is_dropped():
+    plan = make_plan(stats(device_size=1), config())
+    assert "device" not in plan.tables
+    assert "1 value(s)" in plan.dropped["device"]
+
+
+def test_id_like_feature_is_flagged():
+    plan = make_plan(stats(user_distinct=90, rows=100), config())
+    assert any(note.startswith("user_id:") and "id-like" in note for note in plan.notes)
+    assert not make_plan(stats(user_distinct=20), config()).notes
+
+
+def test_dimension_rules():
+    assert auto_dimension(4) == 8
+    assert auto_dimension(5000) == 48
+    assert auto_dimension(10**6) == 192
+    assert auto_dimension(10**12) == 512
+    plan = make_plan(stats(), config(vocabulary={"items": {"dimension": 20}}))
+    assert plan.tables["items"].dimension == 20
+    assert plan.tables["items"].dimension_source == "config"
+    assert plan.tables["device"].dimension_source == "auto"
+    assert make_plan(stats(), config(embedding={"dimension": 24})).tables["device"].dimension == 24
+    overridden = make_plan(stats(), config(), dimension=16)
+    assert {t.dimension for t in overridden.tables.values()} == {16}
+    with pytest.raises(PlanError, match="dimension must be > 0"):
+        make_plan(stats(), config(), dimension=0)
+
+
+def test_missing_vocabulary_in_stats_is_a_clear_error():
+    broken = stats()
+    del broken["vocabularies"]["device"]
+    with pytest.raises(PlanError, match="no vocabulary 'device'"):
+        make_plan(broken, config())
+
+
+def test_plan_round_trips_through_json_and_prints():
+    plan = make_plan(stats(), config())
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert set(data) >= {"tables", "features", "dropped"}
+    assert set(data["tables"]["items"]) >= {"features", "vocabulary_size", "dimension", "combiner"}
+    assert set(data["features"]["history"]) >= {
+        "table", "max_sequence_length", "truncate", "padding_efficiency", "truncated_fraction"
+    }
+    assert EmbeddingPlan.from_dict(data) == plan
+    text = format_plan(plan)
+    assert "history, item_id  (shared)" in text
+    assert "5,002" in text
+
+
+def test_planning_takes_milliseconds():
+    started = time.perf_counter()
+    for _ in range(100):
+        make_plan(stats(), config())
+    assert (time.perf_counter() - started) / 100 < 0.01

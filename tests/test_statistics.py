@@ -1,0 +1,74 @@
+import pytest
+
+from pipeline.statistics import (
+    coverage_length,
+    numeric_summary,
+    sequence_summary,
+    truncation,
+    vocabulary_summary,
+)
+
+
+def test_coverage_exactly_met_at_the_boundary():
+    # 19 of 20 sequences have length <= 3: exactly 95%.
+    histogram = {"1": 10, "3": 9, "50": 1}
+    assert coverage_length(histogram, 0.95) == 3
+    assert coverage_length(histogram, 0.951) == 50
+    assert coverage_length(histogram, 1.0) == 50
+
+
+def test_coverage_of_empty_and_all_empty_histograms():
+    assert coverage_length({}, 0.95) == 0
+    assert coverage_length({"0": 7}, 0.95) == 0
+
+
+def test_coverage_with_a_tie_takes_the_smallest_length():
+    # 50% are <= 2 exactly; the 0.5 quantile is 2, not 3.
+    assert coverage_length({2: 5, 3: 5}, 0.5) == 2
+
+
+def test_sequence_summary():
+    summary = sequence_summary({"0": 2, "1": 3, "4": 5})
+    assert summary["count"] == 10
+    assert summary["empty"] == 2
+    assert (summary["min"], summary["max"]) == (0, 4)
+    assert summary["mean"] == pytest.approx((3 + 20) / 10)
+    assert summary["quantiles"] == {"0.5": 1, "0.9": 4, "0.95": 4, "0.99": 4}
+    assert summary["histogram"] == {"0": 2, "1": 3, "4": 5}
+
+
+def test_truncation_costs():
+    cost = truncation({"1": 2, "4": 2}, 2)
+    # kept ids: 1+1+2+2 = 6 of 10; padded cells: 4 rows x 2.
+    assert cost["padding_efficiency"] == pytest.approx(6 / 8)
+    assert cost["truncated_fraction"] == pytest.approx(0.5)
+    assert cost["dropped_id_fraction"] == pytest.approx(4 / 10)
+    assert truncation({"0": 3}, 0)["padding_efficiency"] == 1.0
+
+
+def test_vocabulary_summary_top_k_and_threshold():
+    # frequencies: one value seen 10 times, two seen 5 times, three seen once.
+    counts = [(10, 1), (5, 2), (1, 3)]
+    full = vocabulary_summary(counts, top_k=100, frequency_threshold=1)
+    assert full["distinct_values"] == 6
+    assert full["tokens"] == 23
+    assert full["expected_size"] == 6
+    assert full["oov_rate"] == 0.0
+    thresholded = vocabulary_summary(counts, top_k=100, frequency_threshold=2)
+    assert thresholded["expected_size"] == 3
+    assert thresholded["oov_rate"] == pytest.approx(3 / 23)
+    # top_k cuts inside a tie: which of the two 5s is kept does not change the coverage.
+    top2 = vocabulary_summary(counts, top_k=2, frequency_threshold=1)
+    assert top2["expected_size"] == 2
+    assert top2["in_vocabulary_tokens"] == 15
+    assert top2["coverage"]["1"] == pytest.approx(10 / 23)
+    assert top2["coverage"]["2"] == pytest.approx(15 / 23)
+    assert top2["coverage"]["4"] == pytest.approx(21 / 23)
+    assert top2["coverage"]["6"] == 1.0
+
+
+def test_numeric_summary():
+    summary = numeric_summary(4, 10.0, 30.0, 1.0, 4.0)  # values 1, 2, 3, 4
+    assert summary["mean"] == 2.5
+    assert summary["std"] == pytest.approx(1.118034, rel=1e-6)
+    assert numeric_summary(0, 0.0, 0.0, float("inf"), float("-inf"))["min"] == 0.0

@@ -43,12 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--pipeline-output", required=True, help="the pipeline's OUTPUT")
     parser.add_argument(
-        "--length-coverage", type=float, default=None,
+        "--length-coverage",
+        type=float,
+        default=None,
         help="share of sequences max_sequence_length must cover (overrides the config)",
     )
-    parser.add_argument(
-        "--dimension", type=int, default=None, help="one dimension for every table"
-    )
+    parser.add_argument("--dimension", type=int, default=None, help="one dimension for every table")
     args = parser.parse_args(argv)
     try:
         plan = plan_pipeline_output(args.pipeline_output, args.length_coverage, args.dimension)

@@ -69,8 +69,7 @@ def check_column_arguments(
     for name, length, sequence in zip(features, max_sequence_lengths, is_sequence, strict=True):
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
             raise ColumnError(
-                f"feature {name!r}: max_sequence_length must be a non-negative int, got "
-                f"{length!r}"
+                f"feature {name!r}: max_sequence_length must be a non-negative int, got {length!r}"
             )
         if sequence and length == 0:
             raise ColumnError(
@@ -119,9 +118,7 @@ class FeatureColumns:
     sequence: dict[str, Any]
 
 
-def _table_columns(
-    table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None
-) -> list:
+def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None) -> list:
     features = [plan.features[name] for name in table.features]
     lengths = [int(f.max_sequence_length) if f.type == "sequence" else 0 for f in features]
     check_column_arguments(

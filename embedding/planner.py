@@ -126,9 +126,7 @@ class EmbeddingPlan:
     def sequence_lengths(self) -> dict[str, int]:
         """Sequence feature -> its max_sequence_length."""
         return {
-            name: f.max_sequence_length
-            for name, f in self.features.items()
-            if f.type == "sequence"
+            name: f.max_sequence_length for name, f in self.features.items() if f.type == "sequence"
         }
 
 
@@ -304,9 +302,12 @@ def check_plan_sizes(plan: EmbeddingPlan) -> None:
         for key in ("vocabulary_size", "dimension"):
             value = getattr(table, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PlanError(f"table {table.name!r}: {key} must be a positive int, "
-                                f"got {value!r}")
+                raise PlanError(
+                    f"table {table.name!r}: {key} must be a positive int, got {value!r}"
+                )
     for feature in plan.features.values():
         if feature.type == "sequence" and feature.max_sequence_length < 1:
-            raise PlanError(f"feature {feature.name!r}: a sequence needs max_sequence_length "
-                            f">= 1, got {feature.max_sequence_length}")
+            raise PlanError(
+                f"feature {feature.name!r}: a sequence needs max_sequence_length "
+                f">= 1, got {feature.max_sequence_length}"
+            )

@@ -255,8 +255,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     _one_of(input_config.format, INPUT_FORMATS, "input.format", source)
     if input_config.format != "csv":
         raise ConfigError(
-            f"{source}: input.format = {input_config.format!r} is not supported yet; "
-            "use csv"
+            f"{source}: input.format = {input_config.format!r} is not supported yet; use csv"
         )
     if len(input_config.field_delimiter) != 1:
         raise ConfigError(f"{source}: input.field_delimiter must be one character")
@@ -376,7 +375,7 @@ def _check_dimension(value: Any, key: str, source: str, allow_none: bool = False
     if value == "auto":
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{source}: {key} must be a positive integer or \"auto\", got {value!r}")
+        raise ConfigError(f'{source}: {key} must be a positive integer or "auto", got {value!r}')
 
 
 def load_config(path: str | Path) -> Config:

@@ -131,12 +131,8 @@ def check_header(header: Sequence[str], config: Config, source: str) -> None:
         raise ValueError(f"{source}: the header repeats column {duplicated[0]!r}")
 
 
-def to_record_batch(
-    rows: Iterable[dict[str, list[Any]]], schema: pa.Schema
-) -> pa.RecordBatch:
+def to_record_batch(rows: Iterable[dict[str, list[Any]]], schema: pa.Schema) -> pa.RecordBatch:
     """Packs decoded rows into one record batch with the columns of `schema`, in its order."""
     rows = list(rows)
-    arrays = [
-        pa.array([row[field.name] for row in rows], type=field.type) for field in schema
-    ]
+    arrays = [pa.array([row[field.name] for row in rows], type=field.type) for field in schema]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

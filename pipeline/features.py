@@ -8,15 +8,11 @@ numeric column holds exactly one value a row; a sequence any number, zero includ
 
 from __future__ import annotations
 
-import pyarrow as pa
 import tensorflow as tf
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.tfxio import tensor_adapter, tf_example_record
 
 from pipeline.config import Config
-
-BYTES_LIST = pa.large_list(pa.large_binary())
-FLOAT_LIST = pa.large_list(pa.float32())
 
 
 def raw_feature_spec(config: Config, with_label: bool = True) -> dict[str, tf.io.FixedLenFeature]:
@@ -48,9 +44,3 @@ def tensor_adapter_config(config: Config) -> tensor_adapter.TensorAdapterConfig:
     return tf_example_record.TFExampleRecord(
         file_pattern="unused", schema=raw_schema(config)
     ).TensorAdapterConfig()
-
-
-def arrow_type(config: Config, column: str) -> pa.DataType:
-    if column == config.label.name or config.feature(column).type == "numeric":
-        return FLOAT_LIST
-    return BYTES_LIST

@@ -37,9 +37,15 @@ def measure_batch(batch: pa.RecordBatch, config: Config) -> dict[str, Any]:
         elif feature.type == "numeric":
             values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
             result["numeric"][feature.name] = (
-                [len(values), float(values.sum()), float((values**2).sum()),
-                 float(values.min()), float(values.max())]
-                if len(values) else [0, 0.0, 0.0, float("inf"), float("-inf")]
+                [
+                    len(values),
+                    float(values.sum()),
+                    float((values**2).sum()),
+                    float(values.min()),
+                    float(values.max()),
+                ]
+                if len(values)
+                else [0, 0.0, 0.0, float("inf"), float("-inf")]
             )
     return result
 
@@ -78,8 +84,10 @@ class MeasureBatches(beam.CombineFn):
     def extract_output(self, accumulator):
         return {
             "rows": accumulator["rows"],
-            "lengths": {k: {str(n): c for n, c in sorted(v.items())}
-                        for k, v in accumulator["lengths"].items()},
+            "lengths": {
+                k: {str(n): c for n, c in sorted(v.items())}
+                for k, v in accumulator["lengths"].items()
+            },
             "numeric": accumulator["numeric"],
         }
 
@@ -87,10 +95,9 @@ class MeasureBatches(beam.CombineFn):
 def token_counts(batch: pa.RecordBatch, config: Config) -> Iterator[tuple[tuple[str, bytes], int]]:
     """((vocabulary, token), count) for every distinct token of each vocabulary in a batch."""
     for vocabulary, features in config.vocabularies().items():
-        values = pa.concat_arrays([
-            pc.list_flatten(batch.column(batch.schema.get_field_index(name)))
-            for name in features
-        ])
+        values = pa.concat_arrays(
+            [pc.list_flatten(batch.column(batch.schema.get_field_index(name))) for name in features]
+        )
         if len(values) == 0:
             continue
         counted = pc.value_counts(values)

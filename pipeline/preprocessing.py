@@ -40,7 +40,9 @@ class PreprocessingFn:
             path = tft.vocabulary(
                 tokens,
                 top_k=settings.top_k,
-                frequency_threshold=settings.frequency_threshold if settings.frequency_threshold > 1 else None,
+                frequency_threshold=settings.frequency_threshold
+                if settings.frequency_threshold > 1
+                else None,
                 vocab_filename=vocabulary,
                 name=f"vocabulary_{vocabulary}",
             )

@@ -138,7 +138,9 @@ def build(
     schema = adapter_config.arrow_schema
 
     reads = [
-        p | f"ReadRaw{i}" >> beam.io.ReadFromTextWithFilename(
+        p
+        | f"ReadRaw{i}"
+        >> beam.io.ReadFromTextWithFilename(
             path, skip_header_lines=1, coder=beam.coders.BytesCoder()
         )
         for i, path in enumerate(files)
@@ -151,9 +153,8 @@ def build(
     def to_batches(split_rows, name):
         return (
             split_rows
-            | f"Batch{name}" >> beam.BatchElements(
-                min_batch_size=batch_size, max_batch_size=batch_size
-            )
+            | f"Batch{name}"
+            >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
             | f"{name}ToArrow" >> beam.Map(decode.to_record_batch, schema)
         )
 
@@ -162,22 +163,24 @@ def build(
 
     with tft_beam.Context(temp_dir=artifacts.join(work_dir, "tft")):
         (train_out, _), transform_fn = (
-            train, adapter_config
+            train,
+            adapter_config,
         ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
             PreprocessingFn(config), output_record_batches=True
         )
         eval_out, _ = (
-            (eval_, adapter_config), transform_fn
+            (eval_, adapter_config),
+            transform_fn,
         ) | "TransformEval" >> tft_beam.TransformDataset(output_record_batches=True)
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
 
     for name, transformed in (("Train", train_out), ("Eval", eval_out)):
         _ = (
             transformed
-            | f"Encode{name}" >> beam.FlatMap(
-                lambda batch: example_coder.RecordBatchToExamples(batch[0])
-            )
-            | f"Write{name}" >> beam.io.WriteToTFRecord(
+            | f"Encode{name}"
+            >> beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
+            | f"Write{name}"
+            >> beam.io.WriteToTFRecord(
                 artifacts.join(output, artifacts.DATA_DIR, name.lower()),
                 file_name_suffix=artifacts.TFRECORD_SUFFIX,
             )
@@ -187,7 +190,8 @@ def build(
     _ = (
         rejected
         | "FormatRejected" >> beam.Map(json.dumps, sort_keys=True)
-        | "WriteRejected" >> beam.io.WriteToText(
+        | "WriteRejected"
+        >> beam.io.WriteToText(
             artifacts.join(output, artifacts.REJECTED_DIR, "rejected"),
             file_name_suffix=".jsonl",
         )
@@ -219,9 +223,7 @@ def build(
         measurements
         | "FlattenMeasurements" >> beam.Flatten()
         | "CollectMeasurements" >> beam.combiners.ToDict()
-        | "WriteMeasurements" >> beam.Map(
-            _write_json, artifacts.join(work_dir, MEASUREMENTS)
-        )
+        | "WriteMeasurements" >> beam.Map(_write_json, artifacts.join(work_dir, MEASUREMENTS))
     )
 
 
@@ -251,7 +253,9 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
         if size != summary["expected_size"]:
             LOG.warning(
                 "vocabulary %s: tf.Transform wrote %d entries, the frequency counts expect %d",
-                vocabulary, size, summary["expected_size"],
+                vocabulary,
+                size,
+                summary["expected_size"],
             )
         stats["vocabularies"][vocabulary] = {
             "features": names,
@@ -277,9 +281,7 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
 def _prepare_output(output: str, overwrite: bool) -> None:
     if FileSystems.exists(output):
         if not overwrite:
-            raise InputError(
-                f"--output {output} already exists; pass --overwrite to replace it"
-            )
+            raise InputError(f"--output {output} already exists; pass --overwrite to replace it")
         LOG.info("Removing the existing %s (--overwrite)", output)
         FileSystems.delete([output])
 
@@ -295,7 +297,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     )
     parser.add_argument("--config", required=True, help="the feature config (TOML)")
     parser.add_argument(
-        "--input", required=True, action="append",
+        "--input",
+        required=True,
+        action="append",
         help="a file pattern of raw CSV files (local or gs://, .gz allowed); repeat for more",
     )
     parser.add_argument("--output", required=True, help="the output directory (local or gs://)")
@@ -303,7 +307,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--overwrite", action="store_true", help="replace an existing output directory"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
         help="rows per record batch fed to tf.Transform (default %(default)s)",
     )
     return parser.parse_known_args(argv)
@@ -338,8 +344,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     measured = json.loads(artifacts.read_text(work_dir, MEASUREMENTS))
     transform_output = tft.TFTransformOutput(output)
     sizes = {
-        name: int(transform_output.vocabulary_size_by_name(name))
-        for name in config.vocabularies()
+        name: int(transform_output.vocabulary_size_by_name(name)) for name in config.vocabularies()
     }
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
@@ -356,8 +361,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     artifacts.write_text(output, artifacts.SUCCESS, "")
     rows = stats["rows"]
     LOG.info(
-        "Rows: %d read, %d train, %d eval, %d rejected", rows["read"], rows["train"],
-        rows["eval"], rows["rejected"],
+        "Rows: %d read, %d train, %d eval, %d rejected",
+        rows["read"],
+        rows["train"],
+        rows["eval"],
+        rows["rejected"],
     )
     return stats
 

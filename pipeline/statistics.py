@@ -103,9 +103,7 @@ def vocabulary_summary(
       in_vocabulary_tokens, oov_rate, and coverage: the share of tokens covered by the top k
       values, for k at powers of two (the coverage curve of the report).
     """
-    pairs = sorted(
-        ((int(f), int(n)) for f, n in frequency_counts if n), key=lambda p: -p[0]
-    )
+    pairs = sorted(((int(f), int(n)) for f, n in frequency_counts if n), key=lambda p: -p[0])
     distinct = sum(n for _, n in pairs)
     tokens = sum(f * n for f, n in pairs)
     size = kept_tokens = 0

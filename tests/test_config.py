@@ -25,8 +25,10 @@ def test_example_config_loads_with_shared_vocabulary():
     vocabularies = config.vocabularies()
     assert vocabularies["items"] == ["history", "item_id"]
     assert vocabularies["device"] == ["device"]
-    assert config.vocabulary_config("user_id").frequency_threshold == 2
-    assert config.vocabulary_config("user_id").top_k == 100000  # inherits the defaults
+    assert config.vocabulary_config("region").frequency_threshold == 3
+    assert config.vocabulary_config("region").top_k == 100000  # inherits the defaults
+    assert config.vocabulary_config("items").frequency_threshold == 1
+    assert "user_id" in config.columns()  # the split key is read though it is not a feature
     assert config.feature("history").truncate == "keep_last"
 
 
@@ -93,9 +95,7 @@ def test_integer_accepted_where_float_expected():
         (with_changes(sequence={"length_coverage": 0}), "sequence.length_coverage"),
         (with_changes(input={"format": "xml"}), "input.format = 'xml'"),
         (
-            with_changes(
-                feature=[{"name": "c", "type": "categorical", "max_sequence_length": 5}]
-            ),
+            with_changes(feature=[{"name": "c", "type": "categorical", "max_sequence_length": 5}]),
             "max_sequence_length is only for sequence features",
         ),
         ({"feature": MINIMAL["feature"]}, "missing [label] section"),

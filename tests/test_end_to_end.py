@@ -35,33 +35,49 @@ def chain(tmp_path_factory):
     data = str(root / "clicks.csv")
     write_csv(data, generate(ROWS, seed=11))
     output = str(root / "pipeline")
-    stats = run_pipeline(
-        ["--config", str(EXAMPLE_CONFIG), "--input", data, "--output", output]
-    )
+    stats = run_pipeline(["--config", str(EXAMPLE_CONFIG), "--input", data, "--output", output])
     plan = plan_pipeline_output(output)
     model_dir = str(root / "model")
     metrics = task.train_and_evaluate(
         task.parse_args(
-            ["--pipeline-output", output, "--model-dir", model_dir, "--train-steps", "20",
-             "--batch-size", "64"]
+            [
+                "--pipeline-output",
+                output,
+                "--model-dir",
+                model_dir,
+                "--train-steps",
+                "20",
+                "--batch-size",
+                "64",
+            ]
         )
     )
-    return {"data": data, "output": output, "stats": stats, "plan": plan,
-            "model_dir": model_dir, "metrics": metrics}
+    return {
+        "data": data,
+        "output": output,
+        "stats": stats,
+        "plan": plan,
+        "model_dir": model_dir,
+        "metrics": metrics,
+    }
 
 
 def test_pipeline_writes_every_artifact(chain):
     output = chain["output"]
-    for name in ("transform_fn", "transformed_metadata", "stats.json", "config.json",
-                 "_SUCCESS", "rejected"):
+    for name in (
+        "transform_fn",
+        "transformed_metadata",
+        "stats.json",
+        "config.json",
+        "_SUCCESS",
+        "rejected",
+    ):
         assert os.path.exists(os.path.join(output, name)), name
     assert glob.glob(os.path.join(output, "data", "train-*.tfrecord.gz"))
     assert glob.glob(os.path.join(output, "data", "eval-*.tfrecord.gz"))
     assert not os.path.exists(os.path.join(output, ".work"))
     transform_output = tft.TFTransformOutput(output)
-    assert transform_output.transformed_feature_spec()["history"] == tf.io.VarLenFeature(
-        tf.int64
-    )
+    assert transform_output.transformed_feature_spec()["history"] == tf.io.VarLenFeature(tf.int64)
     assert transform_output.raw_feature_spec()["history"] == tf.io.VarLenFeature(tf.string)
 
 
@@ -79,8 +95,7 @@ def _transformed_rows(output, split):
     spec = tft.TFTransformOutput(output).transformed_feature_spec()
     files = sorted(glob.glob(os.path.join(output, "data", f"{split}-*.tfrecord.gz")))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(512)
-    for batch in dataset.map(lambda s: tf.io.parse_example(s, spec)):
-        yield batch
+    yield from dataset.map(lambda s: tf.io.parse_example(s, spec))
 
 
 def test_length_histogram_equals_an_independent_count(chain):
@@ -140,7 +155,7 @@ def test_training_wrote_metrics_and_checkpoint(chain):
 def _raw_example(row):
     example = tf.train.Example()
     feature = example.features.feature
-    for name in ("item_id", "user_id", "device"):
+    for name in ("item_id", "region", "device"):
         feature[name].bytes_list.value.append(row[name].encode())
     feature["history"].bytes_list.value.extend(t.encode() for t in row["history"].split())
     feature["price"].float_list.value.append(float(row["price"]))
@@ -152,10 +167,24 @@ def test_exported_model_serves_raw_examples(chain):
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
     with open(chain["data"]) as f:
         rows = [r for _, r in zip(range(8), csv.DictReader(f), strict=False)]
-    rows.append({"item_id": "never-seen", "user_id": "new-user", "device": "fridge",
-                 "history": "", "price": "3.5"})
-    rows.append({"item_id": "i1", "user_id": "u1", "device": "mobile",
-                 "history": " ".join(["i2"] * 3000), "price": "1e3"})
+    rows.append(
+        {
+            "item_id": "never-seen",
+            "region": "nowhere",
+            "device": "fridge",
+            "history": "",
+            "price": "3.5",
+        }
+    )
+    rows.append(
+        {
+            "item_id": "i1",
+            "region": "r1",
+            "device": "mobile",
+            "history": " ".join(["i2"] * 3000),
+            "price": "1e3",
+        }
+    )
     probabilities = serve(examples=tf.constant([_raw_example(r) for r in rows]))[
         "probabilities"
     ].numpy()

@@ -26,8 +26,11 @@ def config(**overrides):
 
 def vocab(size, distinct=None, features=()):
     return {
-        "features": list(features), "size": size, "num_oov_buckets": 2,
-        "distinct_values": size if distinct is None else distinct, "tokens": 10 * size,
+        "features": list(features),
+        "size": size,
+        "num_oov_buckets": 2,
+        "distinct_values": size if distinct is None else distinct,
+        "tokens": 10 * size,
         "oov_rate": 0.0,
     }
 
@@ -74,17 +77,23 @@ def test_length_from_coverage_exactly_met():
     assert history.padding_efficiency == pytest.approx(450 / (100 * 5))
     assert history.longest == 400
     assert history.longest_padding_efficiency == pytest.approx(985 / (100 * 400))
-    assert make_plan(stats(), config(), length_coverage=0.96).features[
-        "history"
-    ].max_sequence_length == 40
+    assert (
+        make_plan(stats(), config(), length_coverage=0.96).features["history"].max_sequence_length
+        == 40
+    )
 
 
 def test_config_length_override_wins():
     cfg = config(
         feature=[
             {"name": "item_id", "type": "categorical", "vocabulary": "items"},
-            {"name": "history", "type": "sequence", "vocabulary": "items",
-             "max_sequence_length": 50, "truncate": "keep_first"},
+            {
+                "name": "history",
+                "type": "sequence",
+                "vocabulary": "items",
+                "max_sequence_length": 50,
+                "truncate": "keep_first",
+            },
         ]
     )
     plan = make_plan(stats(), cfg)
@@ -141,7 +150,11 @@ def test_plan_round_trips_through_json_and_prints():
     assert set(data) >= {"tables", "features", "dropped"}
     assert set(data["tables"]["items"]) >= {"features", "vocabulary_size", "dimension", "combiner"}
     assert set(data["features"]["history"]) >= {
-        "table", "max_sequence_length", "truncate", "padding_efficiency", "truncated_fraction"
+        "table",
+        "max_sequence_length",
+        "truncate",
+        "padding_efficiency",
+        "truncated_fraction",
     }
     assert EmbeddingPlan.from_dict(data) == plan
     text = format_plan(plan)

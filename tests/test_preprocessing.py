@@ -45,8 +45,7 @@ class PreprocessingTest(tft_unit.TransformTestCase):
         expected = [
             {"item_id": 0, "history": [1, 0], "device": 0, "price": -1.2247449, "clicked": 1.0},
             {"item_id": 1, "history": [], "device": 0, "price": 0.0, "clicked": 0.0},
-            {"item_id": 0, "history": [0, 0, 2], "device": 1, "price": 1.2247449,
-             "clicked": 1.0},
+            {"item_id": 0, "history": [0, 0, 2], "device": 1, "price": 1.2247449, "clicked": 1.0},
         ]
         self.assertAnalyzeAndTransformResults(
             [_batch(TRAIN_LINES)],

@@ -30,6 +30,21 @@ def masked_mean(sequence: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     return total / count
 
 
+def shared_table_interactions(plan: EmbeddingPlan, pooled: dict) -> list:
+    """Dot products between the features of each shared table, e.g. the candidate item and
+    the pooled history: they live in one embedding space, so their agreement is one number
+    the DNN would otherwise have to learn to compute from the concatenation."""
+    products = []
+    for table in plan.tables.values():
+        names = [n for n in table.features if n in pooled]
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                products.append(
+                    tf.reduce_sum(pooled[a] * pooled[b], axis=1, keepdims=True, name=f"dot_{a}_{b}")
+                )
+    return products
+
+
 def _optimizer(name: str, learning_rate: float):
     if name == "adam":
         return tf.compat.v1.train.AdamOptimizer(learning_rate)
@@ -51,14 +66,19 @@ def create_model_fn(
     def model_fn(features, labels, mode, params):
         del params
         columns = create_feature_columns(plan)
-        pieces = []
-        if columns.dense:
-            pieces.append(tf.compat.v1.keras.layers.DenseFeatures(columns.dense)(features))
+        pooled = {}
+        for column in columns.dense:
+            name = column.categorical_column.name
+            pooled[name] = tf.compat.v1.keras.layers.DenseFeatures([column], name=f"embed_{name}")(
+                features
+            )
         for name, column in sorted(columns.sequence.items()):
             sequence, lengths = tf.keras.experimental.SequenceFeatures(
                 [column], name=f"sequence_{name}"
             )(features)
-            pieces.append(masked_mean(sequence, lengths))
+            pooled[name] = masked_mean(sequence, lengths)
+        pieces = [pooled[name] for name in sorted(pooled)]
+        pieces.extend(shared_table_interactions(plan, pooled))
         for name in plan.numeric_features:
             pieces.append(tf.reshape(features[name], [-1, 1]))
         net = tf.concat(pieces, axis=1)
@@ -74,9 +94,7 @@ def create_model_fn(
             return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
                 mode,
                 predictions=predictions,
-                export_outputs={
-                    "serving_default": tf.estimator.export.PredictOutput(predictions)
-                },
+                export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)},
             )
 
         labels = tf.reshape(tf.cast(labels, tf.float32), [-1])

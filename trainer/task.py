@@ -50,15 +50,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-dir", required=True, help="checkpoints and exports (or gs://)")
     parser.add_argument("--train-steps", type=int, required=True, help="total training steps")
     parser.add_argument(
-        "--eval-steps", type=int, default=None,
+        "--eval-steps",
+        type=int,
+        default=None,
         help="evaluation batches (default: the whole eval split; required on TPU)",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--optimizer", choices=("adagrad", "adam", "sgd"), default="adagrad")
-    parser.add_argument(
-        "--hidden-units", default="128,64", help="DNN layer sizes, comma separated"
-    )
+    parser.add_argument("--hidden-units", default="128,64", help="DNN layer sizes, comma separated")
     parser.add_argument("--use-tpu", action="store_true", help="train on a Cloud TPU")
     parser.add_argument("--tpu", default=None, help="the TPU name (or grpc:// address)")
     parser.add_argument("--tpu-zone", default=None)
@@ -67,7 +67,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-checkpoints-steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
-        "--export", action=argparse.BooleanOptionalAction, default=True,
+        "--export",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="export a SavedModel that serves raw tf.Examples (default: on)",
     )
     args = parser.parse_args(argv)
@@ -198,15 +200,19 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     step_before = _global_step(estimator)
     estimator.train(
-        make_input_fn(train_files, plan, training=True, drop_remainder=args.use_tpu,
-                      seed=args.seed),
+        make_input_fn(
+            train_files, plan, training=True, drop_remainder=args.use_tpu, seed=args.seed
+        ),
         max_steps=args.train_steps,
     )
     steps = _global_step(estimator) - step_before
     elapsed = time.time() - started
     LOG.info(
         "Trained %d steps in %.1f s (%.1f steps/s, %.0f examples/s)",
-        steps, elapsed, steps / max(elapsed, 1e-9), steps * args.batch_size / max(elapsed, 1e-9),
+        steps,
+        elapsed,
+        steps / max(elapsed, 1e-9),
+        steps * args.batch_size / max(elapsed, 1e-9),
     )
 
     metrics = _jsonable(

@@ -1,14 +1,16 @@
 """A deterministic, synthetic click log for trying the whole chain.
 
 Each row is one impression: a user, the candidate item shown, the user's click history (item
-ids, the same vocabulary as the candidate), the device, the price, and whether it was clicked.
+ids, the same vocabulary as the candidate), the device, the user's region, the price, and
+whether it was clicked.
 
 - Items have Zipf-like popularity and belong to one of a few topics; each has a quality.
 - Each user prefers one topic; histories are drawn mostly from it. History lengths are long
   tailed (log-normal): some empty, most short, a few very long.
 - The click probability rises with the share of the history in the candidate's topic and
-  with item quality, depends on the device and falls with the price, so a model that embeds
-  history and candidate in one table can learn it.
+  with item quality, depends on the device and the user's region (a high-cardinality
+  categorical) and falls with the price, so a model that embeds history and candidate in one
+  table can learn it. The user id itself carries nothing a model could use for unseen users.
 
     python -m examples.clicks.generate --rows 50000 --output examples/clicks/data/clicks.csv
 """
@@ -25,7 +27,7 @@ import numpy as np
 DEVICES = ("mobile", "desktop", "tablet")
 DEVICE_PROBABILITIES = (0.6, 0.3, 0.1)
 DEVICE_EFFECT = (0.3, -0.3, 0.0)
-HEADER = ("user_id", "item_id", "history", "device", "price", "clicked")
+HEADER = ("user_id", "item_id", "history", "device", "region", "price", "clicked")
 
 
 def generate(
@@ -33,9 +35,10 @@ def generate(
     seed: int = 7,
     items: int = 5000,
     users: int | None = None,
-    topics: int = 20,
+    topics: int = 10,
+    regions: int = 2000,
 ) -> list[tuple]:
-    """Returns `rows` rows of (user_id, item_id, history, device, price, clicked)."""
+    """Returns `rows` rows of (user_id, item_id, history, device, region, price, clicked)."""
     rng = np.random.default_rng(seed)
     users = users or max(rows // 6, 10)
     popularity = 1.0 / np.arange(1, items + 1) ** 1.05
@@ -50,6 +53,9 @@ def generate(
         cdf = np.cumsum(popularity[members])
         by_topic.append((members, cdf / cdf[-1]))
     user_topic = rng.integers(0, topics, size=users)
+    region_weights = 1.0 / np.arange(1, regions + 1) ** 0.8
+    user_region = rng.choice(regions, size=users, p=region_weights / region_weights.sum())
+    region_effect = rng.normal(0.0, 0.4, size=regions)
     user_activity = 1.0 / np.arange(1, users + 1) ** 0.6
     user_activity /= user_activity.sum()
 
@@ -75,20 +81,24 @@ def generate(
         match = float(np.mean(topic[history] == topic[candidate])) if n else 0.0
         logit = (
             -1.2
-            + 2.5 * match
+            + 3.0 * match
             + quality[candidate]
             + DEVICE_EFFECT[device[i]]
+            + region_effect[user_region[user[i]]]
             - 0.5 * log_price[i]
         )
         clicked = int(rng.random() < 1.0 / (1.0 + np.exp(-logit)))
-        out.append((
-            f"u{user[i]}",
-            f"i{candidate}",
-            " ".join(f"i{h}" for h in history),
-            DEVICES[device[i]],
-            f"{price[i]:.2f}",
-            clicked,
-        ))
+        out.append(
+            (
+                f"u{user[i]}",
+                f"i{candidate}",
+                " ".join(f"i{h}" for h in history),
+                DEVICES[device[i]],
+                f"r{user_region[user[i]]}",
+                f"{price[i]:.2f}",
+                clicked,
+            )
+        )
     return out
 
 

@@ -31,14 +31,17 @@ $PY -m embedding --pipeline-output "$OUTPUT"
 echo; echo "== 4/4 Training $TRAIN_STEPS steps at batch $BATCH_SIZE (TPUEstimator on CPU) -> $MODEL"
 rm -rf "$MODEL"
 $PY -m trainer.task --pipeline-output "$OUTPUT" --model-dir "$MODEL" \
-  --train-steps "$TRAIN_STEPS" --batch-size "$BATCH_SIZE" 2>&1 \
-  | grep -v -E "global_step/sec|examples/sec" \
-  | tee "$RUN_DIR/train.log" | grep -E "^[{}]|^  \"|trainer:|Saving dict" || true
+  --train-steps "$TRAIN_STEPS" --batch-size "$BATCH_SIZE" > "$RUN_DIR/train.log" 2>&1 &
+trainer=$!
+# Progress: the loss every 100 steps, then the evaluation and the export.
+tail -n +1 -f "$RUN_DIR/train.log" --pid "$trainer" \
+  | grep --line-buffered -E "loss = [0-9.]+, step = [0-9]+|global_step/sec|trainer:|Saving dict|SavedModel written" \
+  | sed -u -E 's/^[0-9-]+ [0-9:,]+ (tensorflow|trainer): //' || true
+wait "$trainer" || { echo "training failed; see $RUN_DIR/train.log"; exit 1; }
 
-test -f "$MODEL/eval_metrics.json" || { echo "training failed; see $RUN_DIR/train.log"; exit 1; }
-$PY - "$MODEL" "$OUTPUT" "$DATA" "$((SECONDS - started))" <<'PY'
+$PY - "$MODEL" "$OUTPUT" "$DATA" "$RUN_DIR" "$((SECONDS - started))" <<'PY'
 import glob, json, sys
-model, output, data, seconds = sys.argv[1:]
+model, output, data, run_dir, seconds = sys.argv[1:]
 metrics = json.load(open(f"{model}/eval_metrics.json"))
 rows = json.load(open(f"{output}/stats.json"))["rows"]
 exports = sorted(glob.glob(f"{model}/export/*"))
@@ -57,6 +60,6 @@ print(f"  rejected rows        {output}/rejected/")
 print(f"  checkpoints          {model}/")
 print(f"  eval metrics         {model}/eval_metrics.json")
 print(f"  serving SavedModel   {exports[-1] if exports else '(none)'}")
-print(f"  training log         {model}/../train.log")
+print(f"  training log         {run_dir}/train.log")
 print(f"Done in {seconds} s (after setup).")
 PY

@@ -16,6 +16,7 @@ from embedding.planner import EmbeddingPlan
 
 PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"
+LOG_EVERY_N_STEPS = 100
 
 
 def masked_mean(sequence: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
@@ -111,8 +112,20 @@ def create_model_fn(
         opt = _optimizer(optimizer, learning_rate)
         if use_tpu:
             opt = tf.compat.v1.tpu.CrossShardOptimizer(opt)
-        train_op = opt.minimize(loss, global_step=tf.compat.v1.train.get_global_step())
-        return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(mode, loss=loss, train_op=train_op)
+        global_step = tf.compat.v1.train.get_global_step()
+        train_op = opt.minimize(loss, global_step=global_step)
+        hooks = []
+        if not use_tpu:  # on a TPU, TPUEstimator logs the loss after each loop itself
+            hooks.append(
+                tf.compat.v1.train.LoggingTensorHook(
+                    {"loss": loss, "step": global_step},
+                    every_n_iter=LOG_EVERY_N_STEPS,
+                    formatter=lambda v: f"loss = {v['loss']:.4f}, step = {v['step']}",
+                )
+            )
+        return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
+            mode, loss=loss, train_op=train_op, training_hooks=hooks
+        )
 
     return model_fn
 

@@ -129,7 +129,7 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
     import tensorflow as tf
 
     from embedding.columns import create_embedding_config_spec, create_feature_columns
-    from trainer.model import create_model_fn
+    from trainer.model import LOG_EVERY_N_STEPS, create_model_fn
 
     tpu = tf.compat.v1.estimator.tpu
     cluster = None
@@ -142,7 +142,9 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
         model_dir=args.model_dir,
         save_checkpoints_steps=args.save_checkpoints_steps,
         tf_random_seed=args.seed,
-        log_step_count_steps=100,
+        # TPUEstimator counts this in training loops of iterations_per_loop steps; on CPU a
+        # loop is one step, so scale it to report steps/sec every LOG_EVERY_N_STEPS steps.
+        log_step_count_steps=LOG_EVERY_N_STEPS * (1 if args.use_tpu else args.iterations_per_loop),
         tpu_config=tpu.TPUConfig(
             iterations_per_loop=args.iterations_per_loop,
             per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,

@@ -22,6 +22,9 @@ from pipeline.config import Config
 ID_LIKE_RATIO = 0.5
 """A categorical whose distinct values reach this share of its rows is flagged as id-like."""
 
+SHARING_OVERLAP = 0.5
+"""Two vocabularies sharing this share of the smaller one's values are suggested for sharing."""
+
 
 def auto_dimension(buckets: int) -> int:
     """The embedding dimension for a table of `buckets` rows.
@@ -238,6 +241,22 @@ def make_plan(
             num_oov_buckets=settings.num_oov_buckets,
             dimension_source=source,
         )
+
+    for overlap in stats.get("vocabulary_overlaps", []):
+        a, b = overlap["vocabularies"]
+        if a not in stats["vocabularies"] or b not in stats["vocabularies"]:
+            continue
+        smaller = min(
+            int(stats["vocabularies"][a]["distinct_values"]),
+            int(stats["vocabularies"][b]["distinct_values"]),
+        )
+        share = int(overlap["shared_values"]) / smaller if smaller else 0.0
+        if share >= SHARING_OVERLAP:
+            notes.append(
+                f"vocabularies {a!r} and {b!r} share {overlap['shared_values']} values "
+                f"({share:.0%} of the smaller): if they name the same things, give their "
+                f'features the same `vocabulary = "..."` to share one table'
+            )
 
     return EmbeddingPlan(
         tables=tables,

@@ -107,21 +107,49 @@ def token_counts(batch: pa.RecordBatch, config: Config) -> Iterator[tuple[tuple[
             yield (vocabulary, token), count
 
 
+def _shared_pairs(token_vocabularies):
+    """(token, [vocabularies holding it]) -> one (a, b) per pair of those vocabularies."""
+    _, vocabularies = token_vocabularies
+    names = sorted(set(vocabularies))
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            yield (a, b)
+
+
 class CountFrequencies(beam.PTransform):
-    """Record batches -> (vocabulary, [(frequency, distinct values seen that often), ...])."""
+    """Record batches -> per vocabulary the frequency of frequencies, and value overlaps.
+
+    Outputs a dict of PCollections:
+      frequencies: (vocabulary, [(frequency, distinct values seen that often), ...]).
+      overlaps: ((vocabulary a, vocabulary b), number of distinct values both hold).
+    """
 
     def __init__(self, config: Config):
         super().__init__()
         self._config = config
 
     def expand(self, batches):
-        return (
+        per_token = (
             batches
             | "TokenCounts" >> beam.FlatMap(token_counts, self._config)
             | "SumPerToken" >> beam.CombinePerKey(sum)
+        )
+        frequencies = (
+            per_token
             | "KeyByFrequency" >> beam.Map(lambda kv: ((kv[0][0], kv[1]), 1))
             | "CountPerFrequency" >> beam.CombinePerKey(sum)
             | "KeyByVocabulary" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
             | "GroupFrequencies" >> beam.GroupByKey()
             | "SortFrequencies" >> beam.MapTuple(lambda vocab, pairs: (vocab, sorted(pairs)))
         )
+        if len(self._config.vocabularies()) < 2:
+            overlaps = batches.pipeline | "NoOverlaps" >> beam.Create([])
+        else:
+            overlaps = (
+                per_token
+                | "KeyByToken" >> beam.Map(lambda kv: (kv[0][1], kv[0][0]))
+                | "GroupVocabularies" >> beam.GroupByKey()
+                | "SharedPairs" >> beam.FlatMap(_shared_pairs)
+                | "CountShared" >> beam.combiners.Count.PerElement()
+            )
+        return {"frequencies": frequencies, "overlaps": overlaps}

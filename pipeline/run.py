@@ -197,6 +197,7 @@ def build(
         )
     )
 
+    counted = train | "CountTokens" >> measure.CountFrequencies(config)
     measurements = [
         lines | "CountRead" >> beam.combiners.Count.Globally() | _single("KeyRead", "read"),
         rejected
@@ -214,10 +215,12 @@ def build(
         | "EvalRows" >> beam.Map(lambda batch: batch.num_rows)
         | "CountEval" >> beam.CombineGlobally(sum)
         | _single("KeyEval", "eval"),
-        train
-        | "CountFrequencies" >> measure.CountFrequencies(config)
+        counted["frequencies"]
         | "ListFrequencies" >> beam.combiners.ToList()
         | _single("KeyFrequencies", "frequencies"),
+        counted["overlaps"]
+        | "ListOverlaps" >> beam.combiners.ToList()
+        | _single("KeyOverlaps", "overlaps"),
     ]
     _ = (
         measurements
@@ -268,6 +271,10 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
             "top_k": settings.top_k,
             "frequency_threshold": settings.frequency_threshold,
         }
+    stats["vocabulary_overlaps"] = [
+        {"vocabularies": list(pair), "shared_values": count}
+        for pair, count in sorted(measured["overlaps"], key=lambda o: tuple(o[0]))
+    ]
     for feature in config.features:
         if feature.type == "sequence":
             histogram = train["lengths"].get(feature.name, {})

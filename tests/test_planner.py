@@ -167,3 +167,22 @@ def test_planning_takes_milliseconds():
     for _ in range(100):
         make_plan(stats(), config())
     assert (time.perf_counter() - started) / 100 < 0.01
+
+
+def test_overlapping_vocabularies_are_suggested_for_sharing():
+    measured = stats()
+    measured["vocabularies"]["clicked_items"] = vocab(400, 400)
+    cfg = config(
+        feature=[
+            {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+            {"name": "clicked_items", "type": "sequence"},
+        ]
+    )
+    measured["sequences"]["clicked_items"] = sequence({"3": 10})
+    measured["vocabulary_overlaps"] = [
+        {"vocabularies": ["clicked_items", "items"], "shared_values": 200},
+    ]
+    notes = make_plan(measured, cfg).notes
+    assert any("'clicked_items' and 'items' share 200 values (50%" in n for n in notes)
+    measured["vocabulary_overlaps"][0]["shared_values"] = 199
+    assert not any("share" in n for n in make_plan(measured, cfg).notes)

@@ -24,3 +24,26 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+SMALL_ROWS = 2000
+
+
+@pytest.fixture(scope="session")
+def small_pipeline_output(tmp_path_factory):
+    """A finished pipeline output (with its plan) over 2,000 generated example rows.
+
+    Returns:
+      dict with `data` (the raw CSV), `output` (OUTPUT), `stats` and `plan`.
+    """
+    from embedding.cli import plan_pipeline_output
+    from examples.clicks.generate import generate, write_csv
+    from pipeline.run import run as run_pipeline
+
+    root = tmp_path_factory.mktemp("small")
+    data = str(root / "clicks.csv")
+    write_csv(data, generate(SMALL_ROWS, seed=11))
+    output = str(root / "pipeline")
+    stats = run_pipeline(["--config", str(EXAMPLE_CONFIG), "--input", data, "--output", output])
+    plan = plan_pipeline_output(output)
+    return {"data": data, "output": output, "stats": stats, "plan": plan}

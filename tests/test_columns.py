@@ -43,14 +43,17 @@ def test_configs_a_tpu_would_receive():
         assert type(feature.max_sequence_length) is int
     assert set(columns.sequence) == {"history"}
     assert sorted(c.categorical_column.name for c in columns.dense) == [
-        "device", "item_id", "user_id"
+        "device",
+        "item_id",
+        "user_id",
     ]
 
 
 def test_embedding_config_spec_carries_the_optimizer():
     columns = create_feature_columns(plan())
-    spec = create_embedding_config_spec(columns, EmbeddingConfig(optimizer="adam",
-                                                                 learning_rate=0.01))
+    spec = create_embedding_config_spec(
+        columns, EmbeddingConfig(optimizer="adam", learning_rate=0.01)
+    )
     assert isinstance(spec.optimization_parameters, tf.compat.v1.tpu.experimental.AdamParameters)
     assert spec.optimization_parameters.learning_rate == 0.01
     assert len(spec.feature_columns) == 4

@@ -17,32 +17,21 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from embedding.cli import plan_pipeline_output
-from examples.clicks.generate import generate, write_csv
 from pipeline import artifacts
-from pipeline.run import run as run_pipeline
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import SMALL_ROWS
 from trainer import task
 
 pytestmark = pytest.mark.slow
 
-ROWS = 2000
-
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain")
-    data = str(root / "clicks.csv")
-    write_csv(data, generate(ROWS, seed=11))
-    output = str(root / "pipeline")
-    stats = run_pipeline(["--config", str(EXAMPLE_CONFIG), "--input", data, "--output", output])
-    plan = plan_pipeline_output(output)
-    model_dir = str(root / "model")
+def chain(small_pipeline_output, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("chain") / "model")
     metrics = task.train_and_evaluate(
         task.parse_args(
             [
                 "--pipeline-output",
-                output,
+                small_pipeline_output["output"],
                 "--model-dir",
                 model_dir,
                 "--train-steps",
@@ -52,14 +41,7 @@ def chain(tmp_path_factory):
             ]
         )
     )
-    return {
-        "data": data,
-        "output": output,
-        "stats": stats,
-        "plan": plan,
-        "model_dir": model_dir,
-        "metrics": metrics,
-    }
+    return {**small_pipeline_output, "model_dir": model_dir, "metrics": metrics}
 
 
 def test_pipeline_writes_every_artifact(chain):
@@ -83,10 +65,10 @@ def test_pipeline_writes_every_artifact(chain):
 
 def test_rows_add_up(chain):
     rows = chain["stats"]["rows"]
-    assert rows["read"] == ROWS
+    assert rows["read"] == SMALL_ROWS
     assert rows["read"] == rows["train"] + rows["eval"] + rows["rejected"]
     assert rows["rejected"] == 0
-    assert 0.05 < rows["eval"] / ROWS < 0.2
+    assert 0.05 < rows["eval"] / SMALL_ROWS < 0.2
     on_disk = artifacts.read_json(chain["output"], "stats.json")
     assert on_disk["rows"] == rows
 

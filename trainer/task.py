@@ -177,7 +177,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Trains to --train-steps (resuming from MODEL_DIR's checkpoint), evaluates, exports.
 
     Returns:
-      The evaluation metrics, plus `export_dir` when a model was exported.
+      The evaluation metrics, plus `trained_from_step` (the checkpoint training resumed
+      from, 0 for a fresh start), `steps_trained`, and `export_dir` when a model was exported.
     """
     artifacts.require_complete(args.pipeline_output)
     import tensorflow as tf
@@ -224,6 +225,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
+    metrics["trained_from_step"] = step_before
+    metrics["steps_trained"] = steps
     if args.export:
         export_base = artifacts.join(args.model_dir, "export")
         path = estimator.export_saved_model(

@@ -1,0 +1,343 @@
+"""The trainer: TPU wiring (resolver faked), resume, input parity, export equality, errors."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from embedding.planner import EmbeddingPlan
+from pipeline import artifacts
+from pipeline.config import read_pipeline_config
+from tests.conftest import ROOT
+from trainer import task
+from trainer.inputs import make_input_fn
+
+pytestmark = pytest.mark.slow
+
+
+def _args(output, model_dir, *extra):
+    return task.parse_args(
+        [
+            "--pipeline-output",
+            output,
+            "--model-dir",
+            str(model_dir),
+            "--batch-size",
+            "64",
+            "--save-checkpoints-steps",
+            "10",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(small_pipeline_output, tmp_path_factory):
+    """A model trained 20 steps, exported."""
+    model_dir = tmp_path_factory.mktemp("trained") / "model"
+    metrics = task.train_and_evaluate(
+        _args(small_pipeline_output["output"], model_dir, "--train-steps", "20")
+    )
+    return {**small_pipeline_output, "model_dir": str(model_dir), "metrics": metrics}
+
+
+class FakeTPUClusterResolver(tf.distribute.cluster_resolver.ClusterResolver):
+    """Stands in for a real TPU's resolver: a master address and a cluster, nothing else."""
+
+    def __init__(self, tpu=None, zone=None, project=None):
+        self.tpu, self.zone, self.project = tpu, zone, project
+
+    def cluster_spec(self):
+        return tf.train.ClusterSpec({"worker": ["10.240.1.2:8470"]})
+
+    def master(self, task_type=None, task_id=None, rpc_layer=None):
+        return "grpc://10.240.1.2:8470"
+
+    @property
+    def environment(self):
+        return ""
+
+
+def test_tpu_wiring(small_pipeline_output, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        tf.distribute.cluster_resolver, "TPUClusterResolver", FakeTPUClusterResolver
+    )
+    output = small_pipeline_output["output"]
+    args = task.parse_args(
+        [
+            "--pipeline-output",
+            output,
+            "--model-dir",
+            str(tmp_path),
+            "--train-steps",
+            "10",
+            "--use-tpu",
+            "--tpu",
+            "my-tpu",
+            "--tpu-zone",
+            "us-central1-b",
+            "--gcp-project",
+            "proj",
+            "--eval-steps",
+            "5",
+            "--iterations-per-loop",
+            "50",
+        ]
+    )
+    plan = small_pipeline_output["plan"]
+    estimator = task.build_estimator(args, plan, read_pipeline_config(output))
+    assert isinstance(estimator, tf.compat.v1.estimator.tpu.TPUEstimator)
+    assert estimator._ctx._use_tpu
+    assert estimator.config.master == "grpc://10.240.1.2:8470"
+    tpu_config = estimator.config.tpu_config
+    assert tpu_config.per_host_input_for_training == (
+        tf.compat.v1.estimator.tpu.InputPipelineConfig.PER_HOST_V2
+    )
+    assert tpu_config.iterations_per_loop == 50
+    spec = estimator._ctx._embedding_config_spec
+    assert isinstance(spec, tf.compat.v1.estimator.tpu.experimental.EmbeddingConfigSpec)
+    assert isinstance(spec.optimization_parameters, tf.compat.v1.tpu.experimental.AdagradParameters)
+    names = sorted(c.categorical_column.name for c in spec.feature_columns)
+    assert names == sorted(plan.features)
+
+
+def _model_variables(plan, use_tpu, monkeypatch):
+    """Builds the training graph of the model_fn; returns variable names and optimizer types."""
+    from trainer.model import create_model_fn
+
+    made = []
+    real = tf.compat.v1.tpu.CrossShardOptimizer
+
+    class SpyCrossShardOptimizer(real):
+        def __init__(self, opt, *a, **k):
+            made.append(type(opt).__name__)
+            super().__init__(opt, *a, **k)
+
+        def compute_gradients(self, loss, var_list=None, **kwargs):
+            # Outside a TPU there are no shards to average over; the wrapped optimizer's
+            # gradients are what each shard would compute.
+            return self._opt.compute_gradients(loss, var_list=var_list, **kwargs)
+
+    monkeypatch.setattr(tf.compat.v1.tpu, "CrossShardOptimizer", SpyCrossShardOptimizer)
+    graph = tf.Graph()
+    with graph.as_default():
+        features = {}
+        for name in plan.features:
+            features[name] = tf.sparse.from_dense(tf.constant([[1, 2], [3, 0]], tf.int64))
+        for name in plan.numeric_features:
+            features[name] = tf.constant([0.5, -1.0])
+        tf.compat.v1.train.create_global_step()
+        create_model_fn(plan, use_tpu=use_tpu)(
+            features, tf.constant([1.0, 0.0]), tf.estimator.ModeKeys.TRAIN, {}
+        )
+        names = sorted(
+            v.op.name for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+        )
+    return names, made
+
+
+def test_cross_shard_optimizer_and_same_variable_names(small_pipeline_output, monkeypatch):
+    plan = small_pipeline_output["plan"]
+    tpu_names, tpu_made = _model_variables(plan, True, monkeypatch)
+    cpu_names, cpu_made = _model_variables(plan, False, monkeypatch)
+    assert tpu_made == ["AdagradOptimizer"]
+    assert cpu_made == []
+    assert tpu_names == cpu_names
+    assert any("items" in n for n in cpu_names)  # the shared table is named after the vocabulary
+
+
+def test_resume_with_more_steps(trained, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    metrics = task.train_and_evaluate(
+        _args(trained["output"], model_dir, "--train-steps", "30", "--no-export")
+    )
+    assert metrics["trained_from_step"] == 20
+    assert metrics["steps_trained"] == 10
+    assert metrics["global_step"] == 30
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(small_pipeline_output, tmp_path):
+    model_dir = tmp_path / "model"
+    command = [
+        sys.executable,
+        "-m",
+        "trainer.task",
+        "--pipeline-output",
+        small_pipeline_output["output"],
+        "--model-dir",
+        str(model_dir),
+        "--batch-size",
+        "64",
+        "--train-steps",
+        "1000000",
+        "--save-checkpoints-steps",
+        "10",
+        "--no-export",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not glob.glob(str(model_dir / "model.ckpt-[1-9]*.index")):
+            assert process.poll() is None, "training exited before its first checkpoint"
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    checkpoint = tf.train.latest_checkpoint(str(model_dir))
+    assert checkpoint, "no checkpoint was written before the kill"
+    saved_step = int(checkpoint.rsplit("-", 1)[1])
+    assert saved_step >= 10
+    metrics = task.train_and_evaluate(
+        _args(
+            small_pipeline_output["output"],
+            model_dir,
+            "--train-steps",
+            str(saved_step + 5),
+            "--no-export",
+        )
+    )
+    assert metrics["trained_from_step"] == saved_step
+    assert metrics["global_step"] == saved_step + 5
+
+
+def _batches(input_fn, batch_size, count):
+    dataset = input_fn({"batch_size": batch_size})
+    return list(dataset.take(count))
+
+
+def test_cpu_and_tpu_inputs_see_the_same_ids(small_pipeline_output):
+    output, plan = small_pipeline_output["output"], small_pipeline_output["plan"]
+    pattern = artifacts.data_pattern(output, "train")
+    cpu = _batches(make_input_fn(pattern, plan, training=False), 64, 5)
+    tpu = _batches(make_input_fn(pattern, plan, training=False, drop_remainder=True), 64, 5)
+    length = plan.features["history"].max_sequence_length
+    for (cpu_features, cpu_labels), (tpu_features, tpu_labels) in zip(cpu, tpu, strict=True):
+        np.testing.assert_array_equal(cpu_labels, tpu_labels)
+        for name in plan.features:
+            np.testing.assert_array_equal(cpu_features[name].values, tpu_features[name].values)
+            np.testing.assert_array_equal(cpu_features[name].indices, tpu_features[name].indices)
+        per_row = np.bincount(cpu_features["history"].indices[:, 0], minlength=64)
+        assert per_row.max() <= length
+    # keep_last: the ids kept are the last ones of each transformed sequence.
+    spec = tft.TFTransformOutput(output).transformed_feature_spec()
+    files = sorted(glob.glob(pattern))
+    raw = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64)))
+    full = tf.RaggedTensor.from_sparse(tf.io.parse_example(raw, spec)["history"]).to_list()
+    kept = tf.RaggedTensor.from_sparse(cpu[0][0]["history"]).to_list()
+    assert any(len(row) > length for row in full), "the sample has no sequence to truncate"
+    assert kept == [row[-length:] for row in full]
+
+
+def _raw_example(row):
+    example = tf.train.Example()
+    feature = example.features.feature
+    for name in ("item_id", "region", "device"):
+        feature[name].bytes_list.value.append(row[name].encode())
+    feature["history"].bytes_list.value.extend(t.encode() for t in row["history"].split())
+    feature["price"].float_list.value.append(float(row["price"]))
+    return example.SerializeToString()
+
+
+def test_export_predicts_like_the_estimator(trained):
+    output, plan = trained["output"], trained["plan"]
+    with open(trained["data"]) as f:
+        rows = [r for _, r in zip(range(40), csv.DictReader(f), strict=False)]
+    rows.append(
+        {
+            "item_id": "unseen-item",
+            "region": "unseen-region",
+            "device": "tv",
+            "history": "unseen-a i1 unseen-b",
+            "price": "12.5",
+        }
+    )
+    serialized = [_raw_example(r) for r in rows]
+    serve = tf.saved_model.load(trained["metrics"]["export_dir"]).signatures["serving_default"]
+    served = serve(examples=tf.constant(serialized))["probabilities"].numpy()
+
+    # The same rows through the transform graph, then the estimator's own predict().
+    transform_output = tft.TFTransformOutput(output)
+    raw_spec = transform_output.raw_feature_spec()
+    raw_spec.pop("clicked")
+    transformed = transform_output.transform_raw_features(
+        tf.io.parse_example(tf.constant(serialized), raw_spec)
+    )
+    arrays = {
+        name: (value.indices.numpy(), value.values.numpy(), value.dense_shape.numpy())
+        if isinstance(value, tf.SparseTensor)
+        else value.numpy()
+        for name, value in transformed.items()
+        if name != "clicked"
+    }
+
+    def input_fn(params):
+        from trainer.inputs import prepare_features
+
+        features = {
+            name: tf.SparseTensor(*value) if isinstance(value, tuple) else tf.constant(value)
+            for name, value in arrays.items()
+        }
+        # One batch of all rows; a dataset ends, so predict() stops after it.
+        return tf.data.Dataset.from_tensors(prepare_features(features, plan))
+
+    estimator = task.build_estimator(
+        _args(output, trained["model_dir"], "--train-steps", "20"),
+        plan,
+        read_pipeline_config(output),
+    )
+    predicted = np.array(
+        [p["probabilities"] for p in estimator.predict(input_fn, yield_single_examples=True)]
+    )
+    np.testing.assert_allclose(served, predicted, rtol=1e-5, atol=1e-6)
+    assert len(set(np.round(served, 5))) > 1
+
+
+def test_refuses_an_unfinished_pipeline_output(small_pipeline_output, tmp_path):
+    copy = tmp_path / "unfinished"
+    shutil.copytree(small_pipeline_output["output"], copy)
+    os.remove(copy / artifacts.SUCCESS)
+    with pytest.raises(artifacts.PipelineOutputError, match="no _SUCCESS marker"):
+        task.train_and_evaluate(_args(str(copy), tmp_path / "m", "--train-steps", "1"))
+    assert not (tmp_path / "m").exists()
+
+
+def test_refuses_a_plan_that_does_not_match_the_data(small_pipeline_output):
+    output = small_pipeline_output["output"]
+    spec = tft.TFTransformOutput(output).transformed_feature_spec()
+    config = read_pipeline_config(output)
+    plan = EmbeddingPlan.from_dict(small_pipeline_output["plan"].to_dict())
+    plan.features["tags"] = plan.features["history"].__class__(
+        name="tags", table="items", type="sequence", max_sequence_length=5
+    )
+    with pytest.raises(task.TrainerError, match="the plan uses 'tags'"):
+        task.check_inputs(config, plan, spec)
+    plan = EmbeddingPlan.from_dict(small_pipeline_output["plan"].to_dict())
+    plan.label["type"] = "multiclass"
+    with pytest.raises(task.TrainerError, match="label type 'multiclass' cannot be trained"):
+        task.check_inputs(config, plan, spec)
+    task.check_inputs(config, small_pipeline_output["plan"], spec)
+
+
+def test_flag_errors():
+    base = ["--pipeline-output", "o", "--model-dir", "m", "--train-steps", "5"]
+    with pytest.raises(SystemExit):
+        task.parse_args([*base, "--use-tpu"])
+    with pytest.raises(SystemExit):
+        task.parse_args([*base, "--use-tpu", "--tpu", "t"])  # no --eval-steps
+    with pytest.raises(SystemExit):
+        task.parse_args([*base, "--hidden-units", "64,x"])
+    assert task.parse_args([*base, "--hidden-units", "32,16"]).hidden_units == [32, 16]

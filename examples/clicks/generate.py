@@ -33,7 +33,7 @@ HEADER = ("user_id", "item_id", "history", "device", "region", "price", "clicked
 def generate(
     rows: int,
     seed: int = 7,
-    items: int = 5000,
+    items: int = 2000,
     users: int | None = None,
     topics: int = 10,
     regions: int = 2000,

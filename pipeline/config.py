@@ -253,10 +253,6 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
     input_config = _take(data.get("input", {}), InputConfig, "input", source)
     _one_of(input_config.format, INPUT_FORMATS, "input.format", source)
-    if input_config.format != "csv":
-        raise ConfigError(
-            f"{source}: input.format = {input_config.format!r} is not supported yet; use csv"
-        )
     if len(input_config.field_delimiter) != 1:
         raise ConfigError(f"{source}: input.field_delimiter must be one character")
     if not input_config.list_delimiter:

@@ -1,16 +1,23 @@
-"""Parsing raw CSV rows: validate, split, and batch them into Arrow record batches.
+"""Parsing raw rows of every input format: validate, split, batch into Arrow record batches.
 
 Every row either becomes a row of the train or eval split or is rejected with a reason; none
-is dropped silently. This module is plain Python plus pyarrow: no TensorFlow, no Beam, so the
-row rules are tested in milliseconds and run unchanged inside Beam's workers.
+is dropped silently. The rules are the same whatever the format: a categorical needs one
+value, a number must parse, a sequence is a list (a CSV cell split by `list_delimiter`, a JSON
+array, a repeated tf.Example feature, a Parquet list). Ids are kept as text, so the integer 42
+and the string "42" are the same id in every format.
+
+Plain Python plus pyarrow (TensorFlow's Example proto is imported only to read TFRecords), so
+the row rules are tested in milliseconds and run unchanged inside Beam's workers.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -19,13 +26,16 @@ from pipeline.config import Config
 
 TRAIN = "train"
 EVAL = "eval"
-
-BYTES_LIST = pa.large_list(pa.large_binary())
-FLOAT_LIST = pa.large_list(pa.float32())
+_MISSING = object()
 
 
 class RowError(ValueError):
     """A raw row that cannot be used; the message is the reason recorded in rejected/."""
+
+
+def reason_kind(reason: str) -> str:
+    """The reason without the row's own values, to count reasons of one kind together."""
+    return re.sub(r"'[^']*'", "'...'", reason)
 
 
 def split_of(key: str, eval_fraction: float) -> str:
@@ -34,101 +44,197 @@ def split_of(key: str, eval_fraction: float) -> str:
     return EVAL if int.from_bytes(digest[:8], "big") < eval_fraction * 2.0**64 else TRAIN
 
 
-def _number(text: str, what: str) -> float:
-    if not text.strip():
+def _text(value: Any, what: str) -> str:
+    """An id as text: strings as they are, integers in decimal."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RowError(f"{what}: value is not UTF-8 text") from None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise RowError(f"{what}: {value!r} is not a string or an integer id")
+
+
+def _number(value: Any, what: str) -> float:
+    if value is _MISSING or value is None or (isinstance(value, str | bytes) and not value.strip()):
         raise RowError(f"missing value for {what}")
+    if isinstance(value, bool) or isinstance(value, list | tuple | dict):
+        raise RowError(f"{what}: {value!r} is not a number")
     try:
-        value = float(text)
-    except ValueError:
-        raise RowError(f"{what}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise RowError(f"{what}: {text!r} is not a finite number")
-    return value
+        number = float(value)
+    except (TypeError, ValueError):
+        shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        raise RowError(f"{what}: {shown!r} is not a number") from None
+    if not math.isfinite(number):
+        raise RowError(f"{what}: {value!r} is not a finite number")
+    return number
 
 
-class CsvRowDecoder:
-    """Turns one CSV line into (split, values) following the config.
+class RowDecoder:
+    """Turns one raw row, in any format, into (split, values) following the config.
 
     `values` maps each raw column the model uses (features and label) to a list: one bytes
     value for a categorical, the tokens for a sequence, one float for a number or the label.
 
     Args:
       config: the validated feature config.
-      header: the column names of the file's header row.
+      header: for CSV, the column names of the files' header row.
     """
 
-    def __init__(self, config: Config, header: Sequence[str]):
+    def __init__(self, config: Config, header: Sequence[str] | None = None):
         self._config = config
-        self._width = len(header)
-        self._delimiter = config.input.field_delimiter
         self._list_delimiter = config.input.list_delimiter
-        index = {name: i for i, name in enumerate(header)}
-        self._key_index = index[config.split.key]
         self._eval_fraction = config.split.eval_fraction
         self._binary = config.label.type == "binary"
-        self._columns: list[tuple[str, int, str]] = [
-            (f.name, index[f.name], f.type) for f in config.features
-        ]
-        self._columns.append((config.label.name, index[config.label.name], "label"))
+        self._key = config.split.key
+        self._columns = [(f.name, f.type) for f in config.features]
+        self._columns.append((config.label.name, "label"))
+        self._header = list(header) if header is not None else None
+        if self._header is not None:
+            self._index = {name: i for i, name in enumerate(self._header)}
 
     @property
     def column_names(self) -> list[str]:
-        return [name for name, _, _ in self._columns]
+        return [name for name, _ in self._columns]
 
-    def decode(self, line: str) -> tuple[str, dict[str, list[Any]]]:
-        """Parses one line.
+    def _sequence(self, raw: Any, name: str) -> list[bytes]:
+        if raw is _MISSING or raw is None:
+            return []
+        if isinstance(raw, str):  # a CSV cell
+            return [t.encode("utf-8") for t in raw.split(self._list_delimiter) if t]
+        if isinstance(raw, list | tuple):
+            tokens = []
+            for value in raw:
+                if isinstance(value, list | tuple | dict):
+                    raise RowError(f"{name}: nested lists are not a sequence of ids")
+                token = _text(value, name)
+                if token:
+                    tokens.append(token.encode("utf-8"))
+            return tokens
+        raise RowError(f"{name}: expected a list of ids, got {raw!r}")
 
-        Returns:
-          (split, values): the split the row belongs to and its values by column.
+    def _categorical(self, raw: Any, name: str) -> list[bytes]:
+        if raw is _MISSING or raw is None or raw == "" or raw == b"":
+            raise RowError(f"missing value for {name}")
+        if isinstance(raw, list | tuple | dict):
+            raise RowError(f"{name}: a list where one value belongs")
+        return [_text(raw, name).encode("utf-8")]
+
+    def decode_values(self, get: Callable[[str], Any]) -> tuple[str, dict[str, list[Any]]]:
+        """Validates the columns `get(name)` returns (`_MISSING` when absent).
 
         Raises:
           RowError: the row cannot be used; the message says why.
         """
+        values: dict[str, list[Any]] = {}
+        for name, kind in self._columns:
+            raw = get(name)
+            if kind == "sequence":
+                values[name] = self._sequence(raw, name)
+            elif kind == "categorical":
+                values[name] = self._categorical(raw, name)
+            elif kind == "numeric":
+                values[name] = [_number(raw, name)]
+            else:
+                label = _number(raw, f"label {name}")
+                if self._binary and label not in (0.0, 1.0):
+                    raise RowError(f"label {name}: {raw!r} is not 0 or 1")
+                values[name] = [label]
+        key = get(self._key)
+        if key is _MISSING or key is None or key == "" or isinstance(key, list | dict):
+            raise RowError(f"missing value for split key {self._key}")
+        return split_of(_text(key, self._key), self._eval_fraction), values
+
+    def decode_csv(self, line: str) -> tuple[str, dict[str, list[Any]]]:
         if not line.strip():
             raise RowError("blank line")
         try:
-            cells = next(csv.reader([line], delimiter=self._delimiter, strict=True))
+            cells = next(
+                csv.reader([line], delimiter=self._config.input.field_delimiter, strict=True)
+            )
         except csv.Error as e:
             raise RowError(f"malformed CSV: {e}") from None
-        if len(cells) != self._width:
-            raise RowError(f"expected {self._width} fields, got {len(cells)}")
-        values: dict[str, list[Any]] = {}
-        for name, i, kind in self._columns:
-            cell = cells[i]
-            if kind == "sequence":
-                values[name] = [t.encode("utf-8") for t in cell.split(self._list_delimiter) if t]
-            elif kind == "categorical":
-                if not cell:
-                    raise RowError(f"missing value for {name}")
-                values[name] = [cell.encode("utf-8")]
-            elif kind == "numeric":
-                values[name] = [_number(cell, name)]
-            else:
-                label = _number(cell, f"label {name}")
-                if self._binary and label not in (0.0, 1.0):
-                    raise RowError(f"label {name}: {cell!r} is not 0 or 1")
-                values[name] = [label]
-        key = cells[self._key_index]
-        if not key:
-            raise RowError(f"missing value for split key {self._config.split.key}")
-        return split_of(key, self._eval_fraction), values
+        if len(cells) != len(self._header):
+            raise RowError(f"expected {len(self._header)} fields, got {len(cells)}")
+        return self.decode_values(lambda name: cells[self._index[name]])
+
+    def decode_json(self, line: str) -> tuple[str, dict[str, list[Any]]]:
+        if not line.strip():
+            raise RowError("blank line")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RowError(f"malformed JSON: {e.msg} at column {e.colno}") from None
+        if not isinstance(row, dict):
+            raise RowError("a JSON line must be an object of column: value")
+        return self.decode_mapping(row)
+
+    def decode_mapping(self, row: dict[str, Any]) -> tuple[str, dict[str, list[Any]]]:
+        """A row as a dict (a JSON object, a Parquet row)."""
+        return self.decode_values(lambda name: row.get(name, _MISSING))
+
+    def decode_example(self, serialized: bytes) -> tuple[str, dict[str, list[Any]]]:
+        """A serialized tf.Example: a sequence is a repeated feature, scalars hold one value."""
+        from tensorflow.core.example import example_pb2
+
+        example = example_pb2.Example()
+        try:
+            example.ParseFromString(serialized)
+        except Exception as e:  # the proto library raises its own DecodeError
+            raise RowError(f"not a tf.Example: {e}") from None
+        features = example.features.feature
+        sequences = {name for name, kind in self._columns if kind == "sequence"}
+
+        def get(name):
+            if name not in features:
+                return _MISSING
+            feature = features[name]
+            kind = feature.WhichOneof("kind")
+            values = list(getattr(feature, kind).value) if kind else []
+            if name in sequences:
+                return values
+            if not values:
+                return _MISSING
+            if len(values) > 1:
+                raise RowError(f"{name}: a list of {len(values)} values where one belongs")
+            return values[0]
+
+        return self.decode_values(get)
+
+
+class CsvRowDecoder(RowDecoder):
+    """A `RowDecoder` for CSV lines; `decode` takes one line without its newline."""
+
+    def __init__(self, config: Config, header: Sequence[str]):
+        super().__init__(config, header)
+
+    def decode(self, line: str) -> tuple[str, dict[str, list[Any]]]:
+        return self.decode_csv(line)
 
 
 def parse_header(line: str, delimiter: str) -> list[str]:
     return next(csv.reader([line], delimiter=delimiter))
 
 
-def check_header(header: Sequence[str], config: Config, source: str) -> None:
-    """Raises ValueError naming the file and the columns the config needs but the file lacks."""
-    missing = [c for c in config.columns() if c not in header]
+def check_columns(
+    columns: Sequence[str], config: Config, source: str, what: str = "the header"
+) -> None:
+    """Raises ValueError naming the file and the columns the config needs but it lacks."""
+    missing = [c for c in config.columns() if c not in columns]
     if missing:
         raise ValueError(
-            f"{source}: the header has no column {', '.join(repr(m) for m in missing)} "
-            f"that the config names; the header is: {', '.join(header)}"
+            f"{source}: {what} has no column {', '.join(repr(m) for m in missing)} "
+            f"that the config names; it has: {', '.join(columns)}"
         )
-    duplicated = sorted({c for c in header if list(header).count(c) > 1})
+    duplicated = sorted({c for c in columns if list(columns).count(c) > 1})
     if duplicated:
-        raise ValueError(f"{source}: the header repeats column {duplicated[0]!r}")
+        raise ValueError(f"{source}: {what} repeats column {duplicated[0]!r}")
+
+
+check_header = check_columns
 
 
 def to_record_batch(rows: Iterable[dict[str, list[Any]]], schema: pa.Schema) -> pa.RecordBatch:

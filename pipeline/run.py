@@ -21,92 +21,37 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import artifacts, decode, statistics
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.sources import (
+    REJECTED,
+    InputError,
+    ParseRows,
+    ReadRaw,
+    inspect_inputs,
+    match_inputs,
+)
 
 LOG = logging.getLogger("pipeline")
 
-REJECTED = "rejected"
 MEASUREMENTS = "measurements.json"
 DEFAULT_BATCH_SIZE = 2048
+DEFAULT_MAX_REJECTED_FRACTION = 0.01
 
 
-class InputError(ValueError):
-    """Input files that are missing, empty, or do not match the config."""
-
-
-def match_inputs(patterns: Sequence[str]) -> list[str]:
-    """Every file the patterns match, sorted.
-
-    Raises:
-      InputError: a pattern matches no file.
-    """
-    files = []
-    for pattern in patterns:
-        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-        if not matched:
-            raise InputError(f"--input {pattern!r} matches no file")
-        files.extend(sorted(matched))
-    return files
-
-
-def read_header(path: str, config: Config) -> list[str]:
-    """The header row of one CSV file (plain or compressed).
-
-    Raises:
-      InputError: the file is empty or its header lacks a column the config needs.
-    """
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-        first = f.readline().decode("utf-8-sig").rstrip("\r\n")
-    if not first:
-        raise InputError(f"{path}: the file is empty; a CSV input needs a header row")
-    header = decode.parse_header(first, config.input.field_delimiter)
-    try:
-        decode.check_header(header, config, path)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    return header
-
-
-class ParseRows(beam.DoFn):
-    """(file, line) -> the train output, or the tagged eval or rejected outputs."""
-
-    def __init__(self, config: Config, header: list[str]):
-        self._config = config
-        self._header = header
-        self._rows = beam.metrics.Metrics.counter("pipeline", "rows_read")
-        self._rejected = beam.metrics.Metrics.counter("pipeline", "rows_rejected")
-
-    def setup(self):
-        self._decoder = decode.CsvRowDecoder(self._config, self._header)
-
-    def process(self, element):
-        source, raw = element
-        self._rows.inc()
-        try:
-            line = raw.decode("utf-8")
-            split, values = self._decoder.decode(line)
-        except (UnicodeDecodeError, decode.RowError) as e:
-            self._rejected.inc()
-            reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
-            yield beam.pvalue.TaggedOutput(
-                REJECTED,
-                {"file": source, "row": raw.decode("utf-8", "replace"), "reason": reason},
-            )
-            return
-        if split == decode.TRAIN:
-            yield values
-        else:
-            yield beam.pvalue.TaggedOutput(decode.EVAL, values)
+class TooManyRejected(RuntimeError):
+    """More rows were rejected than --max-rejected-fraction allows."""
 
 
 def _write_json(value: Any, path: str) -> None:
@@ -122,7 +67,7 @@ def build(
     p: beam.Pipeline,
     config: Config,
     files: Sequence[str],
-    header: list[str],
+    header: list[str] | None,
     output: str,
     work_dir: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -137,15 +82,7 @@ def build(
     adapter_config = features.tensor_adapter_config(config)
     schema = adapter_config.arrow_schema
 
-    reads = [
-        p
-        | f"ReadRaw{i}"
-        >> beam.io.ReadFromTextWithFilename(
-            path, skip_header_lines=1, coder=beam.coders.BytesCoder()
-        )
-        for i, path in enumerate(files)
-    ]
-    lines = reads | "FlattenInputs" >> beam.Flatten()
+    lines = p | "ReadRaw" >> ReadRaw(files, config)
     rows = lines | "ParseRows" >> beam.ParDo(ParseRows(config, header)).with_outputs(
         REJECTED, decode.EVAL, main=decode.TRAIN
     )
@@ -204,7 +141,7 @@ def build(
         | "CountRejected" >> beam.combiners.Count.Globally()
         | _single("KeyRejected", "rejected"),
         rejected
-        | "Reasons" >> beam.Map(lambda r: r["reason"])
+        | "Reasons" >> beam.Map(lambda r: decode.reason_kind(r["reason"]))
         | "CountReasons" >> beam.combiners.Count.PerElement()
         | "ListReasons" >> beam.combiners.ToList()
         | _single("KeyReasons", "reasons"),
@@ -285,12 +222,43 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
     return stats
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
-    if FileSystems.exists(output):
+def _check_output(output: str, overwrite: bool) -> None:
+    if FileSystems.exists(output) and not overwrite:
+        raise InputError(f"--output {output} already exists; pass --overwrite to replace it")
+
+
+def _staging_dir(output: str) -> str:
+    """Where a run writes before it commits: a sibling of OUTPUT on a local disk (committed
+    by one rename); OUTPUT itself on object stores, where `_SUCCESS`, written last, commits."""
+    if "://" in output:
+        return output
+    return f"{output}.incomplete-{uuid.uuid4().hex[:8]}"
+
+
+def _commit(staging: str, output: str, overwrite: bool) -> None:
+    if staging == output:
+        return
+    if os.path.exists(output):
         if not overwrite:
-            raise InputError(f"--output {output} already exists; pass --overwrite to replace it")
-        LOG.info("Removing the existing %s (--overwrite)", output)
-        FileSystems.delete([output])
+            raise InputError(f"--output {output} appeared while the pipeline ran; not replaced")
+        LOG.info("Replacing the existing %s (--overwrite)", output)
+        shutil.rmtree(output)
+    os.rename(staging, output)
+
+
+def check_rejected(stats: dict[str, Any], max_fraction: float, rejected_dir: str) -> None:
+    """Raises TooManyRejected, naming the commonest reasons, past the allowed fraction."""
+    rows = stats["rows"]
+    if not rows["read"] or rows["rejected"] / rows["read"] <= max_fraction:
+        return
+    reasons = list(stats["rejected_reasons"].items())[:3]
+    raise TooManyRejected(
+        f"{rows['rejected']} of {rows['read']} rows rejected "
+        f"({rows['rejected'] / rows['read']:.2%}), more than --max-rejected-fraction "
+        f"{max_fraction:g}; commonest reasons: "
+        + "; ".join(f"{reason} ({count})" for reason, count in reasons)
+        + f". Every rejected row, with its reason, is in {rejected_dir}"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -307,11 +275,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--input",
         required=True,
         action="append",
-        help="a file pattern of raw CSV files (local or gs://, .gz allowed); repeat for more",
+        help="a file pattern of raw files in the config's format (local or gs://, .gz "
+        "allowed); repeat for more",
     )
     parser.add_argument("--output", required=True, help="the output directory (local or gs://)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing output directory"
+    )
+    parser.add_argument(
+        "--max-rejected-fraction",
+        type=float,
+        default=DEFAULT_MAX_REJECTED_FRACTION,
+        help="fail the run if more than this share of rows is rejected (default %(default)s)",
     )
     parser.add_argument(
         "--batch-size",
@@ -323,57 +298,86 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the pipeline; returns the stats written to OUTPUT/stats.json."""
+    """Runs the pipeline; returns the stats written to OUTPUT/stats.json.
+
+    The run writes into a staging directory and commits it as OUTPUT only when everything
+    is written, `_SUCCESS` last; a failed or killed run leaves no `_SUCCESS` at OUTPUT.
+
+    Raises:
+      ConfigError: the config is invalid.
+      InputError: no input, an empty input, data that does not match the config, or an
+        existing OUTPUT without --overwrite.
+      TooManyRejected: more rows rejected than --max-rejected-fraction allows; the output
+        (rejected/ included) is left without `_SUCCESS`.
+    """
     args, beam_args = parse_args(argv)
     config = load_config(args.config)
     files = match_inputs(args.input)
-    header = read_header(files[0], config)
-    for path in files[1:]:
-        other = read_header(path, config)
-        if other != header:
-            raise InputError(
-                f"{path}: its header differs from {files[0]}'s; every input file must have "
-                "the same columns in the same order"
-            )
+    header = inspect_inputs(files, config)
     output = args.output.rstrip("/")
-    _prepare_output(output, args.overwrite)
-    work_dir = artifacts.join(output, ".work")
-    LOG.info("Reading %d file(s); writing to %s", len(files), output)
+    _check_output(output, args.overwrite)
+    staging = _staging_dir(output)
+    if staging == output and FileSystems.exists(output):
+        FileSystems.delete([output])
+    work_dir = artifacts.join(staging, ".work")
+    LOG.info(
+        "Reading %d %s file(s) into %s (committed as %s when done)",
+        len(files),
+        config.input.format,
+        staging,
+        output,
+    )
 
     import tensorflow_transform as tft
-
-    started = time.time()
-    options = PipelineOptions(beam_args, save_main_session=False)
-    with beam.Pipeline(options=options) as p:
-        build(p, config, files, header, output, work_dir, args.batch_size)
-    LOG.info("Beam pipeline finished in %.1f s", time.time() - started)
-
-    measured = json.loads(artifacts.read_text(work_dir, MEASUREMENTS))
-    transform_output = tft.TFTransformOutput(output)
-    sizes = {
-        name: int(transform_output.vocabulary_size_by_name(name)) for name in config.vocabularies()
-    }
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
     from pipeline import features
 
-    metadata_io.write_metadata(
-        dataset_metadata.DatasetMetadata(features.raw_schema(config)),
-        artifacts.join(output, tft.TFTransformOutput.RAW_METADATA_DIR),
-    )
-    stats = summarize(config, measured, sizes)
-    artifacts.write_json(output, artifacts.STATS, stats)
-    artifacts.write_json(output, artifacts.CONFIG, config.to_dict())
-    FileSystems.delete([work_dir])
-    artifacts.write_text(output, artifacts.SUCCESS, "")
-    rows = stats["rows"]
-    LOG.info(
-        "Rows: %d read, %d train, %d eval, %d rejected",
-        rows["read"],
-        rows["train"],
-        rows["eval"],
-        rows["rejected"],
-    )
+    started = time.time()
+    try:
+        options = PipelineOptions(beam_args, save_main_session=False)
+        with beam.Pipeline(options=options) as p:
+            build(p, config, files, header, staging, work_dir, args.batch_size)
+        LOG.info("Beam pipeline finished in %.1f s; summarizing", time.time() - started)
+
+        measured = json.loads(artifacts.read_text(work_dir, MEASUREMENTS))
+        transform_output = tft.TFTransformOutput(staging)
+        sizes = {
+            name: int(transform_output.vocabulary_size_by_name(name))
+            for name in config.vocabularies()
+        }
+        metadata_io.write_metadata(
+            dataset_metadata.DatasetMetadata(features.raw_schema(config)),
+            artifacts.join(staging, tft.TFTransformOutput.RAW_METADATA_DIR),
+        )
+        stats = summarize(config, measured, sizes)
+        artifacts.write_json(staging, artifacts.STATS, stats)
+        artifacts.write_json(staging, artifacts.CONFIG, config.to_dict())
+        FileSystems.delete([work_dir])
+        rows = stats["rows"]
+        LOG.info(
+            "Rows: %d read, %d train, %d eval, %d rejected",
+            rows["read"],
+            rows["train"],
+            rows["eval"],
+            rows["rejected"],
+        )
+        if rows["read"] != rows["train"] + rows["eval"] + rows["rejected"]:
+            raise RuntimeError(f"rows do not add up: {rows}")
+        try:
+            check_rejected(
+                stats, args.max_rejected_fraction, artifacts.join(output, artifacts.REJECTED_DIR)
+            )
+        except TooManyRejected:
+            _commit(staging, output, args.overwrite)
+            raise
+        artifacts.write_text(staging, artifacts.SUCCESS, "")
+        _commit(staging, output, args.overwrite)
+    except BaseException:
+        if staging != output and os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    LOG.info("Wrote %s", output)
     return stats
 
 
@@ -381,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         stats = run(argv)
-    except (ConfigError, InputError) as e:
+    except (ConfigError, InputError, TooManyRejected) as e:
         LOG.error("%s", e)
         return 2
     print(json.dumps({"rows": stats["rows"]}, indent=2))

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import json
 import os
 from collections.abc import Sequence
 
@@ -102,12 +104,72 @@ def generate(
     return out
 
 
+def _records(rows: Sequence[tuple]) -> list[dict]:
+    """Rows as records: the history a list of ids, the price and the label numbers."""
+    records = []
+    for row in rows:
+        record = dict(zip(HEADER, row, strict=True))
+        record["history"] = record["history"].split()
+        record["price"] = float(record["price"])
+        records.append(record)
+    return records
+
+
 def write_csv(path: str, rows: Sequence[tuple]) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", newline="") as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wt", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(HEADER)
         writer.writerows(rows)
+
+
+def write_jsonl(path: str, rows: Sequence[tuple]) -> None:
+    """One JSON object a line; the history is a JSON array."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wt") as f:
+        for record in _records(rows):
+            f.write(json.dumps(record) + "\n")
+
+
+def write_tfrecord(path: str, rows: Sequence[tuple]) -> None:
+    """tf.Examples; the history is a repeated bytes feature."""
+    import tensorflow as tf
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    options = "GZIP" if path.endswith(".gz") else None
+    with tf.io.TFRecordWriter(path, options=options) as writer:
+        for record in _records(rows):
+            example = tf.train.Example()
+            feature = example.features.feature
+            for name, value in record.items():
+                if isinstance(value, list):
+                    feature[name].bytes_list.value.extend(v.encode() for v in value)
+                elif isinstance(value, str):
+                    feature[name].bytes_list.value.append(value.encode())
+                elif isinstance(value, int):
+                    feature[name].int64_list.value.append(value)
+                else:
+                    feature[name].float_list.value.append(value)
+            writer.write(example.SerializeToString())
+
+
+def write_parquet(path: str, rows: Sequence[tuple]) -> None:
+    """A Parquet file; the history is a list<string> column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(_records(rows)), path)
+
+
+WRITERS = {
+    "csv": write_csv,
+    "jsonl": write_jsonl,
+    "tfrecord": write_tfrecord,
+    "parquet": write_parquet,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -115,9 +177,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", default="examples/clicks/data/clicks.csv")
+    parser.add_argument(
+        "--format",
+        choices=sorted(WRITERS),
+        default="csv",
+        help="file format (a .gz output is compressed)",
+    )
     args = parser.parse_args(argv)
-    write_csv(args.output, generate(args.rows, seed=args.seed))
-    print(f"Wrote {args.rows} rows to {args.output}")
+    WRITERS[args.format](args.output, generate(args.rows, seed=args.seed))
+    print(f"Wrote {args.rows} rows to {args.output} ({args.format})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""The pipeline's guarantees, each on a real DirectRunner pipeline over a few hundred rows:
+every format gives the same measurements, bad rows are all accounted for, a failed run commits
+nothing, and 1 or 2 workers give the same bytes."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+
+from embedding.cli import plan_pipeline_output
+from examples.clicks import generate
+from pipeline import artifacts
+from pipeline import run as pipeline_run
+from pipeline.sources import InputError
+from tests.conftest import EXAMPLE_CONFIG
+
+pytestmark = pytest.mark.slow
+
+ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return generate.generate(ROWS, seed=3)
+
+
+def _config(tmp_path, fmt):
+    path = tmp_path / f"features-{fmt}.toml"
+    text = EXAMPLE_CONFIG.read_text().replace('format = "csv"', f'format = "{fmt}"')
+    path.write_text(text)
+    return str(path)
+
+
+def _run(tmp_path, name, fmt, inputs, *extra):
+    output = str(tmp_path / name)
+    args = ["--config", _config(tmp_path, fmt), "--output", output, *extra]
+    for pattern in inputs:
+        args += ["--input", pattern]
+    return output, pipeline_run.run(args)
+
+
+def _vocabularies(output):
+    return {
+        os.path.basename(path): open(path, "rb").read()
+        for path in glob.glob(os.path.join(output, "transform_fn", "assets", "*"))
+    }
+
+
+def _canonical(serialized: bytes) -> str:
+    """A tf.Example's content, independent of the order its map of features was encoded in."""
+    features = tf.train.Example.FromString(serialized).features.feature
+    return json.dumps(
+        {name: list(getattr(f, f.WhichOneof("kind")).value) for name, f in features.items()},
+        sort_keys=True,
+    )
+
+
+def _examples(output, split):
+    """The split's transformed tf.Examples, as a sorted list of their contents."""
+    files = sorted(glob.glob(os.path.join(output, "data", f"{split}-*.tfrecord.gz")))
+    return sorted(
+        _canonical(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    )
+
+
+def test_every_format_gives_the_same_measurements(rows, tmp_path):
+    # CSV split over two gzip'd files matched by two patterns; the others one file each.
+    half = len(rows) // 2
+    generate.write_csv(str(tmp_path / "in" / "a.csv.gz"), rows[:half])
+    generate.write_csv(str(tmp_path / "in" / "b.csv.gz"), rows[half:])
+    generate.write_jsonl(str(tmp_path / "in" / "c.jsonl"), rows)
+    generate.write_tfrecord(str(tmp_path / "in" / "c.tfrecord.gz"), rows)
+    generate.write_parquet(str(tmp_path / "in" / "c.parquet"), rows)
+    inputs = {
+        "csv": [str(tmp_path / "in" / "a.csv.gz"), str(tmp_path / "in" / "b*.csv.gz")],
+        "jsonl": [str(tmp_path / "in" / "c.jsonl")],
+        "tfrecord": [str(tmp_path / "in" / "c.tfrecord.gz")],
+        "parquet": [str(tmp_path / "in" / "c.parquet")],
+    }
+    results = {fmt: _run(tmp_path, f"out-{fmt}", fmt, patterns) for fmt, patterns in inputs.items()}
+    csv_output, csv_stats = results["csv"]
+    assert csv_stats["rows"] == {
+        "read": ROWS,
+        "train": csv_stats["rows"]["train"],
+        "eval": ROWS - csv_stats["rows"]["train"],
+        "rejected": 0,
+    }
+    for fmt, (output, stats) in results.items():
+        assert stats == csv_stats, fmt
+        assert _vocabularies(output) == _vocabularies(csv_output), fmt
+        assert _examples(output, "train") == _examples(csv_output, "train"), fmt
+    assert set(_vocabularies(csv_output)) == {"items", "device", "region"}
+
+
+BAD_LINES = {
+    "u1,i1,i2 i3,mobile,r1,9.5,1": None,  # good
+    "u2,i1,,mobile,r1,9.5,0": None,  # good: an empty history
+    "u3,i1,i2,mobile,r1,9.5": "expected 7 fields, got 6",
+    "u4,i1,i2,mobile,r1,9.5,1,extra": "expected 7 fields, got 8",
+    "u5,i1,i2,mobile,r1,cheap,1": "price: 'cheap' is not a number",
+    "u6,i1,i2,mobile,r1,9.5,maybe": "label clicked: 'maybe' is not a number",
+    "u7,,i2,mobile,r1,9.5,1": "missing value for item_id",
+    "u8,i1,i2,mobile,r1,,1": "missing value for price",
+    ",i1,i2,mobile,r1,9.5,1": "missing value for split key user_id",
+    'u9,i1,"i2,mobile,r1,9.5,1': "malformed CSV: unexpected end of data",
+    "u10,i1,i2,mobile,r1,9.5,3": "label clicked: '3' is not 0 or 1",
+}
+
+
+def _write_bad_csv(path, good_rows):
+    with open(path, "w") as f:
+        f.write(",".join(generate.HEADER) + "\n")
+        for row in good_rows:
+            f.write(",".join(str(v) for v in row) + "\n")
+        for line in BAD_LINES:
+            f.write(line + "\n")
+        f.write("\n")  # a blank line is a row too
+    with open(path, "ab") as f:
+        f.write(b"u11,\xff\xfe,i2,mobile,r1,9.5,1\n")
+
+
+def test_every_bad_row_is_rejected_with_its_reason(rows, tmp_path):
+    data = tmp_path / "bad.csv"
+    _write_bad_csv(data, rows)
+    output, stats = _run(tmp_path, "out", "csv", [str(data)], "--max-rejected-fraction", "0.1")
+    expected = [reason for reason in BAD_LINES.values() if reason]
+    expected += ["blank line", "not UTF-8 text"]
+    counts = stats["rows"]
+    assert counts["read"] == ROWS + len(BAD_LINES) + 2
+    assert counts["rejected"] == len(expected)
+    assert counts["read"] == counts["train"] + counts["eval"] + counts["rejected"]
+    rejected = [
+        json.loads(line)
+        for path in glob.glob(os.path.join(output, "rejected", "*"))
+        for line in open(path)
+    ]
+    assert sorted(r["reason"] for r in rejected) == sorted(expected)
+    by_reason = {r["reason"]: r for r in rejected}
+    assert by_reason["price: 'cheap' is not a number"]["row"] == "u5,i1,i2,mobile,r1,cheap,1"
+    assert all(r["file"].endswith("bad.csv") for r in rejected)
+    assert sum(stats["rejected_reasons"].values()) == counts["rejected"]
+    assert stats["rejected_reasons"]["price: '...' is not a number"] == 1
+    assert os.path.exists(os.path.join(output, "_SUCCESS"))
+
+
+def test_too_many_rejected_rows_fail_the_run_without_success(rows, tmp_path):
+    data = tmp_path / "bad.csv"
+    _write_bad_csv(data, rows[:50])
+    output = str(tmp_path / "out")
+    with pytest.raises(pipeline_run.TooManyRejected) as error:
+        _run(tmp_path, "out", "csv", [str(data)])
+    message = str(error.value)
+    assert "more than --max-rejected-fraction 0.01" in message
+    assert "expected 7 fields, got 6 (1)" in message or "commonest reasons" in message
+    assert "rejected" in message
+    assert not os.path.exists(os.path.join(output, "_SUCCESS"))
+    assert glob.glob(os.path.join(output, "rejected", "*.jsonl"))
+    with pytest.raises(artifacts.PipelineOutputError, match="no _SUCCESS"):
+        plan_pipeline_output(output)
+
+
+def test_a_failing_run_commits_nothing(rows, tmp_path, monkeypatch):
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), rows)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected failure after the Beam pipeline")
+
+    monkeypatch.setattr(pipeline_run, "summarize", fail)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _run(tmp_path, "out", "csv", [str(data)])
+    assert not os.path.exists(tmp_path / "out")
+    assert not glob.glob(str(tmp_path / "out*"))  # no staging directory left behind either
+
+
+def test_fails_before_beam_on_bad_inputs(rows, tmp_path):
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), rows[:5])
+    with pytest.raises(InputError, match="matches no file"):
+        _run(tmp_path, "out", "csv", [str(tmp_path / "nothing-*.csv")])
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text(",".join(generate.HEADER) + "\n")
+    with pytest.raises(InputError, match="no data rows"):
+        _run(tmp_path, "out", "csv", [str(header_only)])
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("user_id,item_id,history\nu1,i1,i2\n")
+    with pytest.raises(
+        InputError, match=r"wrong\.csv: the header has no column 'region', 'device'"
+    ):
+        _run(tmp_path, "out", "csv", [str(wrong)])
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        _run(tmp_path, "exists", "csv", [str(data)])
+
+
+def test_one_and_two_workers_write_the_same_bytes(rows, tmp_path):
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), rows)
+    one, stats_one = _run(tmp_path, "one", "csv", [str(data)], "--direct_num_workers", "1")
+    two, stats_two = _run(
+        tmp_path,
+        "two",
+        "csv",
+        [str(data)],
+        "--direct_num_workers",
+        "2",
+        "--direct_running_mode",
+        "multi_processing",
+    )
+    assert stats_one == stats_two
+    assert _vocabularies(one) == _vocabularies(two)
+    for split in ("train", "eval"):
+        assert _examples(one, split) == _examples(two, split)
+    rerun, _ = _run(tmp_path, "one", "csv", [str(data)], "--overwrite")
+    assert _vocabularies(rerun) == _vocabularies(one)
+    shutil.rmtree(two)
+
+
+def test_gzip_input_lines_are_read(tmp_path, rows):
+    # A .gz file is decompressed by its extension; the same rows give the same counts.
+    plain, gz = tmp_path / "c.csv", tmp_path / "c.csv.gz"
+    generate.write_csv(str(plain), rows[:20])
+    with open(plain, "rb") as src, gzip.open(gz, "wb") as dst:
+        dst.write(src.read())
+    _, stats = _run(tmp_path, "gz", "csv", [str(gz)])
+    assert stats["rows"]["read"] == 20

@@ -30,7 +30,11 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+)
 
 from pipeline import artifacts, decode, statistics
 from pipeline.config import Config, ConfigError, load_config
@@ -71,8 +75,22 @@ def build(
     output: str,
     work_dir: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    transform_temp_dir: str | None = None,
 ) -> None:
-    """Adds the whole measuring and transforming graph to pipeline `p`."""
+    """Adds the whole measuring and transforming graph to pipeline `p`.
+
+    Args:
+      p: the pipeline.
+      config: the validated config.
+      files: the input files, already matched.
+      header: the CSV header (None for other formats).
+      output: where the artifacts go (a staging directory until committed).
+      work_dir: where intermediate measurements go.
+      batch_size: rows per record batch.
+      transform_temp_dir: tf.Transform's temporary directory, written while the graph is
+        built; defaults to work_dir/tft. A Dataflow dry run passes a local one, so building
+        the job needs no access to Cloud Storage.
+    """
     import tensorflow_transform.beam as tft_beam
     from tfx_bsl.coders import example_coder
 
@@ -98,7 +116,7 @@ def build(
     train = to_batches(rows[decode.TRAIN], "Train")
     eval_ = to_batches(rows[decode.EVAL], "Eval")
 
-    with tft_beam.Context(temp_dir=artifacts.join(work_dir, "tft")):
+    with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
         (train_out, _), transform_fn = (
             train,
             adapter_config,
@@ -297,6 +315,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     return parser.parse_known_args(argv)
 
 
+def _dry_run(options, config, files, header, output, work_dir, batch_size) -> dict[str, Any]:
+    """Builds the job (on Dataflow: the job description) without running it."""
+    import tempfile
+
+    p = beam.Pipeline(options=options)
+    with tempfile.TemporaryDirectory() as transform_temp_dir:
+        build(p, config, files, header, output, work_dir, batch_size, transform_temp_dir)
+        result = p.run()
+    LOG.info("Dry run: the job was built and not run; nothing was written to %s", output)
+    return {"dry_run": True, "job": getattr(result, "job", None)}
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the pipeline; returns the stats written to OUTPUT/stats.json.
 
@@ -315,9 +345,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)
     output = args.output.rstrip("/")
-    _check_output(output, args.overwrite)
-    staging = _staging_dir(output)
-    if staging == output and FileSystems.exists(output):
+    dry_run = "--dry_run" in " ".join(beam_args)
+    if not dry_run:
+        _check_output(output, args.overwrite)
+    staging = output if dry_run else _staging_dir(output)
+    if not dry_run and staging == output and FileSystems.exists(output):
         FileSystems.delete([output])
     work_dir = artifacts.join(staging, ".work")
     LOG.info(
@@ -333,9 +365,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from pipeline import features
 
+    options = PipelineOptions(beam_args, save_main_session=False)
+    if options.view_as(TestOptions).dry_run:
+        if "Dataflow" not in str(options.view_as(StandardOptions).runner):
+            raise InputError("--dry_run is a DataflowRunner option; add --runner DataflowRunner")
+        return _dry_run(options, config, files, header, staging, work_dir, args.batch_size)
+
     started = time.time()
     try:
-        options = PipelineOptions(beam_args, save_main_session=False)
         with beam.Pipeline(options=options) as p:
             build(p, config, files, header, staging, work_dir, args.batch_size)
         LOG.info("Beam pipeline finished in %.1f s; summarizing", time.time() - started)
@@ -388,5 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InputError, TooManyRejected) as e:
         LOG.error("%s", e)
         return 2
+    if stats.get("dry_run"):
+        print("Dry run: the pipeline was built, not run.")
+        return 0
     print(json.dumps({"rows": stats["rows"]}, indent=2))
     return 0

@@ -178,6 +178,7 @@ class ReadRaw(beam.PTransform):
                     path,
                     skip_header_lines=1 if self._format == "csv" else 0,
                     coder=beam.coders.BytesCoder(),
+                    validate=False,  # matched before the pipeline was built
                 )
                 for i, path in enumerate(self._files)
             ]

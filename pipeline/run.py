@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
-from pipeline import artifacts, decode, statistics
+from pipeline import artifacts, decode, report, statistics
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.sources import (
     REJECTED,
@@ -390,6 +390,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stats = summarize(config, measured, sizes)
         artifacts.write_json(staging, artifacts.STATS, stats)
         artifacts.write_json(staging, artifacts.CONFIG, config.to_dict())
+        artifacts.write_text(
+            staging, artifacts.REPORT, report.render(stats, config, f"Pipeline report: {output}")
+        )
         FileSystems.delete([work_dir])
         rows = stats["rows"]
         LOG.info(

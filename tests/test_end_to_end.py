@@ -47,6 +47,7 @@ def chain(small_pipeline_output, tmp_path_factory):
 def test_pipeline_writes_every_artifact(chain):
     output = chain["output"]
     for name in (
+        "report.html",
         "transform_fn",
         "transformed_metadata",
         "stats.json",
@@ -61,6 +62,14 @@ def test_pipeline_writes_every_artifact(chain):
     transform_output = tft.TFTransformOutput(output)
     assert transform_output.transformed_feature_spec()["history"] == tf.io.VarLenFeature(tf.int64)
     assert transform_output.raw_feature_spec()["history"] == tf.io.VarLenFeature(tf.string)
+
+
+def test_report_marks_the_chosen_length(chain):
+    page = open(os.path.join(chain["output"], "report.html")).read()
+    length = chain["plan"].features["history"].max_sequence_length
+    assert f"max_sequence_length = {length}" in page
+    assert page.count("<svg") == 1 + len(chain["stats"]["vocabularies"])
+    assert "<script" not in page and "http" not in page.replace("http://www.w3.org", "")
 
 
 def test_rows_add_up(chain):

@@ -1,0 +1,186 @@
+"""report.html: what the pipeline measured, as one self-contained page (inline SVG, no scripts).
+
+Per sequence feature, the exact length histogram with the `max_sequence_length` the config's
+coverage rule picks marked on it; per vocabulary, the coverage curve (the share of tokens the
+k most frequent values cover) with the vocabulary's size marked. Pure Python.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+from pipeline import statistics
+from pipeline.config import Config
+
+WIDTH, HEIGHT, PAD = 640, 220, 40
+
+
+def _svg(body: list[str], title: str) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'role="img" aria-label="{html.escape(title)}">' + "".join(body) + "</svg>"
+    )
+
+
+def _axes(x_label: str, y_label: str) -> list[str]:
+    bottom, right = HEIGHT - PAD, WIDTH - 10
+    return [
+        f'<line x1="{PAD}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#444"/>',
+        f'<line x1="{PAD}" y1="10" x2="{PAD}" y2="{bottom}" stroke="#444"/>',
+        f'<text x="{(PAD + right) / 2}" y="{HEIGHT - 8}" text-anchor="middle" '
+        f'font-size="12">{html.escape(x_label)}</text>',
+        f'<text x="12" y="{HEIGHT / 2}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 12 {HEIGHT / 2})">{html.escape(y_label)}</text>',
+    ]
+
+
+def length_histogram_svg(histogram: dict[str, int], chosen: int) -> str:
+    """Bars of rows per length up to 1.5 x the 99th percentile (longer ones in a last bar)."""
+    pairs = sorted((int(k), int(v)) for k, v in histogram.items() if v)
+    if not pairs:
+        return "<p>No sequences.</p>"
+    cap = max(int(1.5 * max(statistics.coverage_length(histogram, 0.99), chosen)), 1)
+    bins = [0] * (cap + 2)
+    for length, count in pairs:
+        bins[min(length, cap + 1)] += count
+    tallest = max(bins)
+    plot_w, plot_h = WIDTH - PAD - 10, HEIGHT - PAD - 10
+    bar_w = plot_w / len(bins)
+    body = _axes("sequence length (last bar: longer)", "rows")
+    for i, count in enumerate(bins):
+        if not count:
+            continue
+        h = plot_h * count / tallest
+        body.append(
+            f'<rect x="{PAD + i * bar_w:.1f}" y="{HEIGHT - PAD - h:.1f}" '
+            f'width="{max(bar_w - 0.5, 0.5):.1f}" height="{h:.1f}" fill="#4c78a8">'
+            f"<title>length {i if i <= cap else f'> {cap}'}: {count} rows</title></rect>"
+        )
+    x = PAD + (chosen + 0.5) * bar_w
+    body.append(
+        f'<line x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{HEIGHT - PAD}" stroke="#d62728" '
+        'stroke-width="2" stroke-dasharray="4 3"/>'
+        f'<text x="{x + 4:.1f}" y="22" fill="#d62728" font-size="12">'
+        f"max_sequence_length = {chosen}</text>"
+        f'<text x="{PAD}" y="{HEIGHT - PAD + 14}" font-size="11">0</text>'
+        f'<text x="{WIDTH - 10}" y="{HEIGHT - PAD + 14}" font-size="11" '
+        f'text-anchor="end">{cap}+</text>'
+    )
+    return _svg(body, "sequence length histogram")
+
+
+def coverage_svg(coverage: dict[str, float], size: int) -> str:
+    """Share of tokens covered by the top k values, k on a log scale."""
+    points = sorted((int(k), float(v)) for k, v in coverage.items())
+    if not points:
+        return "<p>No tokens.</p>"
+    top = max(points[-1][0], size, 2)
+    plot_w, plot_h = WIDTH - PAD - 10, HEIGHT - PAD - 10
+
+    def x_of(k: int) -> float:
+        return PAD + plot_w * math.log(max(k, 1)) / math.log(top)
+
+    def y_of(share: float) -> float:
+        return HEIGHT - PAD - plot_h * share
+
+    path = " ".join(f"{x_of(k):.1f},{y_of(v):.1f}" for k, v in points)
+    body = _axes("top k values (log scale)", "share of tokens covered")
+    body.append(
+        f'<polyline points="{PAD},{y_of(0):.1f} {path}" fill="none" stroke="#4c78a8" '
+        'stroke-width="2"/>'
+    )
+    for k, v in points:
+        body.append(
+            f'<circle cx="{x_of(k):.1f}" cy="{y_of(v):.1f}" r="2.5" fill="#4c78a8">'
+            f"<title>top {k}: {v:.1%}</title></circle>"
+        )
+    if size:
+        x = x_of(size)
+        body.append(
+            f'<line x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{HEIGHT - PAD}" stroke="#d62728" '
+            'stroke-width="2" stroke-dasharray="4 3"/>'
+            f'<text x="{x - 4:.1f}" y="{HEIGHT - PAD - 8}" fill="#d62728" font-size="12" '
+            f'text-anchor="end">vocabulary: {size:,} values</text>'
+        )
+    body.append(
+        f'<text x="{PAD - 4}" y="{y_of(1) + 4:.1f}" font-size="11" text-anchor="end">100%</text>'
+    )
+    body.append(
+        f'<text x="{PAD}" y="{HEIGHT - PAD + 14}" font-size="11">1</text>'
+        f'<text x="{WIDTH - 10}" y="{HEIGHT - PAD + 14}" font-size="11" '
+        f'text-anchor="end">{top:,}</text>'
+    )
+    return _svg(body, "vocabulary coverage curve")
+
+
+def chosen_length(config: Config, feature: str, histogram: dict[str, int]) -> int:
+    """The max_sequence_length the planner picks by default: the config's value or coverage."""
+    fixed = config.feature(feature).max_sequence_length
+    if fixed is not None:
+        return fixed
+    return max(statistics.coverage_length(histogram, config.sequence.length_coverage), 1)
+
+
+def render(stats: dict[str, Any], config: Config, title: str = "Pipeline report") -> str:
+    """The whole report page."""
+    rows = stats["rows"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:60em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+        "padding:.25em .6em;text-align:right}th{background:#f3f3f3}"
+        "td:first-child,th:first-child{text-align:left}h2{margin-top:1.6em}</style>",
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>Rows</h2><table><tr><th>read</th><th>train</th><th>eval</th><th>rejected</th></tr>",
+        f"<tr><td>{rows['read']:,}</td><td>{rows['train']:,}</td><td>{rows['eval']:,}</td>"
+        f"<td>{rows['rejected']:,}</td></tr></table>",
+    ]
+    reasons = stats.get("rejected_reasons", {})
+    if reasons:
+        parts.append("<table><tr><th>rejection reason</th><th>rows</th></tr>")
+        parts += [f"<tr><td>{html.escape(r)}</td><td>{n:,}</td></tr>" for r, n in reasons.items()]
+        parts.append("</table><p>Every rejected row, with its reason, is in rejected/.</p>")
+
+    parts.append("<h2>Sequence lengths (training split)</h2>")
+    for name, summary in stats["sequences"].items():
+        chosen = chosen_length(config, name, summary["histogram"])
+        cost = statistics.truncation(summary["histogram"], chosen)
+        q = summary["quantiles"]
+        parts += [
+            f"<h3>{html.escape(name)}</h3>",
+            f"<p>{summary['count']:,} sequences, {summary['empty']:,} empty, mean "
+            f"{summary['mean']:.1f}, longest {summary['max']:,}; median {q['0.5']}, 90% "
+            f"{q['0.9']}, 95% {q['0.95']}, 99% {q['0.99']}.<br>At max_sequence_length "
+            f"{chosen}: padding efficiency {cost['padding_efficiency']:.1%}, "
+            f"{cost['truncated_fraction']:.1%} of sequences truncated, "
+            f"{cost['dropped_id_fraction']:.1%} of ids dropped.</p>",
+            length_histogram_svg(summary["histogram"], chosen),
+        ]
+
+    parts.append("<h2>Vocabularies</h2>")
+    for name, vocab in stats["vocabularies"].items():
+        parts += [
+            f"<h3>{html.escape(name)} <small>({html.escape(', '.join(vocab['features']))})"
+            "</small></h3>",
+            f"<p>{vocab['size']:,} values kept of {vocab['distinct_values']:,} distinct "
+            f"(top_k {vocab['top_k']:,}, frequency_threshold {vocab['frequency_threshold']}), "
+            f"{vocab['tokens']:,} tokens, {vocab['oov_rate']:.2%} out of vocabulary.</p>",
+            coverage_svg(vocab.get("coverage", {}), vocab["size"]),
+        ]
+    if stats.get("numeric"):
+        parts.append(
+            "<h2>Numeric features</h2><table><tr><th>feature</th><th>count</th>"
+            "<th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
+        )
+        for name, n in stats["numeric"].items():
+            parts.append(
+                f"<tr><td>{html.escape(name)}</td><td>{n['count']:,}</td><td>{n['mean']:.4g}"
+                f"</td><td>{n['std']:.4g}</td><td>{n['min']:.4g}</td><td>{n['max']:.4g}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -92,6 +92,7 @@ class RowDecoder:
         self._key = config.split.key
         self._columns = [(f.name, f.type) for f in config.features]
         self._columns.append((config.label.name, "label"))
+        self._sequence_names = {name for name, kind in self._columns if kind == "sequence"}
         self._header = list(header) if header is not None else None
         if self._header is not None:
             self._index = {name: i for i, name in enumerate(self._header)}
@@ -103,8 +104,6 @@ class RowDecoder:
     def _sequence(self, raw: Any, name: str) -> list[bytes]:
         if raw is _MISSING or raw is None:
             return []
-        if isinstance(raw, str):  # a CSV cell
-            return [t.encode("utf-8") for t in raw.split(self._list_delimiter) if t]
         if isinstance(raw, list | tuple):
             tokens = []
             for value in raw:
@@ -159,7 +158,15 @@ class RowDecoder:
             raise RowError(f"malformed CSV: {e}") from None
         if len(cells) != len(self._header):
             raise RowError(f"expected {len(self._header)} fields, got {len(cells)}")
-        return self.decode_values(lambda name: cells[self._index[name]])
+        sequences = self._sequence_names
+
+        def get(name):
+            cell = cells[self._index[name]]
+            if name in sequences:
+                return cell.split(self._list_delimiter)
+            return cell
+
+        return self.decode_values(get)
 
     def decode_json(self, line: str) -> tuple[str, dict[str, list[Any]]]:
         if not line.strip():

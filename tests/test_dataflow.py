@@ -23,21 +23,34 @@ def test_setup_py_sdist_carries_every_package(tmp_path):
     sdist = Stager._build_setup_package(str(ROOT / "setup.py"), str(tmp_path))
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    for module in ("pipeline/run.py", "pipeline/preprocessing.py", "embedding/planner.py",
-                   "embedding/columns.py", "trainer/task.py", "trainer/model.py",
-                   "pyproject.toml", "setup.py"):
+    for module in (
+        "pipeline/run.py",
+        "pipeline/preprocessing.py",
+        "embedding/planner.py",
+        "embedding/columns.py",
+        "trainer/task.py",
+        "trainer/model.py",
+        "pyproject.toml",
+        "setup.py",
+    ):
         assert module in names, module
 
 
 def test_dataflow_job_graph_builds_offline(tmp_path):
     options = PipelineOptions(
         [
-            "--runner", "DataflowRunner",
-            "--project", "my-project",
-            "--region", "us-central1",
-            "--temp_location", "gs://my-bucket/tmp",
-            "--setup_file", str(ROOT / "setup.py"),
-            "--dry_run", "True",
+            "--runner",
+            "DataflowRunner",
+            "--project",
+            "my-project",
+            "--region",
+            "us-central1",
+            "--temp_location",
+            "gs://my-bucket/tmp",
+            "--setup_file",
+            str(ROOT / "setup.py"),
+            "--dry_run",
+            "True",
         ]
     )
     p = beam.Pipeline(options=options)
@@ -54,8 +67,16 @@ def test_dataflow_job_graph_builds_offline(tmp_path):
     job = result.job
     assert job.proto.type.name == "JOB_TYPE_BATCH"
     labels = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
-    for step in ("ReadRaw", "ParseRows", "AnalyzeAndTransform", "TransformEval",
-                 "WriteTransformFn", "WriteTrain", "WriteEval", "WriteRejected",
-                 "WriteMeasurements"):
+    for step in (
+        "ReadRaw",
+        "ParseRows",
+        "AnalyzeAndTransform",
+        "TransformEval",
+        "WriteTransformFn",
+        "WriteTrain",
+        "WriteEval",
+        "WriteRejected",
+        "WriteMeasurements",
+    ):
         assert step in labels, step
     assert job.google_cloud_options.project == "my-project"

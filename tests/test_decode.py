@@ -6,6 +6,7 @@ from pipeline.decode import (
     EVAL,
     TRAIN,
     CsvRowDecoder,
+    RowDecoder,
     RowError,
     check_header,
     split_of,
@@ -103,3 +104,113 @@ def test_to_record_batch_follows_the_schema_order(decoder):
     assert batch.schema == schema
     assert batch.column(1).to_pylist() == [[b"x", b"y"], []]
     assert batch.column(0).to_pylist() == [[1.0], [0.0]]
+
+
+def _values(decoder_method, record):
+    return decoder_method(record)[1]
+
+
+@pytest.fixture
+def any_format():
+    return RowDecoder(CONFIG)
+
+
+def test_json_rows(any_format):
+    values = _values(
+        any_format.decode_json,
+        '{"user_id": 7, "item_id": 42, "history": ["i1", 5], "price": 2, "clicked": 0}',
+    )
+    # integer ids become the same text ids as in CSV
+    assert values == {
+        "item_id": [b"42"],
+        "history": [b"i1", b"5"],
+        "price": [2.0],
+        "clicked": [0.0],
+    }
+    missing_sequence = '{"user_id": "u", "item_id": "a", "price": 1, "clicked": 1}'
+    assert _values(any_format.decode_json, missing_sequence)["history"] == []
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (
+            '{"user_id": "u", "item_id": ["a", "b"], "history": [], "price": 1, "clicked": 1}',
+            "item_id: a list where one value belongs",
+        ),
+        (
+            '{"user_id": "u", "item_id": "a", "history": "a b", "price": 1, "clicked": 1}',
+            "history: expected a list of ids, got 'a b'",
+        ),
+        (
+            '{"user_id": "u", "item_id": "a", "history": [["a"]], "price": 1, "clicked": 1}',
+            "history: nested lists are not a sequence of ids",
+        ),
+        (
+            '{"user_id": "u", "item_id": "a", "history": [], "price": true, "clicked": 1}',
+            "price: True is not a number",
+        ),
+        (
+            '{"user_id": "u", "item_id": "a", "history": [], "clicked": 1}',
+            "missing value for price",
+        ),
+        (
+            '{"user_id": "u", "item_id": 1.5, "history": [], "price": 1, "clicked": 1}',
+            "item_id: 1.5 is not a string or an integer id",
+        ),
+        ("[1, 2]", "a JSON line must be an object of column: value"),
+        (
+            '{"user_id": "u", ',
+            "malformed JSON: Expecting property name enclosed in double quotes at column 18",
+        ),
+    ],
+)
+def test_bad_json_rows(any_format, line, reason):
+    with pytest.raises(RowError) as error:
+        any_format.decode_json(line)
+    assert str(error.value) == reason
+
+
+def _example(**features):
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    for name, values in features.items():
+        feature = example.features.feature[name]
+        if values and isinstance(values[0], bytes):
+            feature.bytes_list.value.extend(values)
+        elif values and isinstance(values[0], int):
+            feature.int64_list.value.extend(values)
+        else:
+            feature.float_list.value.extend(values)
+    return example.SerializeToString()
+
+
+def test_example_rows(any_format):
+    record = _example(user_id=[b"u"], item_id=[42], history=[b"a", b"b"], price=[1.5], clicked=[1])
+    assert _values(any_format.decode_example, record) == {
+        "item_id": [b"42"],
+        "history": [b"a", b"b"],
+        "price": [1.5],
+        "clicked": [1.0],
+    }
+    with pytest.raises(RowError, match="item_id: a list of 2 values where one belongs"):
+        any_format.decode_example(
+            _example(user_id=[b"u"], item_id=[b"a", b"b"], price=[1.0], clicked=[1])
+        )
+    with pytest.raises(RowError, match="missing value for price"):
+        any_format.decode_example(_example(user_id=[b"u"], item_id=[b"a"], clicked=[1]))
+    with pytest.raises(RowError, match="not a tf.Example"):
+        any_format.decode_example(b"\xff\xff\xff")
+
+
+def test_mapping_rows_like_parquet(any_format):
+    row = {"user_id": "u", "item_id": "a", "history": None, "price": 3, "clicked": 1}
+    assert _values(any_format.decode_mapping, row)["history"] == []
+
+
+def test_reason_kind_drops_the_values():
+    from pipeline.decode import reason_kind
+
+    assert reason_kind("price: 'cheap' is not a number") == "price: '...' is not a number"
+    assert reason_kind("expected 7 fields, got 6") == "expected 7 fields, got 6"

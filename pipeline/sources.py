@@ -9,6 +9,7 @@ config names but the data lacks) run in the launcher, before Beam starts.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from pipeline import decode
 from pipeline.config import Config
 
 REJECTED = "rejected"
+PROGRESS_EVERY = 100_000
 
 
 class InputError(ValueError):
@@ -234,9 +236,17 @@ class ParseRows(beam.DoFn):
             "parquet": decoder.decode_mapping,
         }[fmt]
 
+    def start_bundle(self):
+        self._seen = getattr(self, "_seen", 0)
+
     def process(self, element):
         source, record = element
         self._rows.inc()
+        self._seen += 1
+        if self._seen % PROGRESS_EVERY == 0:
+            logging.getLogger("pipeline").info(
+                "%s rows parsed by this worker (now reading %s)", f"{self._seen:,}", source
+            )
         try:
             split, values = self._decode(record)
         except decode.RowError as e:

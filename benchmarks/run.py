@@ -1,0 +1,303 @@
+"""Benchmarks, each measured side by side in one run on the same generated data.
+
+    .venv/bin/python -m benchmarks.run --rows 100000 [--rows 1000000] [--skip-baseline]
+
+1. Pipeline throughput (rows/s, ids/s) of `python -m pipeline` against the census-style
+   tf.Transform pipeline (`benchmarks/baseline_pipeline.py`), as a ratio.
+2. The floor: the same vocabularies and length histograms in one process with pyarrow and
+   numpy (no Beam, no TensorFlow); our throughput as a fraction of it.
+3. Scaling: wall time and peak memory (max RSS of the process tree) per row count.
+4. Trainer: examples/s of TPUEstimator(use_tpu=False) fed from the TFRecords, against the
+   same model fed from an in-memory cache of the same batches, and the input_fn alone.
+5. Padding: padding efficiency and ids dropped at the planned L against L = the longest.
+
+Prints a table and writes benchmarks/results.json. Machines are noisy: compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples" / "clicks" / "features.toml"
+
+
+def _timed(command: list[str]) -> tuple[float, float]:
+    """Runs a command; returns (seconds, peak RSS in MiB of it and its children)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+    wrapped = [
+        "/usr/bin/env",
+        "python3",
+        "-c",
+        "import resource,subprocess,sys;"
+        "rc=subprocess.call(sys.argv[1:],stdout=subprocess.DEVNULL,"
+        "stderr=subprocess.DEVNULL);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(rc)",
+        *command,
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(wrapped, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
+    return seconds, int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def floor(csv_path: str) -> dict:
+    """Vocabularies and exact length histograms, vectorized in one process."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    started = time.perf_counter()
+    table = pacsv.read_csv(
+        csv_path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={
+                c: pa.string() for c in ("user_id", "item_id", "history", "device", "region")
+            }
+        ),
+    )
+    history = pc.split_pattern(table["history"], " ")
+    history = pc.if_else(pc.equal(table["history"], ""), pa.scalar([], history.type), history)
+    items = pa.chunked_array(pc.list_flatten(history).chunks + table["item_id"].chunks)
+    vocabularies = {
+        "items": pc.value_counts(items),
+        "device": pc.value_counts(table["device"]),
+        "region": pc.value_counts(table["region"]),
+    }
+    lengths = np.bincount(pc.list_value_length(history).to_numpy(zero_copy_only=False))
+    price = table["price"].to_numpy()
+    moments = (price.mean(), price.std())
+    seconds = time.perf_counter() - started
+    del vocabularies, moments
+    return {"seconds": seconds, "ids": int(lengths @ np.arange(len(lengths)))}
+
+
+def trainer_rates(output: str, steps: int = 300, batch_size: int = 256) -> dict:
+    """examples/s: training from files, from an in-memory cache, and the input_fn alone."""
+    import tensorflow as tf
+
+    from embedding.cli import load_or_make_plan
+    from pipeline import artifacts
+    from pipeline.config import read_pipeline_config
+    from trainer import task
+    from trainer.inputs import make_input_fn
+
+    plan = load_or_make_plan(output)
+    config = read_pipeline_config(output)
+    pattern = artifacts.data_pattern(output, "train")
+    files_fn = make_input_fn(pattern, plan, training=True, seed=1)
+
+    def cached_fn(params):
+        # The same batches, parsed and prepared once, then replayed from memory.
+        return files_fn(params).take(50).cache().repeat()
+
+    results = {}
+    with tf.Graph().as_default():
+        dataset = files_fn({"batch_size": batch_size})
+        next_batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        with tf.compat.v1.Session() as session:
+            session.run(next_batch)
+            started = time.perf_counter()
+            for _ in range(steps):
+                session.run(next_batch)
+            results["input_fn_alone"] = steps * batch_size / (time.perf_counter() - started)
+    for name, input_fn in (("train_from_files", files_fn), ("train_in_memory", cached_fn)):
+        model_dir = tempfile.mkdtemp()
+        args = task.parse_args(
+            [
+                "--pipeline-output",
+                output,
+                "--model-dir",
+                model_dir,
+                "--train-steps",
+                str(steps + 50),
+                "--batch-size",
+                str(batch_size),
+                "--save-checkpoints-steps",
+                "100000",
+            ]
+        )
+        estimator = task.build_estimator(args, plan, config)
+        estimator.train(input_fn, max_steps=50)  # graph building, first checkpoint
+        started = time.perf_counter()
+        estimator.train(input_fn, max_steps=steps + 50)
+        results[name] = steps * batch_size / (time.perf_counter() - started)
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--rows",
+        type=int,
+        action="append",
+        help="row counts to measure (default: 10000 and 100000)",
+    )
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
+    args = parser.parse_args()
+    row_counts = args.rows or [10_000, 100_000]
+    python = sys.executable
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30}"
+        " GiB",
+        "runs": [],
+    }
+    for rows in row_counts:
+        data = work / f"clicks-{rows}.csv"
+        subprocess.run(
+            [python, "-m", "examples.clicks.generate", "--rows", str(rows), "--output", str(data)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        output = work / f"out-{rows}"
+        ours, ours_mem = _timed(
+            [
+                python,
+                "-m",
+                "pipeline",
+                "--config",
+                str(CONFIG),
+                "--input",
+                str(data),
+                "--output",
+                str(output),
+            ]
+        )
+        stats = json.loads((output / "stats.json").read_text())
+        ids = sum(s["ids"] for s in stats["sequences"].values())
+        ids = int(ids / max(stats["rows"]["train"], 1) * rows)
+        fl = floor(str(data))
+        run = {
+            "rows": rows,
+            "ids": ids,
+            "ours_s": ours,
+            "ours_peak_mib": ours_mem,
+            "ours_rows_per_s": rows / ours,
+            "ours_ids_per_s": ids / ours,
+            "floor_s": fl["seconds"],
+            "floor_rows_per_s": rows / fl["seconds"],
+            "ours_fraction_of_floor": fl["seconds"] / ours,
+        }
+        if not args.skip_baseline:
+            base, base_mem = _timed(
+                [
+                    python,
+                    "-m",
+                    "benchmarks.baseline_pipeline",
+                    "--input",
+                    str(data),
+                    "--output",
+                    str(work / "base"),
+                ]
+            )
+            run.update(
+                {
+                    "baseline_s": base,
+                    "baseline_peak_mib": base_mem,
+                    "baseline_rows_per_s": rows / base,
+                    "speedup_vs_baseline": base / ours,
+                }
+            )
+            shutil.rmtree(work / "base", ignore_errors=True)
+        plan = json.loads(
+            subprocess.run(
+                [
+                    python,
+                    "-c",
+                    "import json,sys; from embedding.cli import plan_pipeline_output; "
+                    "print(json.dumps(plan_pipeline_output(sys.argv[1]).to_dict()))",
+                    str(output),
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        run["padding"] = {
+            name: {
+                k: f[k]
+                for k in (
+                    "max_sequence_length",
+                    "padding_efficiency",
+                    "dropped_id_fraction",
+                    "longest",
+                    "longest_padding_efficiency",
+                )
+            }
+            for name, f in plan["features"].items()
+            if f["type"] == "sequence"
+        }
+        if rows == row_counts[-1]:
+            run["trainer_examples_per_s"] = trainer_rates(str(output))
+        results["runs"].append(run)
+        print(json.dumps(run, indent=1), flush=True)
+    if len(results["runs"]) > 1:
+        first, last = results["runs"][0], results["runs"][-1]
+        results["scaling"] = {
+            "rows_ratio": last["rows"] / first["rows"],
+            "time_ratio": last["ours_s"] / first["ours_s"],
+            "peak_memory_ratio": last["ours_peak_mib"] / first["ours_peak_mib"],
+        }
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(results: dict) -> None:
+    print(f"\nMachine: {results['machine']}")
+    print(
+        f"{'rows':>9} {'ours s':>8} {'rows/s':>8} {'base s':>8} {'x base':>7} "
+        f"{'floor s':>8} {'of floor':>9} {'peak MiB':>9}"
+    )
+    for r in results["runs"]:
+        print(
+            f"{r['rows']:>9,} {r['ours_s']:>8.1f} {r['ours_rows_per_s']:>8.0f} "
+            f"{r.get('baseline_s', float('nan')):>8.1f} "
+            f"{r.get('speedup_vs_baseline', float('nan')):>7.2f} {r['floor_s']:>8.2f} "
+            f"{r['ours_fraction_of_floor']:>9.3f} {r['ours_peak_mib']:>9.0f}"
+        )
+    if "scaling" in results:
+        s = results["scaling"]
+        print(
+            f"Scaling x{s['rows_ratio']:.0f} rows: time x{s['time_ratio']:.2f}, "
+            f"peak memory x{s['peak_memory_ratio']:.2f}"
+        )
+    last = results["runs"][-1]
+    if "trainer_examples_per_s" in last:
+        t = last["trainer_examples_per_s"]
+        files, memory = t["train_from_files"], t["train_in_memory"]
+        print(
+            f"Trainer examples/s: from files {files:.0f}, in memory {memory:.0f} "
+            f"(files/memory {files / memory:.2f}), input_fn alone "
+            f"{t['input_fn_alone']:.0f} ({t['input_fn_alone'] / files:.1f}x training)"
+        )
+    for name, p in last["padding"].items():
+        print(
+            f"Padding {name}: L={p['max_sequence_length']} efficiency "
+            f"{p['padding_efficiency']:.1%} ids dropped {p['dropped_id_fraction']:.1%}; "
+            f"L=longest={p['longest']} efficiency {p['longest_padding_efficiency']:.2%}"
+        )
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    main()

@@ -47,3 +47,17 @@ def small_pipeline_output(tmp_path_factory):
     stats = run_pipeline(["--config", str(EXAMPLE_CONFIG), "--input", data, "--output", output])
     plan = plan_pipeline_output(output)
     return {"data": data, "output": output, "stats": stats, "plan": plan}
+
+
+def raw_example(row: dict) -> bytes:
+    """A serialized RAW tf.Example of one example-data row (a csv.DictReader dict), as a
+    client of the serving model sends it."""
+    import tensorflow as tf
+
+    example = tf.train.Example()
+    feature = example.features.feature
+    for name in ("item_id", "region", "device"):
+        feature[name].bytes_list.value.append(row[name].encode())
+    feature["history"].bytes_list.value.extend(t.encode() for t in row["history"].split())
+    feature["price"].float_list.value.append(float(row["price"]))
+    return example.SerializeToString()

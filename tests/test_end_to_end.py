@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline import artifacts
-from tests.conftest import SMALL_ROWS
+from tests.conftest import SMALL_ROWS, raw_example
 from trainer import task
 
 pytestmark = pytest.mark.slow
@@ -143,16 +143,6 @@ def test_training_wrote_metrics_and_checkpoint(chain):
     assert saved_plan == chain["plan"].to_dict()
 
 
-def _raw_example(row):
-    example = tf.train.Example()
-    feature = example.features.feature
-    for name in ("item_id", "region", "device"):
-        feature[name].bytes_list.value.append(row[name].encode())
-    feature["history"].bytes_list.value.extend(t.encode() for t in row["history"].split())
-    feature["price"].float_list.value.append(float(row["price"]))
-    return example.SerializeToString()
-
-
 def test_exported_model_serves_raw_examples(chain):
     export_dir = chain["metrics"]["export_dir"]
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
@@ -176,7 +166,7 @@ def test_exported_model_serves_raw_examples(chain):
             "price": "1e3",
         }
     )
-    probabilities = serve(examples=tf.constant([_raw_example(r) for r in rows]))[
+    probabilities = serve(examples=tf.constant([raw_example(r) for r in rows]))[
         "probabilities"
     ].numpy()
     assert probabilities.shape == (len(rows),)

@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 from embedding.planner import EmbeddingPlan
 from pipeline import artifacts
 from pipeline.config import read_pipeline_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, raw_example
 from trainer import task
 from trainer.inputs import make_input_fn
 
@@ -242,16 +242,6 @@ def test_cpu_and_tpu_inputs_see_the_same_ids(small_pipeline_output):
     assert kept == [row[-length:] for row in full]
 
 
-def _raw_example(row):
-    example = tf.train.Example()
-    feature = example.features.feature
-    for name in ("item_id", "region", "device"):
-        feature[name].bytes_list.value.append(row[name].encode())
-    feature["history"].bytes_list.value.extend(t.encode() for t in row["history"].split())
-    feature["price"].float_list.value.append(float(row["price"]))
-    return example.SerializeToString()
-
-
 def test_export_predicts_like_the_estimator(trained):
     output, plan = trained["output"], trained["plan"]
     with open(trained["data"]) as f:
@@ -265,7 +255,7 @@ def test_export_predicts_like_the_estimator(trained):
             "price": "12.5",
         }
     )
-    serialized = [_raw_example(r) for r in rows]
+    serialized = [raw_example(r) for r in rows]
     serve = tf.saved_model.load(trained["metrics"]["export_dir"]).signatures["serving_default"]
     served = serve(examples=tf.constant(serialized))["probabilities"].numpy()
 

@@ -1,4 +1,6 @@
-"""The measuring pipeline: raw CSV -> vocabularies, exact statistics, transformed TFRecords.
+"""The measuring pipeline: raw rows -> vocabularies, exact statistics, transformed TFRecords.
+
+Raw rows come as CSV, JSON Lines, TFRecords of tf.Example or Parquet (`[input] format`).
 
 Locally, on the DirectRunner:
 
@@ -13,7 +15,8 @@ On Dataflow, the same command with Beam's options (they pass through untouched):
 
 OUTPUT receives the tf.Transform artifacts (transform_fn/, transformed_metadata/), the
 transformed tf.Examples (data/train-*.tfrecord.gz, data/eval-*.tfrecord.gz), every unusable
-row with its reason (rejected/), stats.json, the resolved config.json and, last, _SUCCESS.
+row with its reason (rejected/), stats.json, report.html, the resolved config.json and, last,
+_SUCCESS. A local run writes into OUTPUT.incomplete-XXXX and renames it when done.
 """
 
 from __future__ import annotations

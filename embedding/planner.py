@@ -313,20 +313,3 @@ def format_plan(plan: EmbeddingPlan) -> str:
         lines.append("Notes")
         lines.extend(f"  {note}" for note in plan.notes)
     return "\n".join(lines)
-
-
-def check_plan_sizes(plan: EmbeddingPlan) -> None:
-    """Every size handed to the TPU must be a positive Python int."""
-    for table in plan.tables.values():
-        for key in ("vocabulary_size", "dimension"):
-            value = getattr(table, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PlanError(
-                    f"table {table.name!r}: {key} must be a positive int, got {value!r}"
-                )
-    for feature in plan.features.values():
-        if feature.type == "sequence" and feature.max_sequence_length < 1:
-            raise PlanError(
-                f"feature {feature.name!r}: a sequence needs max_sequence_length "
-                f">= 1, got {feature.max_sequence_length}"
-            )

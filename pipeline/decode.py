@@ -97,10 +97,6 @@ class RowDecoder:
         if self._header is not None:
             self._index = {name: i for i, name in enumerate(self._header)}
 
-    @property
-    def column_names(self) -> list[str]:
-        return [name for name, _ in self._columns]
-
     def _sequence(self, raw: Any, name: str) -> list[bytes]:
         if raw is _MISSING or raw is None:
             return []
@@ -239,9 +235,6 @@ def check_columns(
     duplicated = sorted({c for c in columns if list(columns).count(c) > 1})
     if duplicated:
         raise ValueError(f"{source}: {what} repeats column {duplicated[0]!r}")
-
-
-check_header = check_columns
 
 
 def to_record_batch(rows: Iterable[dict[str, list[Any]]], schema: pa.Schema) -> pa.RecordBatch:

@@ -8,7 +8,7 @@ from pipeline.decode import (
     CsvRowDecoder,
     RowDecoder,
     RowError,
-    check_header,
+    check_columns,
     split_of,
     to_record_batch,
 )
@@ -83,11 +83,11 @@ def test_rows_of_one_key_never_straddle(decoder):
     assert len(splits) == 1
 
 
-def test_check_header_names_missing_columns():
+def test_check_columns_names_missing_columns():
     with pytest.raises(ValueError, match=r"a\.csv: the header has no column 'price'"):
-        check_header(["user_id", "item_id", "history", "clicked"], CONFIG, "a.csv")
+        check_columns(["user_id", "item_id", "history", "clicked"], CONFIG, "a.csv")
     with pytest.raises(ValueError, match="repeats column 'item_id'"):
-        check_header(HEADER + ["item_id"], CONFIG, "a.csv")
+        check_columns(HEADER + ["item_id"], CONFIG, "a.csv")
 
 
 def test_to_record_batch_follows_the_schema_order(decoder):

@@ -14,11 +14,11 @@ import tensorflow_transform as tft
 from pipeline.config import Config
 
 
-def _as_ragged(tensor) -> tf.RaggedTensor:
-    """[batch] or sparse [batch, None] values -> ragged [batch, None]."""
+def _values(tensor) -> tf.Tensor:
+    """Every value of a [batch] or sparse [batch, None] tensor, flat."""
     if isinstance(tensor, tf.SparseTensor):
-        return tf.RaggedTensor.from_sparse(tensor)
-    return tf.RaggedTensor.from_tensor(tf.expand_dims(tensor, 1))
+        return tensor.values
+    return tensor
 
 
 class PreprocessingFn:
@@ -36,9 +36,14 @@ class PreprocessingFn:
         outputs = {}
         for vocabulary, names in config.vocabularies().items():
             settings = config.vocabulary_config(vocabulary)
-            tokens = tf.concat([_as_ragged(inputs[name]) for name in names], axis=1)
+            tokens = tf.concat([_values(inputs[name]) for name in names], axis=0)
+            # Unit weights give the same counts, ordering and thresholds, but make
+            # tf.Transform count each batch's distinct tokens in the graph and hand Beam one
+            # (token, count) per distinct token and batch; without weights it hands Beam
+            # every token occurrence as its own element, by far the pipeline's largest cost.
             path = tft.vocabulary(
                 tokens,
+                weights=tf.ones(tf.shape(tokens), tf.float32),
                 top_k=settings.top_k,
                 frequency_threshold=settings.frequency_threshold
                 if settings.frequency_threshold > 1
@@ -52,6 +57,9 @@ class PreprocessingFn:
                 )
         for feature in config.features:
             if feature.type == "numeric":
-                outputs[feature.name] = tft.scale_to_z_score(inputs[feature.name])
+                # Mean and variance in float64: summed over batches in whatever order the
+                # runner gives them, float32 sums differ in the last bits from run to run.
+                scaled = tft.scale_to_z_score(tf.cast(inputs[feature.name], tf.float64))
+                outputs[feature.name] = tf.cast(scaled, tf.float32)
         outputs[config.label.name] = tf.cast(inputs[config.label.name], tf.float32)
         return outputs

@@ -41,10 +41,11 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline import artifacts, decode, report, statistics
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import (
     REJECTED,
+    DecodeBlocks,
     InputError,
-    ParseRows,
     ReadRaw,
     inspect_inputs,
     match_inputs,
@@ -103,21 +104,11 @@ def build(
     adapter_config = features.tensor_adapter_config(config)
     schema = adapter_config.arrow_schema
 
-    lines = p | "ReadRaw" >> ReadRaw(files, config)
-    rows = lines | "ParseRows" >> beam.ParDo(ParseRows(config, header)).with_outputs(
+    blocks = p | "ReadRaw" >> ReadRaw(files, config, batch_size)
+    rows = blocks | "Decode" >> beam.ParDo(DecodeBlocks(config, header, schema)).with_outputs(
         REJECTED, decode.EVAL, main=decode.TRAIN
     )
-
-    def to_batches(split_rows, name):
-        return (
-            split_rows
-            | f"Batch{name}"
-            >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-            | f"{name}ToArrow" >> beam.Map(decode.to_record_batch, schema)
-        )
-
-    train = to_batches(rows[decode.TRAIN], "Train")
-    eval_ = to_batches(rows[decode.EVAL], "Eval")
+    train, eval_ = rows[decode.TRAIN], rows[decode.EVAL]
 
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
         (train_out, _), transform_fn = (
@@ -136,9 +127,9 @@ def build(
         _ = (
             transformed
             | f"Encode{name}"
-            >> beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
+            >> beam.Map(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
             | f"Write{name}"
-            >> beam.io.WriteToTFRecord(
+            >> WriteTFRecordLists(
                 artifacts.join(output, artifacts.DATA_DIR, name.lower()),
                 file_name_suffix=artifacts.TFRECORD_SUFFIX,
             )
@@ -157,7 +148,10 @@ def build(
 
     counted = train | "CountTokens" >> measure.CountFrequencies(config)
     measurements = [
-        lines | "CountRead" >> beam.combiners.Count.Globally() | _single("KeyRead", "read"),
+        blocks
+        | "BlockRows" >> beam.Map(lambda block: len(block[1]))
+        | "CountRead" >> beam.CombineGlobally(sum)
+        | _single("KeyRead", "read"),
         rejected
         | "CountRejected" >> beam.combiners.Count.Globally()
         | _single("KeyRejected", "rejected"),

@@ -8,12 +8,14 @@ config names but the data lacks) run in the launcher, before Beam starts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -163,32 +165,98 @@ def inspect_inputs(files: Sequence[str], config: Config) -> list[str] | None:
     return header
 
 
-class ReadRaw(beam.PTransform):
-    """Files -> (source file, raw record) for the config's input format."""
+class _LineBlockSource(FileBasedSource):
+    """A text file as blocks of lines: (file, [line, ...]), newlines removed.
 
-    def __init__(self, files: Sequence[str], config: Config):
+    Splittable like ReadFromText: a line belongs to the range its first byte falls in, and
+    each line is claimed from the range tracker, so dynamic splits never read a line twice.
+    Lines end at "\n" (a "\r" before it is removed when the line is decoded). Compressed
+    files are read whole, as Beam does for every compressed text file.
+    """
+
+    _CHUNK_BYTES = 1 << 22
+
+    def __init__(self, path: str, skip_header: bool, block_lines: int):
+        super().__init__(path, compression_type=CompressionTypes.AUTO, validate=False)
+        self._skip_header = skip_header
+        self._block_lines = block_lines
+
+    def read_records(self, file_name, range_tracker):
+        with self.open_file(file_name) as f:
+            position = len(f.readline()) if self._skip_header else 0
+            start = range_tracker.start_position()
+            if start > position:
+                f.seek(start - 1)  # the line that starts before `start` is not ours
+                position = start - 1 + len(f.readline())
+            claim = range_tracker.try_claim
+            block: list[bytes] = []
+            remainder = b""
+            done = False
+            while not done:
+                chunk = f.read(self._CHUNK_BYTES)
+                if chunk:
+                    data = remainder + chunk
+                    cut = data.rfind(b"\n")
+                    if cut < 0:
+                        remainder = data
+                        continue
+                    lines = data[:cut].split(b"\n")
+                    remainder = data[cut + 1 :]
+                else:  # the end of the file; a last line may lack its newline
+                    lines = [remainder] if remainder else []
+                    cut = -1
+                    done = True
+                starts = itertools.accumulate((len(line) + 1 for line in lines), initial=position)
+                for line, line_start in zip(lines, starts, strict=False):  # one start too many
+                    if not claim(line_start):
+                        done = True  # the rest of the file belongs to other ranges
+                        break
+                    block.append(line)
+                    if len(block) == self._block_lines:
+                        yield file_name, block
+                        block = []
+                position += cut + 1
+            if block:
+                yield file_name, block
+
+
+def _by_file(records: list[tuple[str, Any]]) -> Iterator[tuple[str, list[Any]]]:
+    for source, group in itertools.groupby(records, key=lambda r: r[0]):
+        yield source, [record for _, record in group]
+
+
+class ReadRaw(beam.PTransform):
+    """Files -> blocks of raw records, (source file, [record, ...]), for the input format.
+
+    A record is a CSV or JSON line (bytes), a serialized tf.Example, or a Parquet row (a dict).
+    """
+
+    def __init__(self, files: Sequence[str], config: Config, block_size: int):
         super().__init__()
         self._files = list(files)
         self._format = config.input.format
+        self._block_size = block_size
 
     def expand(self, pbegin):
         if self._format in ("csv", "jsonl"):
             reads = [
                 pbegin
                 | f"ReadText{i}"
-                >> beam.io.ReadFromTextWithFilename(
-                    path,
-                    skip_header_lines=1 if self._format == "csv" else 0,
-                    coder=beam.coders.BytesCoder(),
-                    validate=False,  # matched before the pipeline was built
-                )
+                >> beam.io.Read(_LineBlockSource(path, self._format == "csv", self._block_size))
                 for i, path in enumerate(self._files)
             ]
             return reads | "FlattenFiles" >> beam.Flatten()
         files = pbegin | "ListFiles" >> beam.Create(self._files)
         if self._format == "tfrecord":
-            return files | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-        return files | "ReadParquet" >> beam.io.ReadAllFromParquet(with_filename=True)
+            records = files | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+        else:
+            records = files | "ReadParquet" >> beam.io.ReadAllFromParquet(with_filename=True)
+        return (
+            records
+            | "Block"
+            >> beam.BatchElements(min_batch_size=self._block_size, max_batch_size=self._block_size)
+            | "ByFile" >> beam.FlatMap(_by_file)
+        )
 
 
 def _shown(record: Any, fmt: str) -> str:
@@ -208,61 +276,47 @@ def _shown(record: Any, fmt: str) -> str:
     return json.dumps(record, default=str, sort_keys=True)
 
 
-class ParseRows(beam.DoFn):
-    """(file, record) -> the train output, or the tagged eval or rejected outputs."""
+class DecodeBlocks(beam.DoFn):
+    """(file, records) -> train record batches, and tagged eval batches and rejected rows."""
 
-    def __init__(self, config: Config, header: list[str] | None):
+    def __init__(self, config: Config, header: list[str] | None, schema):
         self._config = config
         self._header = header
+        self._schema = schema
         self._rows = beam.metrics.Metrics.counter("pipeline", "rows_read")
         self._rejected = beam.metrics.Metrics.counter("pipeline", "rows_rejected")
         self._train = beam.metrics.Metrics.counter("pipeline", "rows_train")
         self._eval = beam.metrics.Metrics.counter("pipeline", "rows_eval")
 
     def setup(self):
-        decoder = decode.RowDecoder(self._config, self._header)
-        fmt = self._config.input.format
+        from pipeline.batches import BlockDecoder
 
-        def text(record: bytes) -> str:
-            try:
-                return record.decode("utf-8")
-            except UnicodeDecodeError:
-                raise decode.RowError("not UTF-8 text") from None
-
-        self._decode = {
-            "csv": lambda record: decoder.decode_csv(text(record).rstrip("\r")),
-            "jsonl": lambda record: decoder.decode_json(text(record)),
-            "tfrecord": decoder.decode_example,
-            "parquet": decoder.decode_mapping,
-        }[fmt]
-
-    def start_bundle(self):
-        self._seen = getattr(self, "_seen", 0)
+        self._decoder = BlockDecoder(self._config, self._header, self._schema)
+        self._seen = 0
 
     def process(self, element):
-        source, record = element
-        self._rows.inc()
-        self._seen += 1
-        if self._seen % PROGRESS_EVERY == 0:
+        source, records = element
+        before = self._seen
+        self._seen += len(records)
+        self._rows.inc(len(records))
+        if self._seen // PROGRESS_EVERY > before // PROGRESS_EVERY:
             logging.getLogger("pipeline").info(
-                "%s rows parsed by this worker (now reading %s)", f"{self._seen:,}", source
+                "%s rows decoded by this worker (now reading %s)", f"{self._seen:,}", source
             )
-        try:
-            split, values = self._decode(record)
-        except decode.RowError as e:
+        block = self._decoder.decode(records)
+        for batch in block.train:
+            self._train.inc(batch.num_rows)
+            yield batch
+        for batch in block.eval:
+            self._eval.inc(batch.num_rows)
+            yield beam.pvalue.TaggedOutput(decode.EVAL, batch)
+        for index, reason in block.rejected:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(
                 REJECTED,
                 {
                     "file": source,
-                    "row": _shown(record, self._config.input.format),
-                    "reason": str(e),
+                    "row": _shown(records[index], self._config.input.format),
+                    "reason": reason,
                 },
             )
-            return
-        if split == decode.TRAIN:
-            self._train.inc()
-            yield values
-        else:
-            self._eval.inc()
-            yield beam.pvalue.TaggedOutput(decode.EVAL, values)

@@ -69,7 +69,7 @@ def test_dataflow_job_graph_builds_offline(tmp_path):
     labels = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     for step in (
         "ReadRaw",
-        "ParseRows",
+        "Decode",
         "AnalyzeAndTransform",
         "TransformEval",
         "WriteTransformFn",

@@ -104,28 +104,37 @@ def build(
     adapter_config = features.tensor_adapter_config(config)
     schema = adapter_config.arrow_schema
 
-    blocks = p | "ReadRaw" >> ReadRaw(files, config, batch_size)
-    rows = blocks | "Decode" >> beam.ParDo(DecodeBlocks(config, header, schema)).with_outputs(
-        REJECTED, decode.EVAL, main=decode.TRAIN
-    )
+    def read_and_decode(suffix: str):
+        blocks = p | f"ReadRaw{suffix}" >> ReadRaw(files, config, batch_size)
+        rows = blocks | f"Decode{suffix}" >> beam.ParDo(
+            DecodeBlocks(config, header, schema)
+        ).with_outputs(REJECTED, decode.EVAL, main=decode.TRAIN)
+        return blocks, rows
+
+    # The input is read twice: once to measure and analyze, once, after the analysis, to
+    # transform and write. Keeping the decoded rows between the two passes instead would
+    # hold the whole dataset (in memory on the DirectRunner); reading and decoding again
+    # costs a few seconds a million rows, and memory stays flat however many rows there are.
+    # Every count comes from the first pass; decoding is deterministic, so the second pass
+    # sees the same rows.
+    blocks, rows = read_and_decode("")
     train, eval_ = rows[decode.TRAIN], rows[decode.EVAL]
+    _, again = read_and_decode("Again")
 
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
-        (train_out, _), transform_fn = (
-            train,
-            adapter_config,
-        ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
-            PreprocessingFn(config), output_record_batches=True
+        transform_fn = (train, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(
+            PreprocessingFn(config)
         )
-        eval_out, _ = (
-            (eval_, adapter_config),
-            transform_fn,
-        ) | "TransformEval" >> tft_beam.TransformDataset(output_record_batches=True)
+        transformed = {
+            name: ((again[split], adapter_config), transform_fn)
+            | f"Transform{name}" >> tft_beam.TransformDataset(output_record_batches=True)
+            for name, split in (("Train", decode.TRAIN), ("Eval", decode.EVAL))
+        }
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
 
-    for name, transformed in (("Train", train_out), ("Eval", eval_out)):
+    for name, (batches, _) in transformed.items():
         _ = (
-            transformed
+            batches
             | f"Encode{name}"
             >> beam.Map(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
             | f"Write{name}"

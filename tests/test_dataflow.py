@@ -70,7 +70,8 @@ def test_dataflow_job_graph_builds_offline(tmp_path):
     for step in (
         "ReadRaw",
         "Decode",
-        "AnalyzeAndTransform",
+        "Analyze",
+        "TransformTrain",
         "TransformEval",
         "WriteTransformFn",
         "WriteTrain",

@@ -1,6 +1,7 @@
 """Benchmarks, each measured side by side in one run on the same generated data.
 
-    .venv/bin/python -m benchmarks.run --rows 100000 [--rows 1000000] [--skip-baseline]
+    .venv/bin/python -m benchmarks.run                  # 10k, 100k and 1M rows, about 12 min
+    .venv/bin/python -m benchmarks.run --rows 100000    # one size; --skip-baseline to skip it
 
 1. Pipeline throughput (rows/s, ids/s) of `python -m pipeline` against the census-style
    tf.Transform pipeline (`benchmarks/baseline_pipeline.py`), as a ratio.
@@ -87,7 +88,7 @@ def floor(csv_path: str) -> dict:
     return {"seconds": seconds, "ids": int(lengths @ np.arange(len(lengths)))}
 
 
-def trainer_rates(output: str, steps: int = 300, batch_size: int = 256) -> dict:
+def trainer_rates(output: str, steps: int = 600, batch_size: int = 256) -> dict:
     """examples/s: training from files, from an in-memory cache, and the input_fn alone."""
     import tensorflow as tf
 
@@ -147,12 +148,12 @@ def main() -> None:
         "--rows",
         type=int,
         action="append",
-        help="row counts to measure (default: 10000 and 100000)",
+        help="row counts to measure (default: 10000, 100000 and 1000000)",
     )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
     args = parser.parse_args()
-    row_counts = args.rows or [10_000, 100_000]
+    row_counts = args.rows or [10_000, 100_000, 1_000_000]
     python = sys.executable
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     results = {
@@ -253,13 +254,16 @@ def main() -> None:
             run["trainer_examples_per_s"] = trainer_rates(str(output))
         results["runs"].append(run)
         print(json.dumps(run, indent=1), flush=True)
-    if len(results["runs"]) > 1:
-        first, last = results["runs"][0], results["runs"][-1]
-        results["scaling"] = {
-            "rows_ratio": last["rows"] / first["rows"],
-            "time_ratio": last["ours_s"] / first["ours_s"],
-            "peak_memory_ratio": last["ours_peak_mib"] / first["ours_peak_mib"],
+    results["scaling"] = [
+        {
+            "from_rows": a["rows"],
+            "to_rows": b["rows"],
+            "rows_ratio": b["rows"] / a["rows"],
+            "time_ratio": b["ours_s"] / a["ours_s"],
+            "peak_memory_ratio": b["ours_peak_mib"] / a["ours_peak_mib"],
         }
+        for a, b in zip(results["runs"], results["runs"][1:], strict=False)
+    ]
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     shutil.rmtree(work, ignore_errors=True)
@@ -278,11 +282,10 @@ def print_table(results: dict) -> None:
             f"{r.get('speedup_vs_baseline', float('nan')):>7.2f} {r['floor_s']:>8.2f} "
             f"{r['ours_fraction_of_floor']:>9.3f} {r['ours_peak_mib']:>9.0f}"
         )
-    if "scaling" in results:
-        s = results["scaling"]
+    for s in results.get("scaling", []):
         print(
-            f"Scaling x{s['rows_ratio']:.0f} rows: time x{s['time_ratio']:.2f}, "
-            f"peak memory x{s['peak_memory_ratio']:.2f}"
+            f"Scaling {s['from_rows']:,} -> {s['to_rows']:,} rows (x{s['rows_ratio']:.0f}): "
+            f"time x{s['time_ratio']:.2f}, peak memory x{s['peak_memory_ratio']:.2f}"
         )
     last = results["runs"][-1]
     if "trainer_examples_per_s" in last:

@@ -54,7 +54,7 @@ from pipeline.sources import (
 LOG = logging.getLogger("pipeline")
 
 MEASUREMENTS = "measurements.json"
-DEFAULT_BATCH_SIZE = 2048
+DEFAULT_BATCH_SIZE = 8192
 DEFAULT_MAX_REJECTED_FRACTION = 0.01
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 _masked_crc32c = tfrecordio._TFRecordUtil._masked_crc32c
 
@@ -26,15 +28,35 @@ def tfrecord_frames(records: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
+class _FastGzipFile:
+    """A file written as gzip at compression level 1: about twice as fast to write as the
+    default level 6, about 10% larger on transformed examples, as fast to read."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+
+    def write(self, data: bytes) -> None:
+        self._raw.write(self._compressor.compress(data))
+
+    def close(self) -> None:
+        self._raw.write(self._compressor.flush())
+        self._raw.close()
+
+
 class _TFRecordListSink(tfrecordio._TFRecordSink):
     """Beam's TFRecord sink, taking a list of serialized records per element."""
+
+    def open(self, temp_path):
+        raw = FileSystems.create(temp_path, self.mime_type, CompressionTypes.UNCOMPRESSED)
+        return _FastGzipFile(raw)
 
     def write_record(self, file_handle, value):
         file_handle.write(tfrecord_frames(value))
 
 
 class WriteTFRecordLists(beam.PTransform):
-    """Lists of serialized records -> gzipped TFRecord files PREFIX-SSSSS-of-NNNNN SUFFIX.
+    """Lists of serialized records -> gzip TFRecord files PREFIX-SSSSS-of-NNNNN SUFFIX.
 
     The same files `beam.io.WriteToTFRecord` writes from one record per element, with the
     same temporary-file commit, without Beam's per-element cost for every record.
@@ -48,7 +70,7 @@ class WriteTFRecordLists(beam.PTransform):
             file_name_suffix=file_name_suffix,
             num_shards=0,
             shard_name_template=None,
-            compression_type=CompressionTypes.AUTO,
+            compression_type=CompressionTypes.UNCOMPRESSED,  # gzip'd by _FastGzipFile
         )
 
     def expand(self, pcoll):

@@ -11,7 +11,16 @@ from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-_masked_crc32c = tfrecordio._TFRecordUtil._masked_crc32c
+try:  # Google's CRC32C in C: about 6x faster than crcmod, which Beam's TFRecord sink uses
+    from google_crc32c import value as _crc32c
+except ImportError:  # pragma: no cover - google-crc32c comes with apache-beam[gcp]
+    _crc32c = tfrecordio._default_crc32c_fn
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """The masked CRC32C TFRecord framing stores (tfrecordio._TFRecordUtil._masked_crc32c)."""
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def tfrecord_frames(records: Iterable[bytes]) -> bytes:

@@ -145,3 +145,17 @@ def test_block_source_splits_and_dynamic_splits_lose_and_repeat_nothing(tmp_path
     assert len(splits) > 5
     source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)
     source_test_utils.assert_split_at_fraction_exhaustive(source)
+
+
+def test_tfrecord_frames_match_beams_framing():
+    import io
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from pipeline.sinks import tfrecord_frames
+
+    records = [b"", b"x", b"a longer record \x00\xff" * 50]
+    expected = io.BytesIO()
+    for record in records:
+        _TFRecordUtil.write_record(expected, record)
+    assert tfrecord_frames(records) == expected.getvalue()

@@ -28,11 +28,50 @@ def parse_spec(plan: EmbeddingPlan) -> dict:
     return spec
 
 
+def keep_and_truncate(
+    ids: tf.SparseTensor, keep: tf.Tensor, length: int | None, end: str = "keep_first"
+) -> tf.SparseTensor:
+    """The ids where `keep` holds, renumbered 0, 1, ... within each row, and at most `length`
+    of them a row: the first ones (keep_first) or the last (keep_last); `length` None keeps
+    all. The result is in the layout `parse_example` gives: row-major, positions from 0,
+    dense shape [batch, longest kept row].
+
+    A few vectorized ops on the index arrays (the RaggedTensor round trip this replaces cost
+    the input pipeline about a third of its CPU time).
+    """
+    rows = tf.boolean_mask(ids.indices[:, 0], keep)
+    values = tf.boolean_mask(ids.values, keep)
+    batch = ids.dense_shape[0]
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(rows), rows, batch)
+    positions = tf.range(tf.size(rows, out_type=tf.int64)) - tf.gather(
+        tf.cumsum(counts, exclusive=True), rows
+    )
+    if length is not None:
+        if end == "keep_first":
+            kept = positions < length
+        else:
+            skipped = tf.gather(tf.maximum(counts - length, 0), rows)
+            kept = positions >= skipped
+            positions -= skipped
+        rows, values, positions = (tf.boolean_mask(t, kept) for t in (rows, values, positions))
+        counts = tf.minimum(counts, length)
+    width = tf.reduce_max(tf.concat([counts, tf.zeros([1], tf.int64)], axis=0))
+    return tf.SparseTensor(tf.stack([rows, positions], axis=1), values, tf.stack([batch, width]))
+
+
 def truncate(ids: tf.SparseTensor, length: int, keep: str) -> tf.SparseTensor:
     """Keeps at most `length` ids a row: the first ones (keep_first) or the last (keep_last)."""
-    ragged = tf.RaggedTensor.from_sparse(ids)
-    kept = ragged[:, :length] if keep == "keep_first" else ragged[:, -length:]
-    return kept.to_sparse()
+    return keep_and_truncate(ids, tf.ones_like(ids.values, tf.bool), length, keep)
+
+
+def _one_id_a_row(ids: tf.Tensor) -> tf.SparseTensor:
+    """Dense [batch] ids (a categorical at serving time) as the [batch, 1] sparse ids that
+    parsing the transformed examples gives. Not tf.sparse.from_dense, which drops the zeros:
+    id 0 is the most frequent value."""
+    ids = tf.reshape(tf.cast(ids, tf.int64), [-1])
+    batch = tf.size(ids, out_type=tf.int64)
+    indices = tf.stack([tf.range(batch), tf.zeros([batch], tf.int64)], axis=1)
+    return tf.SparseTensor(indices, ids, tf.stack([batch, tf.constant(1, tf.int64)]))
 
 
 def prepare_features(features: dict, plan: EmbeddingPlan) -> dict:
@@ -42,11 +81,11 @@ def prepare_features(features: dict, plan: EmbeddingPlan) -> dict:
     for name, feature in plan.features.items():
         ids = features[name]
         if not isinstance(ids, tf.SparseTensor):
-            ids = tf.sparse.from_dense(tf.reshape(tf.cast(ids, tf.int64), [-1, 1]))
-        ids = tf.sparse.retain(ids, tf.math.greater_equal(ids.values, 0))
-        if feature.type == "sequence":
-            ids = truncate(ids, feature.max_sequence_length, feature.truncate)
-        prepared[name] = ids
+            ids = _one_id_a_row(ids)
+        length = feature.max_sequence_length if feature.type == "sequence" else None
+        prepared[name] = keep_and_truncate(
+            ids, tf.math.greater_equal(ids.values, 0), length, feature.truncate
+        )
     for name in plan.numeric_features:
         prepared[name] = tf.reshape(tf.cast(features[name], tf.float32), [-1])
     return prepared

@@ -1,0 +1,71 @@
+"""prepare_features: the ids training parses and the ids serving computes are the same, and
+truncation keeps the planned end of every sequence."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.inputs import keep_and_truncate, prepare_features
+
+
+def _plan(length=3, end="keep_last"):
+    return SimpleNamespace(
+        features={
+            "item_id": SimpleNamespace(type="categorical", max_sequence_length=None, truncate=None),
+            "history": SimpleNamespace(type="sequence", max_sequence_length=length, truncate=end),
+        },
+        numeric_features=["price"],
+    )
+
+
+def _parsed(rows):
+    """Rows of ids as parse_example gives a VarLenFeature: row-major, positions from 0."""
+    indices = [[r, p] for r, row in enumerate(rows) for p in range(len(row))]
+    values = [v for row in rows for v in row]
+    width = max((len(row) for row in rows), default=0)
+    return tf.SparseTensor(
+        tf.constant(indices, tf.int64, shape=[len(indices), 2]),
+        tf.constant(values, tf.int64),
+        [len(rows), width],
+    )
+
+
+def _rows(sparse, batch):
+    rows = [[] for _ in range(batch)]
+    for (r, p), v in zip(sparse.indices.numpy(), sparse.values.numpy(), strict=True):
+        assert p == len(rows[r]), "positions must run 0, 1, ... within a row"
+        rows[r].append(int(v))
+    return rows
+
+
+def test_serving_keeps_categorical_id_zero_like_training():
+    ids = [0, 3, -1, 0]  # 0 is the most frequent value's id; -1 is out of vocabulary
+    features = {"history": _parsed([[1], [], [2], [0]]), "price": tf.constant([1.0] * 4)}
+    serving = prepare_features({**features, "item_id": tf.constant(ids, tf.int64)}, _plan())
+    training = prepare_features({**features, "item_id": _parsed([[i] for i in ids])}, _plan())
+    for prepared in (serving, training):
+        assert _rows(prepared["item_id"], 4) == [[0], [3], [], [0]]
+        assert prepared["item_id"].dense_shape.numpy().tolist() == [4, 1]
+
+
+@pytest.mark.parametrize("end", ["keep_first", "keep_last"])
+def test_truncation_and_dropped_ids_against_a_reference(end):
+    rng = np.random.default_rng(7)
+    rows = [list(rng.integers(-1, 9, size=rng.integers(0, 8))) for _ in range(200)]
+    length = 3
+    prepared = keep_and_truncate(
+        _parsed(rows), tf.math.greater_equal(_parsed(rows).values, 0), length, end
+    )
+    kept = [[v for v in row if v >= 0] for row in rows]
+    expected = [row[:length] if end == "keep_first" else row[-length:] for row in kept]
+    assert _rows(prepared, len(rows)) == expected
+    width = max(len(row) for row in expected)
+    assert prepared.dense_shape.numpy().tolist() == [len(rows), width]
+
+
+def test_an_empty_batch():
+    prepared = keep_and_truncate(_parsed([[], []]), tf.zeros([0], tf.bool), 4, "keep_last")
+    assert prepared.values.shape[0] == 0
+    assert prepared.dense_shape.numpy().tolist() == [2, 0]

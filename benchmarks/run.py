@@ -4,7 +4,9 @@
     .venv/bin/python -m benchmarks.run --rows 100000    # one size; --skip-baseline to skip it
 
 1. Pipeline throughput (rows/s, ids/s) of `python -m pipeline` against the census-style
-   tf.Transform pipeline (`benchmarks/baseline_pipeline.py`), as a ratio.
+   tf.Transform pipeline (`benchmarks/baseline_pipeline.py`), as a ratio; ours also with two
+   DirectRunner worker processes (`--direct_num_workers 2 --direct_running_mode
+   multi_processing`).
 2. The floor: the same vocabularies and length histograms in one process with pyarrow and
    numpy (no Beam, no TensorFlow); our throughput as a fraction of it.
 3. Scaling: wall time and peak memory (max RSS of the process tree) per row count.
@@ -184,6 +186,24 @@ def main() -> None:
                 str(output),
             ]
         )
+        ours_2, _ = _timed(
+            [
+                python,
+                "-m",
+                "pipeline",
+                "--config",
+                str(CONFIG),
+                "--input",
+                str(data),
+                "--output",
+                str(work / "out-2-workers"),
+                "--direct_num_workers",
+                "2",
+                "--direct_running_mode",
+                "multi_processing",
+            ]
+        )
+        shutil.rmtree(work / "out-2-workers", ignore_errors=True)
         stats = json.loads((output / "stats.json").read_text())
         ids = sum(s["ids"] for s in stats["sequences"].values())
         ids = int(ids / max(stats["rows"]["train"], 1) * rows)
@@ -199,6 +219,7 @@ def main() -> None:
             "floor_s": fl["seconds"],
             "floor_rows_per_s": rows / fl["seconds"],
             "ours_fraction_of_floor": fl["seconds"] / ours,
+            "ours_2_workers_s": ours_2,
         }
         if not args.skip_baseline:
             base, base_mem = _timed(
@@ -218,6 +239,7 @@ def main() -> None:
                     "baseline_peak_mib": base_mem,
                     "baseline_rows_per_s": rows / base,
                     "speedup_vs_baseline": base / ours,
+                    "speedup_2_workers_vs_baseline": base / ours_2,
                 }
             )
             shutil.rmtree(work / "base", ignore_errors=True)
@@ -273,14 +295,16 @@ def print_table(results: dict) -> None:
     print(f"\nMachine: {results['machine']}")
     print(
         f"{'rows':>9} {'ours s':>8} {'rows/s':>8} {'base s':>8} {'x base':>7} "
-        f"{'floor s':>8} {'of floor':>9} {'peak MiB':>9}"
+        f"{'2 wk s':>7} {'x base':>7} {'floor s':>8} {'of floor':>9} {'peak MiB':>9}"
     )
+    nan = float("nan")
     for r in results["runs"]:
         print(
             f"{r['rows']:>9,} {r['ours_s']:>8.1f} {r['ours_rows_per_s']:>8.0f} "
-            f"{r.get('baseline_s', float('nan')):>8.1f} "
-            f"{r.get('speedup_vs_baseline', float('nan')):>7.2f} {r['floor_s']:>8.2f} "
-            f"{r['ours_fraction_of_floor']:>9.3f} {r['ours_peak_mib']:>9.0f}"
+            f"{r.get('baseline_s', nan):>8.1f} {r.get('speedup_vs_baseline', nan):>7.2f} "
+            f"{r['ours_2_workers_s']:>7.1f} {r.get('speedup_2_workers_vs_baseline', nan):>7.2f} "
+            f"{r['floor_s']:>8.2f} {r['ours_fraction_of_floor']:>9.3f} "
+            f"{r['ours_peak_mib']:>9.0f}"
         )
     for s in results.get("scaling", []):
         print(

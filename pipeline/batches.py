@@ -92,14 +92,26 @@ class BlockDecoder:
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             )
-        self._split_cache: dict[str, bool] = {}
+        self._eval_threshold = decode.eval_threshold(config.split.eval_fraction)
 
     def decode(self, records: Sequence[Any]) -> DecodedBlock:
         """Decodes a block: CSV lines (bytes, no newline), JSON lines, serialized tf.Examples
         or Parquet rows (dicts)."""
         block = DecodedBlock()
         if self._format == "csv":
-            records = [r.rstrip(b"\r") for r in records]
+            text = b"\n".join(records)
+            if b"\r" in text:
+                records = [r.rstrip(b"\r") for r in records]
+                text = b"\n".join(records)
+            if b'"' not in text:  # the common case: the whole block in one go
+                try:
+                    train, eval_ = self._decode_plain_csv(text, len(records))
+                except _NotVectorizable:
+                    pass  # e.g. a line with the wrong number of fields: sort the lines out
+                else:
+                    block.train.append(train)
+                    block.eval.append(eval_)
+                    return self._drop_empty(block)
             plain = [
                 i
                 for i, line in enumerate(records)
@@ -107,7 +119,9 @@ class BlockDecoder:
             ]
             if plain:
                 try:
-                    train, eval_ = self._decode_plain_csv([records[i] for i in plain])
+                    train, eval_ = self._decode_plain_csv(
+                        b"\n".join([records[i] for i in plain]), len(plain)
+                    )
                 except _NotVectorizable:
                     pass
                 else:
@@ -147,9 +161,9 @@ class BlockDecoder:
                 batches = block.train if split == decode.TRAIN else block.eval
                 batches.append(decode.to_record_batch(rows, self._schema))
 
-    def _decode_plain_csv(self, lines: list[bytes]) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        """Lines without quotes and with the right number of fields, parsed in one go."""
-        text = b"\n".join(lines) + b"\n"
+    def _decode_plain_csv(self, text: bytes, lines: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """`lines` lines without quotes, joined by newlines, parsed in one go."""
+        text += b"\n"
         if b"\0" in text or b"\r" in text:
             raise _NotVectorizable  # Python's csv module rejects both; pyarrow would not
         try:
@@ -161,7 +175,7 @@ class BlockDecoder:
             )
         except (pa.ArrowInvalid, UnicodeDecodeError):
             raise _NotVectorizable from None  # e.g. text that is not UTF-8
-        if table.num_rows != len(lines):
+        if table.num_rows != lines:
             raise _NotVectorizable
         table = table.combine_chunks()
         is_eval = self._eval_mask(table.column(self._config.split.key).chunk(0))
@@ -201,21 +215,10 @@ class BlockDecoder:
         return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
     def _eval_mask(self, keys: pa.Array) -> np.ndarray:
-        """True where the row's split key hashes into eval; one hash per distinct key."""
+        """True where the row's split key hashes into eval."""
         if pc.any(pc.equal(keys, "")).as_py():
             raise _NotVectorizable
-        distinct = pc.unique(keys)
-        cache = self._split_cache
-        fraction = self._config.split.eval_fraction
-        flags = []
-        for key in distinct.to_pylist():
-            flag = cache.get(key)
-            if flag is None:
-                flag = cache[key] = decode.split_of(key, fraction) == decode.EVAL
-                if len(cache) > 1_000_000:
-                    cache.clear()
-            flags.append(flag)
-        return np.asarray(flags, dtype=bool)[pc.index_in(keys, distinct).to_numpy()]
+        return decode.split_hashes(keys) < np.uint64(self._eval_threshold)
 
 
 def _text(record: bytes) -> str:

@@ -13,13 +13,13 @@ the row rules are tested in milliseconds and run unchanged inside Beam's workers
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.config import Config
@@ -38,10 +38,59 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"'[^']*'", "'...'", reason)
 
 
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def _fmix64(h):
+    """MurmurHash3's 64-bit finalizer, on a Python int or a numpy uint64 array alike."""
+    if isinstance(h, int):
+        h ^= h >> 33
+        h = (h * 0xFF51AFD7ED558CCD) & _MASK
+        h ^= h >> 33
+        h = (h * 0xC4CEB9FE1A85EC53) & _MASK
+        return h ^ (h >> 33)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)  # numpy arrays wrap around silently
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def split_hash(key: str) -> int:
+    """A 64-bit hash of the key's UTF-8 bytes (FNV-1a, then MurmurHash3's finalizer), stable
+    across processes, runs and machines; `split_hashes` computes the same over an array."""
+    h = _FNV_OFFSET
+    for byte in key.encode("utf-8"):
+        h = ((h ^ byte) * _FNV_PRIME) & _MASK
+    return _fmix64(h)
+
+
+def split_hashes(keys: pa.Array) -> np.ndarray:
+    """`split_hash` of every string of an Arrow string array, vectorized: one pass of numpy
+    operations per byte position, so a block of short keys costs a few array operations."""
+    keys = keys.cast(pa.large_binary())
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)
+    offsets = offsets[keys.offset : keys.offset + len(keys) + 1]
+    data = np.frombuffer(keys.buffers()[2], dtype=np.uint8) if len(keys) else np.zeros(0)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    hashes = np.full(len(keys), _FNV_OFFSET, dtype=np.uint64)
+    for position in range(int(lengths.max()) if len(keys) else 0):
+        active = np.flatnonzero(lengths > position)
+        mixed = hashes[active] ^ data[starts[active] + position].astype(np.uint64)
+        hashes[active] = mixed * np.uint64(_FNV_PRIME)
+    return _fmix64(hashes)
+
+
+def eval_threshold(eval_fraction: float) -> int:
+    """Keys whose `split_hash` is below this go to eval."""
+    return min(int(eval_fraction * 2.0**64), _MASK)
+
+
 def split_of(key: str, eval_fraction: float) -> str:
-    """Train or eval, from a hash of the split key that is stable across processes and runs."""
-    digest = hashlib.md5(key.encode("utf-8")).digest()
-    return EVAL if int.from_bytes(digest[:8], "big") < eval_fraction * 2.0**64 else TRAIN
+    """Train or eval, from a stable hash of the split key: every row of a key goes one way."""
+    return EVAL if split_hash(key) < eval_threshold(eval_fraction) else TRAIN
 
 
 def _text(value: Any, what: str) -> str:

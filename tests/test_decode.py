@@ -1,3 +1,4 @@
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -9,6 +10,8 @@ from pipeline.decode import (
     RowDecoder,
     RowError,
     check_columns,
+    split_hash,
+    split_hashes,
     split_of,
     to_record_batch,
 )
@@ -76,6 +79,17 @@ def test_split_is_stable_and_near_the_fraction():
     share = splits.count(EVAL) / len(keys)
     assert 0.22 < share < 0.28
     assert all(split_of(k, 0.0) == TRAIN for k in keys[:100])
+
+
+def test_vectorized_split_hashes_equal_the_row_hash():
+    rng = np.random.default_rng(3)
+    alphabet = list("abcxyz019-_") + ["é", "東", "京", "🙂"]
+    keys = ["", "a", "user1", "x" * 300] + [
+        "".join(rng.choice(alphabet, size=rng.integers(1, 40))) for _ in range(500)
+    ]
+    array = pa.array(["dropped"] + keys)[1:]  # a slice: the array's offset is not 0
+    assert split_hashes(array).tolist() == [split_hash(k) for k in keys]
+    assert split_hashes(pa.array([], pa.string())).tolist() == []
 
 
 def test_rows_of_one_key_never_straddle(decoder):

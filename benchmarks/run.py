@@ -25,6 +25,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "clicks" / "features.toml"
+ROUNDS = 3
 
 
 def _timed(command: list[str]) -> tuple[float, float]:
@@ -119,7 +121,10 @@ def trainer_rates(output: str, steps: int = 600, batch_size: int = 256) -> dict:
             for _ in range(steps):
                 session.run(next_batch)
             results["input_fn_alone"] = steps * batch_size / (time.perf_counter() - started)
-    for name, input_fn in (("train_from_files", files_fn), ("train_in_memory", cached_fn)):
+    # Files and memory alternate, ROUNDS times each; the medians are reported (a single
+    # pair of 10-second measurements on a shared 2-core machine varies by 1.5x).
+    rounds = [("train_from_files", files_fn), ("train_in_memory", cached_fn)] * ROUNDS
+    for name, input_fn in rounds:
         model_dir = tempfile.mkdtemp()
         args = task.parse_args(
             [
@@ -139,8 +144,18 @@ def trainer_rates(output: str, steps: int = 600, batch_size: int = 256) -> dict:
         estimator.train(input_fn, max_steps=50)  # graph building, first checkpoint
         started = time.perf_counter()
         estimator.train(input_fn, max_steps=steps + 50)
-        results[name] = steps * batch_size / (time.perf_counter() - started)
+        results.setdefault(f"{name}_runs", []).append(
+            steps * batch_size / (time.perf_counter() - started)
+        )
         shutil.rmtree(model_dir, ignore_errors=True)
+    for name in ("train_from_files", "train_in_memory"):
+        results[name] = statistics.median(results[f"{name}_runs"])
+    results["files_over_memory_runs"] = [
+        f / m
+        for f, m in zip(
+            results["train_from_files_runs"], results["train_in_memory_runs"], strict=True
+        )
+    ]
     return results
 
 
@@ -315,9 +330,10 @@ def print_table(results: dict) -> None:
     if "trainer_examples_per_s" in last:
         t = last["trainer_examples_per_s"]
         files, memory = t["train_from_files"], t["train_in_memory"]
+        runs = ", ".join(f"{r:.2f}" for r in t["files_over_memory_runs"])
         print(
-            f"Trainer examples/s: from files {files:.0f}, in memory {memory:.0f} "
-            f"(files/memory {files / memory:.2f}), input_fn alone "
+            f"Trainer examples/s (medians of {ROUNDS}): from files {files:.0f}, in memory "
+            f"{memory:.0f} (files/memory {files / memory:.2f}; pairs: {runs}), input_fn alone "
             f"{t['input_fn_alone']:.0f} ({t['input_fn_alone'] / files:.1f}x training)"
         )
     for name, p in last["padding"].items():

@@ -17,6 +17,13 @@ OUTPUT receives the tf.Transform artifacts (transform_fn/, transformed_metadata/
 transformed tf.Examples (data/train-*.tfrecord.gz, data/eval-*.tfrecord.gz), every unusable
 row with its reason (rejected/), stats.json, report.html, the resolved config.json and, last,
 _SUCCESS. A local run writes into OUTPUT.incomplete-XXXX and renames it when done.
+
+The graph: read blocks of raw records -> decode them into Arrow record batches (train, eval,
+rejected) -> measure (exact length histograms, token frequencies, moments) and analyze
+(tf.Transform vocabularies, z-score moments); then a second read and decode of the same input
+-> transform with the analysis' transform_fn -> tf.Examples -> TFRecords. Beam elements are
+blocks and record batches, never single rows; a row is parsed on its own in Python only when
+a vectorized check refused its block (see pipeline/batches.py).
 """
 
 from __future__ import annotations

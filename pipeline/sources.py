@@ -1,9 +1,11 @@
 """Reading raw files of each input format, and checking them before the pipeline starts.
 
-Every format is read as (source file, record) pairs: a CSV or JSON line (bytes), a serialized
-tf.Example, or a Parquet row (a dict). `ParseRows` turns each into a train or eval row, or a
-rejected one with its reason. Checks that can fail fast (no file, an empty input, a column the
-config names but the data lacks) run in the launcher, before Beam starts.
+Every format is read as blocks of records of one file, (source file, [record, ...]): CSV and
+JSON lines (bytes) from a splittable block reader, serialized tf.Examples and Parquet rows
+(dicts) batched after Beam's readers. `DecodeBlocks` turns each block into record batches of
+train and eval rows, and rejected rows with their reasons (`pipeline.batches`). Checks that
+can fail fast (no file, an empty input, a column the config names but the data lacks) run in
+the launcher, before Beam starts.
 """
 
 from __future__ import annotations

@@ -58,6 +58,12 @@ def _timed(command: list[str]) -> tuple[float, float]:
     return seconds, int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
+def _timed_pipeline(data: Path, output: Path, *beam_args: str) -> tuple[float, float]:
+    """`python -m pipeline` on the example config: (seconds, peak RSS in MiB)."""
+    args = ["--config", str(CONFIG), "--input", str(data), "--output", str(output)]
+    return _timed([sys.executable, "-m", "pipeline", *args, *beam_args])
+
+
 def floor(csv_path: str) -> dict:
     """Vocabularies and exact length histograms, vectorized in one process."""
     import numpy as np
@@ -188,36 +194,9 @@ def main() -> None:
             capture_output=True,
         )
         output = work / f"out-{rows}"
-        ours, ours_mem = _timed(
-            [
-                python,
-                "-m",
-                "pipeline",
-                "--config",
-                str(CONFIG),
-                "--input",
-                str(data),
-                "--output",
-                str(output),
-            ]
-        )
-        ours_2, _ = _timed(
-            [
-                python,
-                "-m",
-                "pipeline",
-                "--config",
-                str(CONFIG),
-                "--input",
-                str(data),
-                "--output",
-                str(work / "out-2-workers"),
-                "--direct_num_workers",
-                "2",
-                "--direct_running_mode",
-                "multi_processing",
-            ]
-        )
+        ours, ours_mem = _timed_pipeline(data, output)
+        two_workers = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+        ours_2, _ = _timed_pipeline(data, work / "out-2-workers", *two_workers)
         shutil.rmtree(work / "out-2-workers", ignore_errors=True)
         stats = json.loads((output / "stats.json").read_text())
         ids = sum(s["ids"] for s in stats["sequences"].values())

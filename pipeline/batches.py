@@ -98,41 +98,46 @@ class BlockDecoder:
         """Decodes a block: CSV lines (bytes, no newline), JSON lines, serialized tf.Examples
         or Parquet rows (dicts)."""
         block = DecodedBlock()
+        rest: Sequence[int] = range(len(records))
         if self._format == "csv":
-            text = b"\n".join(records)
-            if b"\r" in text:
-                records = [r.rstrip(b"\r") for r in records]
-                text = b"\n".join(records)
-            if b'"' not in text:  # the common case: the whole block in one go
-                try:
-                    train, eval_ = self._decode_plain_csv(text, len(records))
-                except _NotVectorizable:
-                    pass  # e.g. a line with the wrong number of fields: sort the lines out
-                else:
-                    block.train.append(train)
-                    block.eval.append(eval_)
-                    return self._drop_empty(block)
-            plain = [
-                i
-                for i, line in enumerate(records)
-                if b'"' not in line and line.count(self._delimiter) == self._fields - 1
-            ]
-            if plain:
-                try:
-                    train, eval_ = self._decode_plain_csv(
-                        b"\n".join([records[i] for i in plain]), len(plain)
-                    )
-                except _NotVectorizable:
-                    pass
-                else:
-                    block.train.append(train)
-                    block.eval.append(eval_)
-                    plain_set = set(plain)
-                    rest = [i for i in range(len(records)) if i not in plain_set]
-                    self._decode_rows(records, rest, block)
-                    return self._drop_empty(block)
-        self._decode_rows(records, range(len(records)), block)
+            records, rest = self._decode_csv_vectorized(records, block)
+        self._decode_rows(records, rest, block)
         return self._drop_empty(block)
+
+    def _decode_csv_vectorized(
+        self, records: Sequence[bytes], block: DecodedBlock
+    ) -> tuple[Sequence[bytes], Sequence[int]]:
+        """Decodes what it can of a CSV block in one go, into `block`.
+
+        Returns:
+          The lines without their trailing "\r", and the indices of those left for the
+          row-by-row path.
+        """
+        text = b"\n".join(records)
+        if b"\r" in text:
+            records = [r.rstrip(b"\r") for r in records]
+            text = b"\n".join(records)
+        if b'"' not in text and self._try_plain(text, len(records), block):
+            return records, ()  # the common case: the whole block at once
+        # Sort the lines out: the quote-free ones with the header's number of fields.
+        plain = [
+            i
+            for i, line in enumerate(records)
+            if b'"' not in line and line.count(self._delimiter) == self._fields - 1
+        ]
+        if plain and self._try_plain(b"\n".join([records[i] for i in plain]), len(plain), block):
+            plain_set = set(plain)
+            return records, [i for i in range(len(records)) if i not in plain_set]
+        return records, range(len(records))
+
+    def _try_plain(self, text: bytes, lines: int, block: DecodedBlock) -> bool:
+        try:
+            train, eval_ = self._decode_plain_csv(text, lines)
+        except _NotVectorizable:
+            return False
+        block.train.append(train)
+        block.eval.append(eval_)
+        return True
 
     @staticmethod
     def _drop_empty(block: DecodedBlock) -> DecodedBlock:

@@ -111,10 +111,10 @@ def build(
     adapter_config = features.tensor_adapter_config(config)
     schema = adapter_config.arrow_schema
 
-    def read_and_decode(suffix: str):
+    def read_and_decode(suffix: str, counted: bool):
         blocks = p | f"ReadRaw{suffix}" >> ReadRaw(files, config, batch_size)
         rows = blocks | f"Decode{suffix}" >> beam.ParDo(
-            DecodeBlocks(config, header, schema)
+            DecodeBlocks(config, header, schema, counted)
         ).with_outputs(REJECTED, decode.EVAL, main=decode.TRAIN)
         return blocks, rows
 
@@ -124,9 +124,9 @@ def build(
     # costs a few seconds a million rows, and memory stays flat however many rows there are.
     # Every count comes from the first pass; decoding is deterministic, so the second pass
     # sees the same rows.
-    blocks, rows = read_and_decode("")
+    blocks, rows = read_and_decode("", counted=True)
     train, eval_ = rows[decode.TRAIN], rows[decode.EVAL]
-    _, again = read_and_decode("Again")
+    _, again = read_and_decode("Again", counted=False)
 
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
         transform_fn = (train, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(

@@ -264,7 +264,7 @@ class ReadRaw(beam.PTransform):
 def _shown(record: Any, fmt: str) -> str:
     """The raw record as text, for rejected/."""
     if fmt in ("csv", "jsonl"):
-        return record.decode("utf-8", "replace")
+        return record.decode("utf-8", "replace").rstrip("\r")
     if fmt == "tfrecord":
         from google.protobuf import text_format
         from tensorflow.core.example import example_pb2
@@ -279,12 +279,19 @@ def _shown(record: Any, fmt: str) -> str:
 
 
 class DecodeBlocks(beam.DoFn):
-    """(file, records) -> train record batches, and tagged eval batches and rejected rows."""
+    """(file, records) -> train record batches, and tagged eval batches and rejected rows.
 
-    def __init__(self, config: Config, header: list[str] | None, schema):
+    Args:
+      config, header, schema: as `pipeline.batches.BlockDecoder` takes them.
+      counted: whether this pass reports: the row counters and rejected rows. The pipeline
+        decodes its input twice and reports the first pass only.
+    """
+
+    def __init__(self, config: Config, header: list[str] | None, schema, counted: bool = True):
         self._config = config
         self._header = header
         self._schema = schema
+        self._counted = counted
         self._rows = beam.metrics.Metrics.counter("pipeline", "rows_read")
         self._rejected = beam.metrics.Metrics.counter("pipeline", "rows_rejected")
         self._train = beam.metrics.Metrics.counter("pipeline", "rows_train")
@@ -300,18 +307,22 @@ class DecodeBlocks(beam.DoFn):
         source, records = element
         before = self._seen
         self._seen += len(records)
-        self._rows.inc(len(records))
         if self._seen // PROGRESS_EVERY > before // PROGRESS_EVERY:
             logging.getLogger("pipeline").info(
-                "%s rows decoded by this worker (now reading %s)", f"{self._seen:,}", source
+                "%s rows decoded by this worker, %s pass (now reading %s)",
+                f"{self._seen:,}",
+                "measuring" if self._counted else "transforming",
+                source,
             )
         block = self._decoder.decode(records)
-        for batch in block.train:
-            self._train.inc(batch.num_rows)
-            yield batch
+        yield from block.train
         for batch in block.eval:
-            self._eval.inc(batch.num_rows)
             yield beam.pvalue.TaggedOutput(decode.EVAL, batch)
+        if not self._counted:
+            return
+        self._rows.inc(len(records))
+        self._train.inc(sum(batch.num_rows for batch in block.train))
+        self._eval.inc(sum(batch.num_rows for batch in block.eval))
         for index, reason in block.rejected:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(

@@ -102,9 +102,9 @@ def trainer_rates(output: str, steps: int = 600, batch_size: int = 256) -> dict:
     """examples/s: training from files, from an in-memory cache, and the input_fn alone."""
     import tensorflow as tf
 
-    from embedding.cli import load_or_make_plan
-    from pipeline import artifacts
-    from pipeline.config import read_pipeline_config
+    from common import artifacts
+    from common.config import read_pipeline_config
+    from embedding.planner import load_or_make_plan
     from trainer import task
     from trainer.inputs import make_input_fn
 
@@ -242,7 +242,7 @@ def main() -> None:
                 [
                     python,
                     "-c",
-                    "import json,sys; from embedding.cli import plan_pipeline_output; "
+                    "import json,sys; from embedding.planner import plan_pipeline_output; "
                     "print(json.dumps(plan_pipeline_output(sys.argv[1]).to_dict()))",
                     str(output),
                 ],

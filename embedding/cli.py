@@ -6,31 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from embedding.planner import EmbeddingPlan, PlanError, format_plan, make_plan
-from pipeline import artifacts
-from pipeline.config import read_pipeline_config
-
-
-def plan_pipeline_output(
-    pipeline_output: str,
-    length_coverage: float | None = None,
-    dimension: int | None = None,
-) -> EmbeddingPlan:
-    """Plans from a finished pipeline output and writes OUTPUT/embedding_plan.json."""
-    artifacts.require_complete(pipeline_output)
-    stats = artifacts.read_json(pipeline_output, artifacts.STATS)
-    config = read_pipeline_config(pipeline_output)
-    plan = make_plan(stats, config, length_coverage=length_coverage, dimension=dimension)
-    artifacts.write_json(pipeline_output, artifacts.PLAN, plan.to_dict())
-    return plan
-
-
-def load_or_make_plan(pipeline_output: str) -> EmbeddingPlan:
-    """The plan written by `python -m embedding`, or a fresh default plan if there is none."""
-    artifacts.require_complete(pipeline_output)
-    if artifacts.exists(artifacts.join(pipeline_output, artifacts.PLAN)):
-        return EmbeddingPlan.from_dict(artifacts.read_json(pipeline_output, artifacts.PLAN))
-    return plan_pipeline_output(pipeline_output)
+from common import artifacts
+from embedding.planner import PlanError, format_plan, plan_pipeline_output
 
 
 def main(argv: Sequence[str] | None = None) -> int:

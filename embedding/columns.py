@@ -17,8 +17,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from embedding.planner import EmbeddingPlan, TablePlan
-from pipeline.config import EmbeddingConfig
+from common.config import EmbeddingConfig
+from common.plan import EmbeddingPlan, TablePlan
 
 
 class ColumnError(ValueError):

@@ -13,11 +13,11 @@ it, never from numbers typed by hand.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from pipeline import statistics
-from pipeline.config import Config
+from common import artifacts, statistics
+from common.config import Config, read_pipeline_config
+from common.plan import EmbeddingPlan, FeaturePlan, TablePlan, read_plan, write_plan
 
 ID_LIKE_RATIO = 0.5
 """A categorical whose distinct values reach this share of its rows is flagged as id-like."""
@@ -36,101 +36,6 @@ def auto_dimension(buckets: int) -> int:
     """
     raw = 6.0 * max(buckets, 1) ** 0.25
     return int(min(512, max(8, 8 * round(raw / 8))))
-
-
-@dataclasses.dataclass
-class TablePlan:
-    """One embedding table (one vocabulary).
-
-    Attributes:
-      name: the vocabulary name, also the shared embedding collection name.
-      features: the features looked up in it, sorted.
-      vocabulary_size: buckets: vocabulary entries plus OOV buckets.
-      dimension: the embedding width.
-      combiner: how a sequence's embeddings are pooled.
-      entries: vocabulary entries (without OOV buckets).
-      num_oov_buckets: OOV buckets.
-      dimension_source: "auto", "config" or "override".
-    """
-
-    name: str
-    features: list[str]
-    vocabulary_size: int
-    dimension: int
-    combiner: str
-    entries: int
-    num_oov_buckets: int
-    dimension_source: str
-
-
-@dataclasses.dataclass
-class FeaturePlan:
-    """One embedded feature.
-
-    Attributes:
-      name: the feature.
-      table: its table.
-      type: categorical or sequence.
-      max_sequence_length: L for a sequence, 0 otherwise.
-      truncate: which end of a longer sequence survives.
-      length_source: "coverage" (measured) or "config" (fixed by the user).
-      padding_efficiency, truncated_fraction, dropped_id_fraction: the cost of L.
-      longest: the longest sequence seen, and the same figures at L = longest.
-    """
-
-    name: str
-    table: str
-    type: str
-    max_sequence_length: int = 0
-    truncate: str = "keep_last"
-    length_source: str = ""
-    padding_efficiency: float = 1.0
-    truncated_fraction: float = 0.0
-    dropped_id_fraction: float = 0.0
-    longest: int = 0
-    longest_padding_efficiency: float = 1.0
-
-
-@dataclasses.dataclass
-class EmbeddingPlan:
-    """The whole plan; `to_dict` is the embedding_plan.json contract."""
-
-    tables: dict[str, TablePlan]
-    features: dict[str, FeaturePlan]
-    dropped: dict[str, str]
-    numeric_features: list[str]
-    label: dict[str, str]
-    length_coverage: float
-    notes: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
-            "features": {k: dataclasses.asdict(v) for k, v in self.features.items()},
-            "dropped": dict(self.dropped),
-            "numeric_features": list(self.numeric_features),
-            "label": dict(self.label),
-            "length_coverage": self.length_coverage,
-            "notes": list(self.notes),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmbeddingPlan:
-        return cls(
-            tables={k: TablePlan(**v) for k, v in data["tables"].items()},
-            features={k: FeaturePlan(**v) for k, v in data["features"].items()},
-            dropped=dict(data["dropped"]),
-            numeric_features=list(data["numeric_features"]),
-            label=dict(data["label"]),
-            length_coverage=float(data["length_coverage"]),
-            notes=list(data.get("notes", [])),
-        )
-
-    def sequence_lengths(self) -> dict[str, int]:
-        """Sequence feature -> its max_sequence_length."""
-        return {
-            name: f.max_sequence_length for name, f in self.features.items() if f.type == "sequence"
-        }
 
 
 class PlanError(ValueError):
@@ -313,3 +218,23 @@ def format_plan(plan: EmbeddingPlan) -> str:
         lines.append("Notes")
         lines.extend(f"  {note}" for note in plan.notes)
     return "\n".join(lines)
+
+
+def plan_pipeline_output(
+    pipeline_output: str,
+    length_coverage: float | None = None,
+    dimension: int | None = None,
+) -> EmbeddingPlan:
+    """Plans from a finished pipeline output and writes OUTPUT/embedding_plan.json."""
+    artifacts.require_complete(pipeline_output)
+    stats = artifacts.read_json(pipeline_output, artifacts.STATS)
+    config = read_pipeline_config(pipeline_output)
+    plan = make_plan(stats, config, length_coverage=length_coverage, dimension=dimension)
+    write_plan(pipeline_output, plan)
+    return plan
+
+
+def load_or_make_plan(pipeline_output: str) -> EmbeddingPlan:
+    """The plan written by `python -m embedding`, or a fresh default plan if there is none."""
+    artifacts.require_complete(pipeline_output)
+    return read_plan(pipeline_output) or plan_pipeline_output(pipeline_output)

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from common.config import Config
 from pipeline import decode
-from pipeline.config import Config
 
 
 @dataclasses.dataclass

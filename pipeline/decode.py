@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import Config
+from common.config import Config
 
 TRAIN = "train"
 EVAL = "eval"

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.tfxio import tensor_adapter, tf_example_record
 
-from pipeline.config import Config
+from common.config import Config
 
 
 def raw_feature_spec(config: Config, with_label: bool = True) -> dict[str, tf.io.FixedLenFeature]:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import Config
+from common.config import Config
 
 
 def _empty() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline.config import Config
+from common.config import Config
 
 
 def _values(tensor) -> tf.Tensor:

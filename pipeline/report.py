@@ -11,8 +11,8 @@ import html
 import math
 from typing import Any
 
-from pipeline import statistics
-from pipeline.config import Config
+from common import statistics
+from common.config import Config
 
 WIDTH, HEIGHT, PAD = 640, 220, 40
 

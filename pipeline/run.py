@@ -46,8 +46,9 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
-from pipeline import artifacts, decode, report, statistics
-from pipeline.config import Config, ConfigError, load_config
+from common import artifacts, statistics
+from common.config import Config, ConfigError, load_config
+from pipeline import decode, report
 from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import (
     REJECTED,

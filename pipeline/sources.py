@@ -21,8 +21,8 @@ from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from common.config import Config
 from pipeline import decode
-from pipeline.config import Config
 
 REJECTED = "rejected"
 PROGRESS_EVERY = 100_000

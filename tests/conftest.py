@@ -36,7 +36,7 @@ def small_pipeline_output(tmp_path_factory):
     Returns:
       dict with `data` (the raw CSV), `output` (OUTPUT), `stats` and `plan`.
     """
-    from embedding.cli import plan_pipeline_output
+    from embedding.planner import plan_pipeline_output
     from examples.clicks.generate import generate, write_csv
     from pipeline.run import run as run_pipeline
 

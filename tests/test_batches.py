@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 from apache_beam.io import source_test_utils
 
+from common.config import parse_config
 from pipeline import features
 from pipeline.batches import BlockDecoder, _NotVectorizable
-from pipeline.config import parse_config
 from pipeline.sources import _LineBlockSource
 
 CONFIG = parse_config(

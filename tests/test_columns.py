@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_estimator.python.estimator.tpu import _tpu_estimator_embedding
 
+from common.config import EmbeddingConfig
 from embedding.columns import (
     ColumnError,
     check_column_arguments,
@@ -12,7 +13,6 @@ from embedding.columns import (
     optimization_parameters,
 )
 from embedding.planner import make_plan
-from pipeline.config import EmbeddingConfig
 from tests.test_planner import config, stats
 
 

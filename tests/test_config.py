@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, config_from_dict, load_config, parse_config
+from common.config import ConfigError, config_from_dict, load_config, parse_config
 from tests.conftest import EXAMPLE_CONFIG
 
 MINIMAL = {

@@ -9,8 +9,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.stager import Stager
 
+from common.config import load_config
 from pipeline import run as pipeline_run
-from pipeline.config import load_config
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
 pytestmark = pytest.mark.slow

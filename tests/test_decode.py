@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.config import parse_config
+from common.config import parse_config
 from pipeline.decode import (
     EVAL,
     TRAIN,

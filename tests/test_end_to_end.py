@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import artifacts
+from common import artifacts
 from tests.conftest import SMALL_ROWS, raw_example
 from trainer import task
 

@@ -4,8 +4,8 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from common.config import parse_config
 from pipeline import features
-from pipeline.config import parse_config
 from pipeline.decode import CsvRowDecoder, to_record_batch
 from pipeline.measure import CountFrequencies, MeasureBatches
 

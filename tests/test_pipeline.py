@@ -13,9 +13,9 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from embedding.cli import plan_pipeline_output
+from common import artifacts
+from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
-from pipeline import artifacts
 from pipeline import run as pipeline_run
 from pipeline.sources import InputError
 from tests.conftest import EXAMPLE_CONFIG

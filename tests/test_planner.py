@@ -3,8 +3,9 @@ import time
 
 import pytest
 
-from embedding.planner import EmbeddingPlan, PlanError, auto_dimension, format_plan, make_plan
-from pipeline.config import parse_config
+from common.config import parse_config
+from common.plan import EmbeddingPlan
+from embedding.planner import PlanError, auto_dimension, format_plan, make_plan
 
 
 def config(**overrides):

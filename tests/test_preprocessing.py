@@ -5,8 +5,8 @@ import tensorflow as tf
 from tensorflow_transform.beam import tft_unit
 from tensorflow_transform.tf_metadata import schema_utils
 
+from common.config import parse_config
 from pipeline import features
-from pipeline.config import parse_config
 from pipeline.decode import CsvRowDecoder, to_record_batch
 from pipeline.preprocessing import PreprocessingFn
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.statistics import (
+from common.statistics import (
     coverage_length,
     numeric_summary,
     sequence_summary,

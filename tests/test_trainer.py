@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from embedding.planner import EmbeddingPlan
-from pipeline import artifacts
-from pipeline.config import read_pipeline_config
+from common import artifacts
+from common.config import read_pipeline_config
+from common.plan import EmbeddingPlan
 from tests.conftest import ROOT, raw_example
 from trainer import task
 from trainer.inputs import make_input_fn

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from embedding.planner import EmbeddingPlan
+from common.plan import EmbeddingPlan
 from trainer.inputs import prepare_features
 
 INPUT_NAME = "examples"

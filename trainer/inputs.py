@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from embedding.planner import EmbeddingPlan
+from common.plan import EmbeddingPlan
 
 SHUFFLE_BUFFER = 16_384
 READ_BLOCK = 128

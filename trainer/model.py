@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from common.plan import EmbeddingPlan
 from embedding.columns import create_feature_columns
-from embedding.planner import EmbeddingPlan
 
 PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"

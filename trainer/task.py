@@ -26,10 +26,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from embedding.cli import load_or_make_plan
-from embedding.planner import EmbeddingPlan
-from pipeline import artifacts
-from pipeline.config import Config, read_pipeline_config
+from common import artifacts
+from common.config import Config, read_pipeline_config
+from common.plan import EmbeddingPlan
+from embedding.planner import load_or_make_plan
 
 LOG = logging.getLogger("trainer")
 

@@ -11,9 +11,14 @@ This module is pure Python (no TensorFlow, no Beam) so it loads in milliseconds.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10, a Cloud TPU VM's Python
+    import tomli as tomllib
 
 INPUT_FORMATS = ("csv", "jsonl", "tfrecord", "parquet")
 LABEL_TYPES = ("binary", "regression")
@@ -410,6 +415,6 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def read_pipeline_config(pipeline_output: str) -> Config:
     """Reads the config the pipeline wrote into its output directory."""
-    from pipeline import artifacts
+    from common import artifacts
 
     return config_from_dict(artifacts.read_json(pipeline_output, artifacts.CONFIG))

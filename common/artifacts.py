@@ -99,3 +99,10 @@ def require_complete(pipeline_output: str) -> None:
 def data_pattern(pipeline_output: str, split: str) -> str:
     """The glob of a split's transformed TFRecords."""
     return join(pipeline_output, DATA_DIR, f"{split}-*{TFRECORD_SUFFIX}")
+
+
+def data_files(pipeline_output: str, split: str) -> list[str]:
+    """The transformed TFRecord files of a split ("train" or "eval"), sorted."""
+    import tensorflow as tf
+
+    return sorted(tf.io.gfile.glob(data_pattern(pipeline_output, split)))

@@ -11,6 +11,7 @@ This module is pure Python (no TensorFlow, no Beam) so it loads in milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,38 @@ class Config:
         return dataclasses.asdict(self)
 
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _typed(value: Any, annotation: str, key: str, source: str) -> Any:
+    """`value` checked against a field's annotation ("float", "int | str | None", ...).
+
+    TOML has no null: None comes only from a default, where the annotation allows it.
+    Booleans are not numbers, integers are accepted where a number is expected (as floats),
+    and a float must be finite.
+    """
+    allowed = [t.strip() for t in annotation.split("|") if t.strip() != "None"]
+    if value is None and "None" in annotation:
+        return None
+    if isinstance(value, dict | list):
+        raise ConfigError(f"{source}: {key} must be a single value, got {value!r}")
+    for kind in allowed:
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if isinstance(value, bool):
+            continue
+        if kind == "int" and isinstance(value, int):
+            return value
+        if kind == "float" and isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+            return float(value)
+        if kind == "str" and isinstance(value, str):
+            return value
+    wanted = " or ".join(_TYPE_NAMES.get(kind, kind) for kind in allowed)
+    raise ConfigError(f"{source}: {key} must be {wanted}, got {value!r}")
+
+
 def _take(table: dict[str, Any], cls: type, where: str, source: str) -> Any:
     """Builds dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -203,16 +236,10 @@ def _take(table: dict[str, Any], cls: type, where: str, source: str) -> Any:
             f"{source}: unknown key {where}.{unknown[0]}; known keys in [{where}] are: "
             f"{', '.join(sorted(fields))}"
         )
-    for key, value in table.items():
-        expected = {"int": int, "float": float, "str": str}.get(fields[key].type)
-        if isinstance(value, dict | list):
-            raise ConfigError(f"{source}: {where}.{key} must be a single value, got {value!r}")
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            table = {**table, key: float(value)}
-        elif expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{source}: {where}.{key} must be an integer, got {value!r}")
-        elif expected is str and not isinstance(value, str):
-            raise ConfigError(f"{source}: {where}.{key} must be a string, got {value!r}")
+    table = {
+        key: _typed(value, fields[key].type, f"{where}.{key}", source)
+        for key, value in table.items()
+    }
     try:
         return cls(**table)
     except TypeError as e:
@@ -258,8 +285,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
     input_config = _take(data.get("input", {}), InputConfig, "input", source)
     _one_of(input_config.format, INPUT_FORMATS, "input.format", source)
-    if len(input_config.field_delimiter) != 1:
-        raise ConfigError(f"{source}: input.field_delimiter must be one character")
+    if len(input_config.field_delimiter) != 1 or input_config.field_delimiter in '"\r\n':
+        raise ConfigError(
+            f"{source}: input.field_delimiter must be one character other than a quote or a "
+            f"line break, got {input_config.field_delimiter!r}"
+        )
     if not input_config.list_delimiter:
         raise ConfigError(f"{source}: input.list_delimiter must not be empty")
     if input_config.list_delimiter == input_config.field_delimiter:
@@ -291,8 +321,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             raise ConfigError(
                 f"{source}: {feature.name!r} is the label and cannot also be a feature"
             )
-        if feature.vocabulary is not None and not isinstance(feature.vocabulary, str):
-            raise ConfigError(f"{source}: {where}.vocabulary must be a string")
+        if not feature.name.strip():
+            raise ConfigError(f"{source}: {where}.name must not be empty")
+        if feature.vocabulary is not None and not feature.vocabulary.strip():
+            raise ConfigError(
+                f"{source}: {where}.vocabulary must name a vocabulary; leave it out to give the "
+                "feature its own"
+            )
         if feature.type == "numeric" and feature.vocabulary is not None:
             raise ConfigError(
                 f"{source}: numeric feature {feature.name!r} cannot have a vocabulary; "
@@ -320,6 +355,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: split.eval_fraction must be in [0, 1)")
     if not split.key:
         raise ConfigError(f"{source}: split.key must name the column rows are split by")
+    if split.key == label.name:
+        raise ConfigError(
+            f"{source}: split.key = {split.key!r} is the label: every row of one label value "
+            "would land in one split; split by a user or session id"
+        )
 
     vocabulary_section = dict(data.get("vocabulary", {}))
     overrides_raw = {k: v for k, v in vocabulary_section.items() if isinstance(v, dict)}
@@ -357,6 +397,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     _one_of(embedding.optimizer, OPTIMIZERS, "embedding.optimizer", source)
     if embedding.learning_rate <= 0:
         raise ConfigError(f"{source}: embedding.learning_rate must be > 0")
+    low, high = embedding.clip_weight_min, embedding.clip_weight_max
+    if low is not None and high is not None and low > high:
+        raise ConfigError(
+            f"{source}: embedding.clip_weight_min = {low} is above clip_weight_max = {high}"
+        )
 
     return Config(
         input=input_config,

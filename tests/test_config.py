@@ -135,3 +135,51 @@ def test_dimension_accepts_int_per_vocabulary(write_config):
     config = load_config(path)
     assert config.vocabulary_config("c").dimension == 12
     assert config.embedding.dimension == 32
+
+
+def _embedding(**keys):
+    return with_changes(embedding=keys)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # Each was accepted silently, or crashed with a TypeError, before fields were checked
+        # by their declared type.
+        (with_changes(split={"key": "user_id", "eval_fraction": "0.1"}), "split.eval_fraction"),
+        (with_changes(split={"key": "user_id", "eval_fraction": False}), "split.eval_fraction"),
+        (_embedding(learning_rate=True), "embedding.learning_rate must be a number, got True"),
+        (_embedding(learning_rate=float("nan")), "embedding.learning_rate must be a finite"),
+        (_embedding(learning_rate=float("inf")), "embedding.learning_rate must be a finite"),
+        (with_changes(sequence={"length_coverage": True}), "sequence.length_coverage"),
+        (_embedding(clip_weight_min="abc"), "embedding.clip_weight_min must be a number"),
+        (
+            _embedding(clip_weight_min=1.0, clip_weight_max=-1.0),
+            "clip_weight_min = 1.0 is above clip_weight_max = -1.0",
+        ),
+        (
+            with_changes(feature=[{"name": "x", "type": "categorical", "vocabulary": ""}]),
+            "feature[0] ('x').vocabulary must name a vocabulary",
+        ),
+        (with_changes(input={"field_delimiter": '"'}), "input.field_delimiter must be one"),
+        (with_changes(input={"field_delimiter": "\n"}), "input.field_delimiter must be one"),
+        (with_changes(vocabulary={"top_k": 1.5}), "vocabulary.top_k must be an integer"),
+        (with_changes(vocabulary={"top_k": True}), "vocabulary.top_k must be an integer"),
+        (
+            with_changes(split={"key": "clicked"}),
+            "split.key = 'clicked' is the label",
+        ),
+    ],
+)
+def test_every_field_is_checked_by_its_declared_type(data, message):
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, source="f.toml")
+    assert str(raised.value).startswith("f.toml: ")
+    assert message in str(raised.value)
+
+
+def test_valid_clip_range_and_integer_learning_rate_are_accepted():
+    config = parse_config(_embedding(clip_weight_min=-1, clip_weight_max=1, learning_rate=1))
+    assert (config.embedding.clip_weight_min, config.embedding.clip_weight_max) == (-1.0, 1.0)
+    assert config.embedding.learning_rate == 1.0
+    assert isinstance(config.embedding.learning_rate, float)

@@ -44,12 +44,17 @@ def _one_value_lists(values: pa.Array, value_type: pa.DataType) -> pa.LargeListA
 
 
 def _numbers(column: pa.Array) -> pa.Array:
-    """float64 of every cell, or _NotVectorizable if any cell is not a finite number."""
+    """float64 of every cell, or _NotVectorizable unless every cell is a number by the row
+    path's rule (`decode.NUMBER_PATTERN`) that stays finite as float32."""
+    if not pc.all(pc.match_substring_regex(column, decode.NUMBER_PATTERN)).as_py():
+        raise _NotVectorizable
     try:
         numbers = pc.cast(column, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise _NotVectorizable from None
     if numbers.null_count or not pc.all(pc.is_finite(numbers)).as_py():
+        raise _NotVectorizable
+    if pc.max(pc.abs(numbers)).as_py() >= decode.FLOAT32_LIMIT:
         raise _NotVectorizable
     return numbers
 
@@ -171,6 +176,12 @@ class BlockDecoder:
         text += b"\n"
         if b"\0" in text or b"\r" in text:
             raise _NotVectorizable  # Python's csv module rejects both; pyarrow would not
+        try:
+            # The row path refuses a line that is not UTF-8 whichever column holds the bad
+            # bytes; pyarrow checks only the columns it converts.
+            text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _NotVectorizable from None
         try:
             table = pacsv.read_csv(
                 io.BytesIO(text),

@@ -107,18 +107,42 @@ def _text(value: Any, what: str) -> str:
     raise RowError(f"{what}: {value!r} is not a string or an integer id")
 
 
+NUMBER_PATTERN = (
+    r"^[ \t]*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    r"|(?i:inf|infinity|nan))[ \t]*$"
+)
+"""A number as text: ASCII digits only, no `_` separators (Python's float() takes both, and
+digits of other scripts such as '٣'); inf and nan parse, to be refused as not finite."""
+
+_NUMBER = re.compile(NUMBER_PATTERN)
+FLOAT32_LIMIT = 2.0**128 - 2.0**103
+"""float32's largest value plus half a unit in its last place: from here on the cast to
+float32 (round to nearest, ties to even) gives infinity."""
+
+
 def _number(value: Any, what: str) -> float:
+    """A finite number that stays finite as float32, the type numbers are stored in."""
     if value is _MISSING or value is None or (isinstance(value, str | bytes) and not value.strip()):
         raise RowError(f"missing value for {what}")
     if isinstance(value, bool) or isinstance(value, list | tuple | dict):
         raise RowError(f"{what}: {value!r} is not a number")
+    shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if isinstance(value, int) and abs(value) > 10**40:
+        shown = f"{str(value)[:12]}... ({len(str(abs(value)))} digits)"
+    if isinstance(value, bytes | str) and not _NUMBER.match(shown):
+        raise RowError(f"{what}: {shown!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         raise RowError(f"{what}: {shown!r} is not a number") from None
+    except OverflowError:  # an integer too large for a float (JSON)
+        number = math.inf
     if not math.isfinite(number):
-        raise RowError(f"{what}: {value!r} is not a finite number")
+        if isinstance(value, int):
+            raise RowError(f"{what}: {shown!r} is beyond float32's range")
+        raise RowError(f"{what}: {shown!r} is not a finite number")
+    if abs(number) >= FLOAT32_LIMIT:
+        raise RowError(f"{what}: {shown!r} is beyond float32's range")
     return number
 
 
@@ -195,6 +219,13 @@ class RowDecoder:
     def decode_csv(self, line: str) -> tuple[str, dict[str, list[Any]]]:
         if not line.strip():
             raise RowError("blank line")
+        if line.count('"') % 2:
+            # A well-formed row has its quotes in pairs; an odd count is a quoted cell cut
+            # by a line break (its other part is on a neighbouring line, refused the same way).
+            raise RowError(
+                "an odd number of quote characters: a quoted cell spans lines, and a CSV row "
+                "must fit on one line"
+            )
         try:
             cells = next(
                 csv.reader([line], delimiter=self._config.input.field_delimiter, strict=True)
@@ -214,12 +245,17 @@ class RowDecoder:
         return self.decode_values(get)
 
     def decode_json(self, line: str) -> tuple[str, dict[str, list[Any]]]:
+        line = line.removeprefix("\ufeff")  # a byte order mark opening a file
         if not line.strip():
             raise RowError("blank line")
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise RowError(f"malformed JSON: {e.msg} at column {e.colno}") from None
+        except ValueError as e:  # e.g. an integer of more digits than Python converts
+            raise RowError(f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise RowError("malformed JSON: nested too deeply") from None
         if not isinstance(row, dict):
             raise RowError("a JSON line must be an object of column: value")
         return self.decode_mapping(row)

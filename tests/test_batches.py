@@ -45,6 +45,12 @@ BAD = [
     b'u11,"i7, quoted",i1,mobile,9.5,1,x',  # quoted: decoded row by row, and valid
     b"u12,i\xff,i1,mobile,9.5,1,x",  # not UTF-8
     b"u13,i7,i1,mobile, 9.5 ,1,x",  # spaces around a number: valid, row by row
+    b"u14,i7,i1,mobile,3.5e38,1,x",  # beyond float32: would be stored as +inf
+    b"u15,i7,i1,mobile,1_000,1,x",  # Python's float() reads it; not a number here
+    b"u16,i7,i1,mobile,\xd9\xa3,1,x",  # an Arabic-Indic digit three
+    b"u17,i7,i1,mobile,9.5,1,\xff",  # not UTF-8, in a column the config does not use
+    b'u18,"i7 cut,i1,mobile,9.5,1,x',  # a quoted cell cut by a line break...
+    b'here",i1,mobile,9.5,1,x',  # ...and its second part
 ]
 
 
@@ -57,11 +63,15 @@ def _row_path_only(text, lines):
     raise _NotVectorizable
 
 
-def _decode(lines, vectorized=True):
+def _decode_block(lines, vectorized=True):
     decoder = BlockDecoder(CONFIG, HEADER, SCHEMA)
     if not vectorized:
         decoder._decode_plain_csv = _row_path_only
-    block = decoder.decode(lines)
+    return decoder.decode(lines)
+
+
+def _decode(lines, vectorized=True):
+    block = _decode_block(lines, vectorized)
     return _rows(block.train), _rows(block.eval), sorted(block.rejected)
 
 
@@ -100,8 +110,45 @@ def test_every_bad_row_at_once():
         10: "expected 7 fields, got 6",
         11: "blank line",
         13: "not UTF-8 text",
+        15: "price: '3.5e38' is beyond float32's range",
+        16: "price: '1_000' is not a number",
+        17: "price: '\u0663' is not a number",
+        18: "not UTF-8 text",
+        19: "an odd number of quote characters: a quoted cell spans lines, and a CSV row must "
+        "fit on one line",
+        20: "an odd number of quote characters: a quoted cell spans lines, and a CSV row must "
+        "fit on one line",
     }
     assert len(train) + len(eval_) == len(GOOD) + 2
+
+
+def _outcomes(lines, block):
+    """(line, split or reason, values) of every line of a decoded block, sorted."""
+    outcomes = [(lines[i], "rejected", reason) for i, reason in block.rejected]
+    for split, batches in (("train", block.train), ("eval", block.eval)):
+        outcomes += [(None, split, row) for row in _rows(batches)]
+    return outcomes
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_rows_fate_does_not_depend_on_its_neighbours(seed):
+    # Random mixes of good and bad rows, cut into random blocks: every row ends as it does
+    # when it is decoded alone on the row path.
+    import random
+
+    rng = random.Random(seed)
+    lines = [rng.choice(GOOD + BAD) for _ in range(rng.randint(1, 120))]
+    alone = []
+    for line in lines:
+        alone += _outcomes([line], _decode_block([line], vectorized=False))
+    mixed, start = [], 0
+    while start < len(lines):
+        size = rng.choice([1, 2, 7, 64, 500])
+        block = lines[start : start + size]
+        mixed += _outcomes(block, _decode_block(block, vectorized=True))
+        start += size
+    key = lambda o: (str(o[0]), o[1], str(o[2]))  # noqa: E731
+    assert sorted(mixed, key=key) == sorted(alone, key=key)
 
 
 def test_sequences_keep_their_tokens_and_drop_empty_ones():

@@ -133,13 +133,30 @@ def vocabulary_summary(
     }
 
 
-def numeric_summary(count: int, total: float, total_sq: float, low: float, high: float) -> dict:
-    mean = total / count if count else 0.0
-    variance = max(total_sq / count - mean * mean, 0.0) if count else 0.0
+SUM_SCALE_BITS = 149
+"""Every float32 value is an integer multiple of 2**-149 (its smallest subnormal), so sums of
+values times 2**149, and of squares times 2**298, are exact integers: they add up to the same
+total in any order, which makes the moments in stats.json independent of how the rows were
+split into bundles and workers."""
+
+
+def numeric_summary(count: int, total: int, total_sq: int, low: float, high: float) -> dict:
+    """Count, mean, standard deviation, min and max of a numeric column.
+
+    Args:
+      count: the number of values.
+      total: the exact sum of the values times 2**SUM_SCALE_BITS.
+      total_sq: the exact sum of their squares times 2**(2 * SUM_SCALE_BITS).
+      low, high: the smallest and the largest value.
+    """
+    if not count:
+        return {"count": 0, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
+    mean = Fraction(int(total), count << SUM_SCALE_BITS)
+    variance = Fraction(int(total_sq), count << (2 * SUM_SCALE_BITS)) - mean * mean
     return {
         "count": count,
-        "mean": mean,
-        "std": math.sqrt(variance),
-        "min": low if count else 0.0,
-        "max": high if count else 0.0,
+        "mean": float(mean),
+        "std": math.sqrt(max(float(variance), 0.0)),
+        "min": low,
+        "max": high,
     }

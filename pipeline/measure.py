@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common import statistics
 from common.config import Config
 
 
@@ -35,19 +36,40 @@ def measure_batch(batch: pa.RecordBatch, config: Config) -> dict[str, Any]:
                 {int(n): int(c) for n, c in enumerate(counts) if c}
             )
         elif feature.type == "numeric":
-            values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
+            values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
             result["numeric"][feature.name] = (
-                [
-                    len(values),
-                    float(values.sum()),
-                    float((values**2).sum()),
-                    float(values.min()),
-                    float(values.max()),
-                ]
+                [len(values), *exact_sums(values), float(values.min()), float(values.max())]
                 if len(values)
-                else [0, 0.0, 0.0, float("inf"), float("-inf")]
+                else [0, 0, 0, float("inf"), float("-inf")]
             )
     return result
+
+
+_CHUNK = 1 << 14
+"""Values summed at once in int64: 2**14 squares of 24-bit mantissas stay below 2**63."""
+
+
+def exact_sums(values: np.ndarray) -> tuple[int, int]:
+    """The exact sums of float32 `values` and of their squares, as integers scaled by
+    2**SUM_SCALE_BITS and 2**(2 * SUM_SCALE_BITS) (see `common.statistics`).
+
+    Each value is m * 2**e with an integer mantissa m of at most 24 bits; the mantissas are
+    summed in int64 per exponent, vectorized, and the few per-exponent totals shifted into
+    place as Python integers.
+    """
+    fractions, exponents = np.frexp(values.astype(np.float32))
+    mantissas = (fractions * (1 << 24)).astype(np.int64)
+    shifts = exponents.astype(np.int64) - 24 + statistics.SUM_SCALE_BITS
+    total = total_sq = 0
+    for shift in np.unique(shifts):
+        group = mantissas[shifts == shift]
+        if shift < 0:  # subnormals: their mantissas end in -shift zero bits
+            group, shift = group >> -shift, 0
+        s = sum(int(group[i : i + _CHUNK].sum()) for i in range(0, len(group), _CHUNK))
+        sq = sum(int((group[i : i + _CHUNK] ** 2).sum()) for i in range(0, len(group), _CHUNK))
+        total += s << int(shift)
+        total_sq += sq << (2 * int(shift))
+    return total, total_sq
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -249,7 +249,7 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
             histogram = train["lengths"].get(feature.name, {})
             stats["sequences"][feature.name] = statistics.sequence_summary(histogram)
         elif feature.type == "numeric":
-            moments = train["numeric"].get(feature.name, [0, 0.0, 0.0, 0.0, 0.0])
+            moments = train["numeric"].get(feature.name, [0, 0, 0, 0.0, 0.0])
             stats["numeric"][feature.name] = statistics.numeric_summary(*moments)
     return stats
 

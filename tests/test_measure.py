@@ -62,7 +62,7 @@ def test_lengths_rows_and_numeric_moments():
                             "history": {"0": 1, "2": 1, "3": 1},
                             "tags": {"0": 1, "1": 1, "2": 1},
                         },
-                        "numeric": {"price": [3, 9.0, 35.0, 1.0, 5.0]},
+                        "numeric": {"price": [3, 9 << 149, 35 << 298, 1.0, 5.0]},  # exact sums
                     }
                 ]
             ),

@@ -1,6 +1,7 @@
 import pytest
 
 from common.statistics import (
+    SUM_SCALE_BITS,
     coverage_length,
     numeric_summary,
     sequence_summary,
@@ -68,7 +69,31 @@ def test_vocabulary_summary_top_k_and_threshold():
 
 
 def test_numeric_summary():
-    summary = numeric_summary(4, 10.0, 30.0, 1.0, 4.0)  # values 1, 2, 3, 4
+    scale = 2**SUM_SCALE_BITS
+    summary = numeric_summary(4, 10 * scale, 30 * scale**2, 1.0, 4.0)  # values 1, 2, 3, 4
     assert summary["mean"] == 2.5
     assert summary["std"] == pytest.approx(1.118034, rel=1e-6)
-    assert numeric_summary(0, 0.0, 0.0, float("inf"), float("-inf"))["min"] == 0.0
+    assert numeric_summary(0, 0, 0, float("inf"), float("-inf"))["min"] == 0.0
+
+
+def test_exact_sums_do_not_depend_on_order_or_grouping():
+    import numpy as np
+
+    from pipeline.measure import exact_sums
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate(
+        [rng.normal(0, 1e6, 5000), rng.normal(0, 1e-6, 5000), [3.4e38, -3.4e38, 1e-45, 0.0]]
+    ).astype(np.float32)
+    whole = exact_sums(values)
+    shuffled = values.copy()
+    rng.shuffle(shuffled)
+    parts = [exact_sums(part) for part in np.array_split(shuffled, 7)]
+    assert whole == (sum(p[0] for p in parts), sum(p[1] for p in parts))
+    scale = 2**SUM_SCALE_BITS
+    small = np.array([0.1, 0.2, 0.3], np.float32)
+    assert exact_sums(small)[0] == sum(int(v * scale) for v in small.astype(np.float64))
+    summary = numeric_summary(3, *exact_sums(small), 0.1, 0.3)
+    assert summary["mean"] == float(small.astype(np.float64).sum() / 3)
+    # Float summation of the same values in two orders differs; the exact sums do not.
+    assert float(np.sum(values.astype(np.float64))) != float(np.sum(shuffled.astype(np.float64)))

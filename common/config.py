@@ -99,12 +99,15 @@ class VocabularyConfig:
       frequency_threshold: drop values seen fewer times than this.
       num_oov_buckets: hash buckets for values outside the vocabulary.
       dimension: embedding dimension for this vocabulary's table; None uses [embedding].
+      shrinkable: whether `python -m embedding --tpu-type T --fit` may lower this
+        vocabulary's top_k to make the tables fit a TPU slice (it prints the coverage lost).
     """
 
     top_k: int = 100_000
     frequency_threshold: int = 1
     num_oov_buckets: int = 1
     dimension: int | str | None = None
+    shrinkable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +348,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             raise ConfigError(f"{source}: {name}.frequency_threshold must be >= 1")
         if vocab.num_oov_buckets < 0:
             raise ConfigError(f"{source}: {name}.num_oov_buckets must be >= 0")
+        if not isinstance(vocab.shrinkable, bool):
+            raise ConfigError(
+                f"{source}: {name}.shrinkable must be true or false, got {vocab.shrinkable!r}"
+            )
         _check_dimension(vocab.dimension, f"{name}.dimension", source, allow_none=True)
 
     sequence = _take(data.get("sequence", {}), SequenceConfig, "sequence", source)

@@ -321,3 +321,26 @@ def test_trainer_passes_the_check_on_v3_8_and_goes_on_to_the_tpu(
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", tpu_reached)
     with pytest.raises(ReachedTPU):
         task.main(_trainer_argv(enlarged_output, str(tmp_path / "model"), "v3-8"))
+
+
+@pytest.mark.slow
+def test_planner_cli_writes_capacity_into_plan_and_report(small_pipeline_output, tmp_path, capsys):
+    from embedding.cli import DOES_NOT_FIT, main
+
+    output = str(tmp_path / "pipeline")
+    shutil.copytree(small_pipeline_output["output"], output)
+    assert main(["--pipeline-output", output, "--tpu-type", "v2-8"]) == 0
+    assert "--tpu-type v2-8: fits" in capsys.readouterr().out
+    plan = read_plan(output)
+    items = plan.tables["items"]
+    assert plan.capacity["tables"]["items"]["total_bytes"] == 2 * items.vocabulary_size * (
+        items.dimension * 4
+    )
+    report = open(os.path.join(output, "report.html")).read()
+    assert "<h2>TPU capacity (embedding plan)</h2>" in report
+    assert f"<td>items</td><td>{items.vocabulary_size:,}</td><td>{items.dimension}</td>" in report
+    assert "Smallest slice that fits: v2-8." in report
+    # At a global batch of 100 million the history activations alone overflow a v2-8 core.
+    argv = ["--pipeline-output", output, "--tpu-type", "v2-8", "--batch-size", "100000000"]
+    assert main(argv) == DOES_NOT_FIT
+    assert "does NOT fit" in capsys.readouterr().out

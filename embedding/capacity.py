@@ -217,7 +217,9 @@ class SliceFit:
     fits: bool
 
 
-def fit_on(plan: EmbeddingPlan, tpu: TpuSlice, slots: int, batch_size: int, headroom: float):
+def fit_on(
+    plan: EmbeddingPlan, tpu: TpuSlice, slots: int, batch_size: int, headroom: float
+) -> SliceFit:
     """The plan's tables and activations on one slice."""
     tables = sum(
         _shard_rows(t.vocabulary_size, tpu.cores) * t.dimension * BYTES_PER_VALUE * (1 + slots)

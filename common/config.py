@@ -100,12 +100,15 @@ class VocabularyConfig:
       frequency_threshold: drop values seen fewer times than this.
       num_oov_buckets: hash buckets for values outside the vocabulary.
       dimension: embedding dimension for this vocabulary's table; None uses [embedding].
+      shrinkable: whether `python -m embedding --tpu-type T --fit` may lower this
+        vocabulary's top_k to make the tables fit a TPU slice (it prints the coverage lost).
     """
 
     top_k: int = 100_000
     frequency_threshold: int = 1
     num_oov_buckets: int = 1
     dimension: int | str | None = None
+    shrinkable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,7 +68,16 @@ class FeaturePlan:
 
 @dataclasses.dataclass
 class EmbeddingPlan:
-    """The whole plan; `to_dict` is the embedding_plan.json contract."""
+    """The whole plan; `to_dict` is the embedding_plan.json contract.
+
+    Attributes:
+      capacity: what the tables need on a TPU, written by the planner (see
+        `embedding.capacity.capacity`): per table `rows`, `dimension`, `weight_bytes`,
+        `slot_bytes`, `total_bytes`; per embedded feature the `sequence_bytes` and
+        `pooled_bytes` a step moves at `batch_size`; per TPU slice the bytes per core and
+        whether they fit; `smallest_fit`, the smallest slice that holds the tables. Empty in
+        a plan written before it existed.
+    """
 
     tables: dict[str, TablePlan]
     features: dict[str, FeaturePlan]
@@ -77,6 +86,7 @@ class EmbeddingPlan:
     label: dict[str, str]
     length_coverage: float
     notes: list[str]
+    capacity: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +97,7 @@ class EmbeddingPlan:
             "label": dict(self.label),
             "length_coverage": self.length_coverage,
             "notes": list(self.notes),
+            "capacity": dict(self.capacity),
         }
 
     @classmethod
@@ -99,6 +110,7 @@ class EmbeddingPlan:
             label=dict(data["label"]),
             length_coverage=float(data["length_coverage"]),
             notes=list(data.get("notes", [])),
+            capacity=dict(data.get("capacity", {})),
         )
 
     def sequence_lengths(self) -> dict[str, int]:

@@ -5,7 +5,10 @@ The plan decides, from what the pipeline measured:
 - each sequence feature's `max_sequence_length`, the smallest L that covers
   `sequence.length_coverage` of the training sequences (an explicit per-feature value wins);
 - each table's dimension (`"auto"`: see `auto_dimension`);
-- which columns are dropped, and why.
+- which columns are dropped, and why;
+- what the tables need on a TPU (`embedding.capacity`): bytes of weights and optimizer slots,
+  activations a step moves, the share of each slice's HBM, the smallest slice that fits; and,
+  with `fit`, what to shrink to fit a given slice.
 
 The plan is written as `embedding_plan.json`; the TPU columns and the trainer are built from
 it, never from numbers typed by hand.
@@ -13,11 +16,14 @@ it, never from numbers typed by hand.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from common import artifacts, statistics
 from common.config import Config, read_pipeline_config
 from common.plan import EmbeddingPlan, FeaturePlan, TablePlan, read_plan, write_plan
+from embedding import capacity
+from embedding.capacity import human_bytes
 
 ID_LIKE_RATIO = 0.5
 """A categorical whose distinct values reach this share of its rows is flagged as id-like."""
@@ -203,6 +209,9 @@ def format_plan(plan: EmbeddingPlan) -> str:
                 f"{f.truncate.replace('keep_', '')}"
                 + ("  (fixed in config)" if f.length_source == "config" else "")
             )
+    if plan.capacity:
+        lines.append("")
+        lines.extend(format_capacity(plan.capacity))
     if plan.numeric_features:
         lines.append("")
         lines.append(f"Numeric features: {', '.join(plan.numeric_features)}")
@@ -220,17 +229,169 @@ def format_plan(plan: EmbeddingPlan) -> str:
     return "\n".join(lines)
 
 
+def format_capacity(report: dict[str, Any]) -> list[str]:
+    """The capacity section of the printed plan: tables, activations, slices, fit."""
+    slots = {0: "no slots", 1: "1 slot table", 2: "2 slot tables"}[report["slots"]]
+    lines = [
+        f"TPU capacity ({report['optimizer']}: {slots}; float32 weights and slots; "
+        f"global batch {report['batch_size']:,})",
+        f"  {'table':<16}{'rows x dim':>20}{'weights':>13}{'slots':>13}{'total':>13}",
+    ]
+    for name, t in report["tables"].items():
+        lines.append(
+            f"  {name:<16}{t['rows']:>12,} x {t['dimension']:<5}"
+            f"{human_bytes(t['weight_bytes']):>13}"
+            f"{human_bytes(t['slot_bytes']):>13}{human_bytes(t['total_bytes']):>13}"
+        )
+    lines.append(
+        f"  {'all tables':<16}{'':>20}{'':>13}{'':>13}{human_bytes(report['total_bytes']):>13}"
+    )
+    sequences = {n: a for n, a in report["activations"].items() if a["type"] == "sequence"}
+    if sequences:
+        lines.append(
+            f"  Activations a step moves at global batch {report['batch_size']:,} "
+            "(batch x L x dim x 4; pooled in the lookup: batch x dim x 4)"
+        )
+        lines.append(f"  {'feature':<16}{'L':>6}{'dim':>6}{'as sequence':>14}{'pooled':>12}")
+        for name, a in sequences.items():
+            lines.append(
+                f"  {name:<16}{a['max_sequence_length']:>6}{a['dimension']:>6}"
+                f"{human_bytes(a['sequence_bytes']):>14}{human_bytes(a['pooled_bytes']):>12}"
+            )
+    lines.append(
+        f"  Per TPU core, tables sharded (div) over every core; {report['headroom']:.0%} of "
+        "each core's HBM kept for the dense model"
+    )
+    lines.append(
+        f"  {'slice':<9}{'cores':>6}{'HBM/core':>10}{'tables/core':>14}{'activ./core':>13}"
+        f"{'share':>8}  fits"
+    )
+    shown, done = [], set()
+    for s in report["slices"]:
+        generation = s["tpu_type"].split("-")[0]
+        if generation in done:
+            continue
+        shown.append(s)
+        if s["fits"]:
+            done.add(generation)
+    target = report.get("target")
+    if target and target["tpu_type"] not in {s["tpu_type"] for s in shown}:
+        shown.append(target)
+    for s in shown:
+        lines.append(
+            f"  {s['tpu_type']:<9}{s['cores']:>6}{s['hbm_per_core'] / 2**30:>6g} GiB"
+            f"{human_bytes(s['table_bytes_per_core']):>14}{human_bytes(s['activation_bytes_per_core']):>13}"
+            f"{s['share']:>8.1%}  {'yes' if s['fits'] else 'no'}"
+        )
+    smallest = report["smallest_fit"] or "none of v2, v3, v4 (up to their full Pods)"
+    lines.append(f"  Smallest slice that fits: {smallest}")
+    if target:
+        lines.append(
+            f"  --tpu-type {target['tpu_type']}: "
+            + ("fits" if target["fits"] else f"does NOT fit ({target['share']:.1%} of HBM a core)")
+        )
+    fit = report.get("fit")
+    if fit:
+        lines.append(f"  Fit to {fit['tpu_type']}:")
+        if not fit["changes"]:
+            lines.append("    nothing to shrink" if fit["fits"] else "    nothing may be shrunk")
+        for c in fit["changes"]:
+            if c["what"] == "top_k":
+                lines.append(
+                    f"    {c['table']}: top_k {c['before']:,} -> {c['after']:,}: at least "
+                    f"{c['coverage_after']:.2%} of training tokens in vocabulary (was "
+                    f"{c['coverage_before']:.2%}); set [vocabulary.{c['table']}] top_k = "
+                    f"{c['after']} and rerun the pipeline, then the planner"
+                )
+            else:
+                lines.append(
+                    f"    {c['table']}: dimension {c['before']} -> {c['after']} (the auto rule "
+                    "scaled down; applied to this plan; its cost in quality is not measured)"
+                )
+        if not fit["fits"]:
+            lines.append(
+                f"    even shrunk as far as allowed the tables do not fit {fit['tpu_type']}; mark "
+                "more vocabularies shrinkable or choose a larger slice"
+            )
+    return lines
+
+
+def add_capacity(
+    plan: EmbeddingPlan,
+    stats: dict[str, Any],
+    config: Config,
+    tpu_type: str | None = None,
+    batch_size: int = capacity.DEFAULT_BATCH_SIZE,
+    headroom: float = capacity.DEFAULT_HEADROOM,
+    fit: bool = False,
+) -> EmbeddingPlan:
+    """The plan with its TPU capacity section; with `fit`, shrunk to fit `tpu_type`.
+
+    A fit lowers the dimension of "auto" tables in the returned plan (it applies to this
+    pipeline output) and records the lower `top_k` of shrinkable vocabularies as changes to
+    make (the transformed data holds ids of the measured vocabulary until the pipeline reruns).
+
+    Raises:
+      PlanError: `fit` without `tpu_type`, or an unknown TPU type or optimizer.
+    """
+    optimizer = config.embedding.optimizer
+    try:
+        fitted = None
+        if fit:
+            if not tpu_type:
+                raise PlanError("--fit needs --tpu-type: the slice to fit the tables to")
+            shrinkable = [v for v in plan.tables if config.vocabulary_config(v).shrinkable]
+            shrunk, changes, fits = capacity.fit_to_slice(
+                plan, stats, shrinkable, optimizer, tpu_type, batch_size, headroom
+            )
+            dims = {c.table: c.after for c in changes if c.what == "dimension"}
+            plan = dataclasses.replace(
+                plan,
+                tables={
+                    n: dataclasses.replace(t, dimension=dims.get(n, t.dimension))
+                    for n, t in plan.tables.items()
+                },
+            )
+            fitted = {
+                "tpu_type": tpu_type,
+                "fits": fits,
+                "changes": [dataclasses.asdict(c) for c in changes],
+            }
+        report = capacity.capacity(plan, optimizer, batch_size, headroom, tpu_type)
+    except capacity.CapacityError as e:
+        raise PlanError(str(e)) from e
+    if fitted:
+        report["fit"] = fitted
+    return dataclasses.replace(plan, capacity=report)
+
+
 def plan_pipeline_output(
     pipeline_output: str,
     length_coverage: float | None = None,
     dimension: int | None = None,
+    tpu_type: str | None = None,
+    batch_size: int = capacity.DEFAULT_BATCH_SIZE,
+    headroom: float = capacity.DEFAULT_HEADROOM,
+    fit: bool = False,
 ) -> EmbeddingPlan:
-    """Plans from a finished pipeline output and writes OUTPUT/embedding_plan.json."""
+    """Plans from a finished pipeline output and writes OUTPUT/embedding_plan.json.
+
+    Also rewrites OUTPUT/report.html with the plan's TPU capacity section. The arguments after
+    `dimension` are those of `add_capacity`.
+    """
+    from pipeline import report
+
     artifacts.require_complete(pipeline_output)
     stats = artifacts.read_json(pipeline_output, artifacts.STATS)
     config = read_pipeline_config(pipeline_output)
     plan = make_plan(stats, config, length_coverage=length_coverage, dimension=dimension)
+    plan = add_capacity(plan, stats, config, tpu_type, batch_size, headroom, fit)
     write_plan(pipeline_output, plan)
+    artifacts.write_text(
+        pipeline_output,
+        artifacts.REPORT,
+        report.render(stats, config, f"Pipeline report: {pipeline_output}", capacity=plan.capacity),
+    )
     return plan
 
 

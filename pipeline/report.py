@@ -2,7 +2,9 @@
 
 Per sequence feature, the exact length histogram with the `max_sequence_length` the config's
 coverage rule picks marked on it; per vocabulary, the coverage curve (the share of tokens the
-k most frequent values cover) with the vocabulary's size marked. Pure Python.
+k most frequent values cover) with the vocabulary's size marked; once the planner has run,
+the TPU capacity of its plan (bytes per table, activations, which slices hold the tables).
+Pure Python.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from common import statistics
 from common.config import Config
+from embedding.capacity import human_bytes
 
 WIDTH, HEIGHT, PAD = 640, 220, 40
 
@@ -123,8 +126,61 @@ def chosen_length(config: Config, feature: str, histogram: dict[str, int]) -> in
     return max(statistics.coverage_length(histogram, config.sequence.length_coverage), 1)
 
 
-def render(stats: dict[str, Any], config: Config, title: str = "Pipeline report") -> str:
-    """The whole report page."""
+def capacity_section(capacity: dict[str, Any]) -> list[str]:
+    """The TPU capacity of the plan (`embedding_plan.json` key `capacity`) as HTML tables."""
+    slots = capacity["slots"]
+    parts = [
+        "<h2>TPU capacity (embedding plan)</h2>",
+        f"<p>Optimizer {html.escape(capacity['optimizer'])}: {slots} slot table(s) a table; "
+        f"float32 weights and slots; global batch {capacity['batch_size']:,}. Tables are "
+        "sharded (div) over every TPU core; "
+        f"{capacity['headroom']:.0%} of each core's HBM is kept for the dense model.</p>",
+        "<table><tr><th>table</th><th>rows</th><th>dimension</th><th>weights</th>"
+        "<th>slots</th><th>total</th></tr>",
+    ]
+    for name, t in capacity["tables"].items():
+        parts.append(
+            f"<tr><td>{html.escape(name)}</td><td>{t['rows']:,}</td><td>{t['dimension']}</td>"
+            f"<td>{human_bytes(t['weight_bytes'])}</td><td>{human_bytes(t['slot_bytes'])}</td>"
+            f"<td>{human_bytes(t['total_bytes'])}</td></tr>"
+        )
+    parts.append("</table>")
+    sequences = {n: a for n, a in capacity["activations"].items() if a["type"] == "sequence"}
+    if sequences:
+        parts.append(
+            "<table><tr><th>sequence feature</th><th>L</th><th>dimension</th>"
+            "<th>activations a step (batch x L x dim x 4)</th>"
+            "<th>pooled in the lookup (batch x dim x 4)</th></tr>"
+        )
+        for name, a in sequences.items():
+            parts.append(
+                f"<tr><td>{html.escape(name)}</td><td>{a['max_sequence_length']}</td>"
+                f"<td>{a['dimension']}</td><td>{human_bytes(a['sequence_bytes'])}</td>"
+                f"<td>{human_bytes(a['pooled_bytes'])}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append(
+        "<table><tr><th>slice</th><th>cores</th><th>HBM a core</th><th>tables a core</th>"
+        "<th>activations a core</th><th>share of HBM</th><th>fits</th></tr>"
+    )
+    for s in capacity["slices"]:
+        parts.append(
+            f"<tr><td>{s['tpu_type']}</td><td>{s['cores']}</td>"
+            f"<td>{s['hbm_per_core'] / 2**30:g} GiB</td>"
+            f"<td>{human_bytes(s['table_bytes_per_core'])}</td><td>{human_bytes(s['activation_bytes_per_core'])}</td><td>{s['share']:.1%}</td>"
+            f"<td>{'yes' if s['fits'] else 'no'}</td></tr>"
+        )
+    parts.append(f"</table><p>Smallest slice that fits: {capacity['smallest_fit'] or 'none'}.</p>")
+    return parts
+
+
+def render(
+    stats: dict[str, Any],
+    config: Config,
+    title: str = "Pipeline report",
+    capacity: dict[str, Any] | None = None,
+) -> str:
+    """The whole report page; with `capacity` (the plan's), its TPU capacity section too."""
     rows = stats["rows"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -182,5 +238,7 @@ def render(stats: dict[str, Any], config: Config, title: str = "Pipeline report"
                 f"</td><td>{n['std']:.4g}</td><td>{n['min']:.4g}</td><td>{n['max']:.4g}</td></tr>"
             )
         parts.append("</table>")
+    if capacity:
+        parts += capacity_section(capacity)
     parts.append("</body></html>")
     return "\n".join(parts)

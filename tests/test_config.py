@@ -99,6 +99,14 @@ def test_integer_accepted_where_float_expected():
             "max_sequence_length is only for sequence features",
         ),
         ({"feature": MINIMAL["feature"]}, "missing [label] section"),
+        (
+            with_changes(vocabulary={"items": {"shrinkable": "yes"}}),
+            "vocabulary.items.shrinkable must be true or false, got 'yes'",
+        ),
+        (
+            with_changes(vocabulary={"shrinkable": 1}),
+            "vocabulary.shrinkable must be true or false, got 1",
+        ),
     ],
 )
 def test_invalid_configs_name_the_key(data, message):
@@ -183,3 +191,26 @@ def test_valid_clip_range_and_integer_learning_rate_are_accepted():
     assert (config.embedding.clip_weight_min, config.embedding.clip_weight_max) == (-1.0, 1.0)
     assert config.embedding.learning_rate == 1.0
     assert isinstance(config.embedding.learning_rate, float)
+
+
+def test_shrinkable_marks_one_vocabulary_and_survives_config_json(write_config):
+    path = write_config(
+        """
+        [split]
+        key = "u"
+        [label]
+        name = "y"
+        [[feature]]
+        name = "item"
+        type = "categorical"
+        [[feature]]
+        name = "region"
+        type = "categorical"
+        [vocabulary.item]
+        shrinkable = true
+        """
+    )
+    config = load_config(path)
+    assert config.vocabulary_config("item").shrinkable is True
+    assert config.vocabulary_config("region").shrinkable is False  # the default
+    assert config_from_dict(config.to_dict()).vocabulary_config("item").shrinkable is True

@@ -61,6 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden-units", default="128,64", help="DNN layer sizes, comma separated")
     parser.add_argument("--use-tpu", action="store_true", help="train on a Cloud TPU")
     parser.add_argument("--tpu", default=None, help="the TPU name (or grpc:// address)")
+    parser.add_argument(
+        "--tpu-type",
+        default=None,
+        help="the TPU's type (v2-8, v3-8, v4-8, v3-32, ...): refuse tables that cannot fit it "
+        "before any TPU work (default: the type the Cloud TPU API reports for --tpu)",
+    )
     parser.add_argument("--tpu-zone", default=None)
     parser.add_argument("--gcp-project", default=None)
     parser.add_argument("--iterations-per-loop", type=int, default=100)
@@ -186,9 +192,13 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     from trainer.export import make_serving_input_receiver_fn
     from trainer.inputs import make_input_fn
+    from trainer.tpu_check import capacity_refusal
 
     config = read_pipeline_config(args.pipeline_output)
     plan = load_or_make_plan(args.pipeline_output)
+    refusal = capacity_refusal(args, config, plan)
+    if refusal:
+        raise TrainerError(refusal)
     transform_output = tft.TFTransformOutput(args.pipeline_output)
     check_inputs(config, plan, transform_output.transformed_feature_spec())
 

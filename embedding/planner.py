@@ -225,8 +225,20 @@ def plan_pipeline_output(
     length_coverage: float | None = None,
     dimension: int | None = None,
 ) -> EmbeddingPlan:
-    """Plans from a finished pipeline output and writes OUTPUT/embedding_plan.json."""
+    """Plans from a committed pipeline output and writes OUTPUT/embedding_plan.json.
+
+    The plan is written after the commit, so the commit manifest does not list it.
+
+    Raises:
+      PipelineOutputError: OUTPUT has no valid commit (see `artifacts.require_complete`).
+    """
     artifacts.require_complete(pipeline_output)
+    return _plan_and_write(pipeline_output, length_coverage, dimension)
+
+
+def _plan_and_write(
+    pipeline_output: str, length_coverage: float | None = None, dimension: int | None = None
+) -> EmbeddingPlan:
     stats = artifacts.read_json(pipeline_output, artifacts.STATS)
     config = read_pipeline_config(pipeline_output)
     plan = make_plan(stats, config, length_coverage=length_coverage, dimension=dimension)
@@ -235,6 +247,10 @@ def plan_pipeline_output(
 
 
 def load_or_make_plan(pipeline_output: str) -> EmbeddingPlan:
-    """The plan written by `python -m embedding`, or a fresh default plan if there is none."""
+    """The plan written by `python -m embedding`, or a fresh default plan if there is none.
+
+    Raises:
+      PipelineOutputError: OUTPUT has no valid commit (see `artifacts.require_complete`).
+    """
     artifacts.require_complete(pipeline_output)
-    return read_plan(pipeline_output) or plan_pipeline_output(pipeline_output)
+    return read_plan(pipeline_output) or _plan_and_write(pipeline_output)

@@ -106,8 +106,10 @@ class Manifest:
         if not isinstance(value, dict) or value.get("manifest_version") != MANIFEST_VERSION:
             raise ValueError(f"not a version {MANIFEST_VERSION} commit manifest")
         files, data = value.get("files"), value.get("data")
-        if not isinstance(value.get("run_id"), str) or not isinstance(files, dict):
-            raise ValueError("run_id or files missing")
+        if not all(isinstance(value.get(key), str) for key in ("run_id", "committed_at")):
+            raise ValueError("run_id or committed_at missing")
+        if not isinstance(files, dict):
+            raise ValueError("files missing")
         if not all(isinstance(k, str) and isinstance(v, int) for k, v in files.items()):
             raise ValueError("files must map relative paths to sizes")
         if not isinstance(data, dict) or set(data) != set(SPLITS):
@@ -116,7 +118,7 @@ class Manifest:
             unlisted = [s for s in shards if s not in files]
             if unlisted:
                 raise ValueError(f"{split} shard {unlisted[0]} is not among the files")
-        return cls(output, value["run_id"], str(value.get("committed_at")), files, data)
+        return cls(output, value["run_id"], value["committed_at"], files, data)
 
     def data_files(self, split: str) -> list[str]:
         """The full paths of a split's transformed TFRecord shards, sorted."""

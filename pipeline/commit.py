@@ -22,9 +22,9 @@ no atomic rename of many objects:
    `report.html` for inspection (`keep_for_inspection`).
 
 The window, honestly: from step 2a until step 2e OUTPUT holds no commit. A reader that starts
-then is refused (no `_SUCCESS`). A reader that read the old manifest earlier finds its files
-deleted and fails loudly; it cannot read the new run's shards by mistake, because they carry
-the new run id in their names (files with fixed names, such as `transform_fn/` or
+then is refused (no `_SUCCESS`). A reader that read the old manifest earlier cannot read the
+new run's shards by mistake, because they carry the new run id in their names, and fails
+loudly when it opens one of its deleted shards (files with fixed names, such as `transform_fn/` or
 `stats.json`, are replaced in place, so such a reader must not open them after step 2b). If
 the commit itself fails or the process dies inside the window, OUTPUT is left without
 `_SUCCESS` (the old run's files gone, the new run's partly moved) and must be rewritten by a

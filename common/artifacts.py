@@ -1,15 +1,22 @@
-"""Names and file access for the pipeline's output directory (OUTPUT/).
+"""Names and file access for the pipeline's output directory (OUTPUT/), and its commit manifest.
 
 Everything downstream finds the pipeline's artifacts through these names, so the layout is
-written down once. Paths may be local or `gs://`; local paths are read with plain Python and
-only remote ones import TensorFlow's file system layer, which keeps the planner fast.
+written down once. Paths may be local or `gs://`; every existence check, read and write goes
+through `common.storage`, which answers the same way on both.
+
+A pipeline run commits OUTPUT by writing `OUTPUT/_SUCCESS` last, as a JSON manifest of every
+file the run wrote (see `Manifest`). Readers read exactly the files the manifest lists, never
+a glob: shards left over from another run cannot be picked up, and a file that went missing
+is an error. `embedding_plan.json`, written by the planner after the commit, is not listed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from typing import Any
+
+from common import storage
 
 STATS = "stats.json"
 CONFIG = "config.json"
@@ -18,56 +25,28 @@ SUCCESS = "_SUCCESS"
 REPORT = "report.html"
 DATA_DIR = "data"
 REJECTED_DIR = "rejected"
+WORK_DIR = ".work"
 TRAIN_PREFIX = "train"
 EVAL_PREFIX = "eval"
+SPLITS = (TRAIN_PREFIX, EVAL_PREFIX)
 TFRECORD_SUFFIX = ".tfrecord.gz"
+MANIFEST_VERSION = 1
 
 
 class PipelineOutputError(RuntimeError):
     """An OUTPUT directory that is missing, unfinished or not a pipeline output."""
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def join(*parts: str) -> str:
-    if _is_remote(parts[0]):
-        return "/".join(p.rstrip("/") for p in parts)
-    return os.path.join(*parts)
-
-
-def exists(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
+join = storage.join
+exists = storage.exists
 
 
 def read_text(directory: str, name: str) -> str:
-    path = join(directory, name)
-    if _is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path) as f:
-            return f.read()
-    with open(path) as f:
-        return f.read()
+    return storage.read_text(join(directory, name))
 
 
 def write_text(directory: str, name: str, text: str) -> str:
-    path = join(directory, name)
-    if _is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(text)
-    else:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    return path
+    return storage.write_text(join(directory, name), text)
 
 
 def read_json(directory: str, name: str) -> Any:
@@ -78,31 +57,145 @@ def write_json(directory: str, name: str, value: Any) -> str:
     return write_text(directory, name, json.dumps(value, indent=2) + "\n")
 
 
-def require_complete(pipeline_output: str) -> None:
-    """Refuses a pipeline output that a run did not finish.
+RENDERED_AFTER_COMMIT = frozenset({REPORT})
+"""Files the planner re-renders after the commit (report.html gains the plan's capacity
+section): they must exist, and their size may differ from the manifest's."""
+
+
+def is_data_shard(relative: str, split: str) -> bool:
+    """Whether a path relative to OUTPUT is a transformed TFRecord shard of `split`."""
+    directory, _, name = relative.rpartition("/")
+    return directory == DATA_DIR and name.startswith(f"{split}-") and name.endswith(TFRECORD_SUFFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """`OUTPUT/_SUCCESS`: what one committed pipeline run wrote.
+
+    Attributes:
+      output: the OUTPUT it was read from (not stored: the manifest's paths are relative, so
+        a copied OUTPUT stays valid).
+      run_id: the run's id; it also names the run's staging prefix and its data shards.
+      committed_at: when the commit was made (UTC, ISO 8601).
+      files: every file of the run, by its '/'-separated path relative to OUTPUT, with its
+        size in bytes.
+      data: per split ("train", "eval"), the relative paths of its TFRecord shards, sorted.
+    """
+
+    output: str
+    run_id: str
+    committed_at: str
+    files: dict[str, int]
+    data: dict[str, list[str]]
+
+    @classmethod
+    def of_files(
+        cls, output: str, run_id: str, committed_at: str, files: dict[str, int]
+    ) -> Manifest:
+        """The manifest of a run that wrote `files` (relative path -> size)."""
+        data = {split: sorted(f for f in files if is_data_shard(f, split)) for split in SPLITS}
+        return cls(output, run_id, committed_at, dict(sorted(files.items())), data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "manifest_version": MANIFEST_VERSION,
+            "run_id": self.run_id,
+            "committed_at": self.committed_at,
+            "files": self.files,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, output: str, value: Any) -> Manifest:
+        """Parses a manifest; raises ValueError (saying what is wrong) if it is not one."""
+        if not isinstance(value, dict) or value.get("manifest_version") != MANIFEST_VERSION:
+            raise ValueError(f"not a version {MANIFEST_VERSION} commit manifest")
+        files, data = value.get("files"), value.get("data")
+        if not all(isinstance(value.get(key), str) for key in ("run_id", "committed_at")):
+            raise ValueError("run_id or committed_at missing")
+        if not isinstance(files, dict):
+            raise ValueError("files missing")
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in files.items()):
+            raise ValueError("files must map relative paths to sizes")
+        if not isinstance(data, dict) or set(data) != set(SPLITS):
+            raise ValueError(f"data must list the shards of {', '.join(SPLITS)}")
+        for split, shards in data.items():
+            unlisted = [s for s in shards if s not in files]
+            if unlisted:
+                raise ValueError(f"{split} shard {unlisted[0]} is not among the files")
+        return cls(output, value["run_id"], value["committed_at"], files, data)
+
+    def data_files(self, split: str) -> list[str]:
+        """The full paths of a split's transformed TFRecord shards, sorted."""
+        if split not in self.data:
+            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return [join(self.output, relative) for relative in self.data[split]]
+
+
+def _rerun(output: str) -> str:
+    return (
+        f"rerun `python -m pipeline ... --output {output} --overwrite` before planning or training"
+    )
+
+
+def read_manifest(pipeline_output: str) -> Manifest:
+    """Reads and parses `OUTPUT/_SUCCESS`, without checking the files it lists.
 
     Raises:
-      PipelineOutputError: OUTPUT does not exist or has no `_SUCCESS` marker.
+      PipelineOutputError: OUTPUT does not exist, or has no `_SUCCESS`, or its `_SUCCESS` is
+        not a manifest (empty: written by an older version; or damaged).
     """
-    if not exists(pipeline_output):
+    output = pipeline_output.rstrip("/")
+    marker = join(output, SUCCESS)
+    if not storage.exists(marker):
+        if not storage.exists(output):
+            raise PipelineOutputError(
+                f"{output}: no such pipeline output; run `python -m pipeline "
+                "--config C --input PATTERN --output OUTPUT` first"
+            )
         raise PipelineOutputError(
-            f"{pipeline_output}: no such pipeline output; run `python -m pipeline "
-            "--config C --input PATTERN --output OUTPUT` first"
+            f"{output}: no {SUCCESS} marker, so no pipeline run has committed it (a run "
+            f"failed, is still running, or is being committed); {_rerun(output)}"
         )
-    if not exists(join(pipeline_output, SUCCESS)):
+    text = storage.read_text(marker)
+    try:
+        return Manifest.from_dict(output, json.loads(text))
+    except ValueError as e:
+        what = "is empty (written by an older version of the pipeline)" if not text else str(e)
         raise PipelineOutputError(
-            f"{pipeline_output}: no {SUCCESS} marker, so the pipeline run that wrote it did "
-            "not finish; rerun the pipeline (with --overwrite) before planning or training"
-        )
+            f"{marker}: not a commit manifest that this version reads: {what}; {_rerun(output)}"
+        ) from None
 
 
-def data_pattern(pipeline_output: str, split: str) -> str:
-    """The glob of a split's transformed TFRecords."""
-    return join(pipeline_output, DATA_DIR, f"{split}-*{TFRECORD_SUFFIX}")
+def require_complete(pipeline_output: str) -> Manifest:
+    """Refuses a pipeline output that no run committed; returns its manifest.
+
+    Read the manifest once, when a stage starts, and take every file list from it: a rerun
+    that commits under a reader cannot then mix two runs' shards into one read (the new
+    run's shards have other names; the old ones are deleted, and reading them fails).
+
+    Raises:
+      PipelineOutputError: OUTPUT does not exist, has no `_SUCCESS`, its `_SUCCESS` is not a
+        manifest, or a file it lists is missing or has another size.
+    """
+    manifest = read_manifest(pipeline_output)
+    present = storage.list_files(manifest.output)
+    changed = sorted(
+        f
+        for f, size in manifest.files.items()
+        if f not in present or (present[f] != size and f not in RENDERED_AFTER_COMMIT)
+    )
+    if changed:
+        raise PipelineOutputError(
+            f"{manifest.output}: {len(changed)} file(s) listed in {SUCCESS} are missing or "
+            f"changed since run {manifest.run_id} committed them (first: {changed[0]}); "
+            + _rerun(manifest.output)
+        )
+    return manifest
 
 
 def data_files(pipeline_output: str, split: str) -> list[str]:
-    """The transformed TFRecord files of a split ("train" or "eval"), sorted."""
-    import tensorflow as tf
-
-    return sorted(tf.io.gfile.glob(data_pattern(pipeline_output, split)))
+    """The transformed TFRecord files of a split ("train" or "eval") that the commit manifest
+    lists, sorted. Reads and checks the manifest: a stage that needs several lists should call
+    `require_complete` once and ask its `Manifest`."""
+    return require_complete(pipeline_output).data_files(split)

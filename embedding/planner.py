@@ -374,14 +374,32 @@ def plan_pipeline_output(
     headroom: float = capacity.DEFAULT_HEADROOM,
     fit: bool = False,
 ) -> EmbeddingPlan:
-    """Plans from a finished pipeline output and writes OUTPUT/embedding_plan.json.
+    """Plans from a committed pipeline output and writes OUTPUT/embedding_plan.json.
 
-    Also rewrites OUTPUT/report.html with the plan's TPU capacity section. The arguments after
-    `dimension` are those of `add_capacity`.
+    Also re-renders OUTPUT/report.html with the plan's TPU capacity section. The plan is
+    written after the commit, so the commit manifest does not list it (nor checks the size of
+    the re-rendered report). The arguments after `dimension` are those of `add_capacity`.
+
+    Raises:
+      PipelineOutputError: OUTPUT has no valid commit (see `artifacts.require_complete`).
     """
+    artifacts.require_complete(pipeline_output)
+    return _plan_and_write(
+        pipeline_output, length_coverage, dimension, tpu_type, batch_size, headroom, fit
+    )
+
+
+def _plan_and_write(
+    pipeline_output: str,
+    length_coverage: float | None = None,
+    dimension: int | None = None,
+    tpu_type: str | None = None,
+    batch_size: int = capacity.DEFAULT_BATCH_SIZE,
+    headroom: float = capacity.DEFAULT_HEADROOM,
+    fit: bool = False,
+) -> EmbeddingPlan:
     from pipeline import report
 
-    artifacts.require_complete(pipeline_output)
     stats = artifacts.read_json(pipeline_output, artifacts.STATS)
     config = read_pipeline_config(pipeline_output)
     plan = make_plan(stats, config, length_coverage=length_coverage, dimension=dimension)
@@ -396,6 +414,10 @@ def plan_pipeline_output(
 
 
 def load_or_make_plan(pipeline_output: str) -> EmbeddingPlan:
-    """The plan written by `python -m embedding`, or a fresh default plan if there is none."""
+    """The plan written by `python -m embedding`, or a fresh default plan if there is none.
+
+    Raises:
+      PipelineOutputError: OUTPUT has no valid commit (see `artifacts.require_complete`).
+    """
     artifacts.require_complete(pipeline_output)
-    return read_plan(pipeline_output) or plan_pipeline_output(pipeline_output)
+    return read_plan(pipeline_output) or _plan_and_write(pipeline_output)

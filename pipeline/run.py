@@ -16,7 +16,8 @@ On Dataflow, the same command with Beam's options (they pass through untouched):
 OUTPUT receives the tf.Transform artifacts (transform_fn/, transformed_metadata/), the
 transformed tf.Examples (data/train-*.tfrecord.gz, data/eval-*.tfrecord.gz), every unusable
 row with its reason (rejected/), stats.json, report.html, the resolved config.json and, last,
-_SUCCESS. A local run writes into OUTPUT.incomplete-XXXX and renames it when done.
+_SUCCESS, the manifest of the run's files. The run writes into OUTPUT.incomplete-<run id>
+beside OUTPUT and is committed when everything is written (pipeline/commit.py).
 
 The graph: read blocks of raw records -> decode them into Arrow record batches (train, eval,
 rejected) -> measure (exact length histograms, token frequencies, moments) and analyze
@@ -31,10 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +46,7 @@ from apache_beam.options.pipeline_options import (
 
 from common import artifacts, statistics
 from common.config import Config, ConfigError, load_config
-from pipeline import decode, report
+from pipeline import commit, decode, report
 from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import (
     REJECTED,
@@ -254,32 +252,17 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
     return stats
 
 
-def _check_output(output: str, overwrite: bool) -> None:
-    if FileSystems.exists(output) and not overwrite:
-        raise InputError(f"--output {output} already exists; pass --overwrite to replace it")
+def check_rejected(
+    stats: dict[str, Any], max_fraction: float, rejected_dir: str, output: str = ""
+) -> None:
+    """Raises TooManyRejected, naming the commonest reasons, past the allowed fraction.
 
-
-def _staging_dir(output: str) -> str:
-    """Where a run writes before it commits: a sibling of OUTPUT on a local disk (committed
-    by one rename); OUTPUT itself on object stores, where `_SUCCESS`, written last, commits."""
-    if "://" in output:
-        return output
-    return f"{output}.incomplete-{uuid.uuid4().hex[:8]}"
-
-
-def _commit(staging: str, output: str, overwrite: bool) -> None:
-    if staging == output:
-        return
-    if os.path.exists(output):
-        if not overwrite:
-            raise InputError(f"--output {output} appeared while the pipeline ran; not replaced")
-        LOG.info("Replacing the existing %s (--overwrite)", output)
-        shutil.rmtree(output)
-    os.rename(staging, output)
-
-
-def check_rejected(stats: dict[str, Any], max_fraction: float, rejected_dir: str) -> None:
-    """Raises TooManyRejected, naming the commonest reasons, past the allowed fraction."""
+    Args:
+      stats: the run's statistics.
+      max_fraction: --max-rejected-fraction.
+      rejected_dir: where the rejected rows are (the run's staging prefix: they are kept).
+      output: OUTPUT, named as left as it was (nothing is committed).
+    """
     rows = stats["rows"]
     if not rows["read"] or rows["rejected"] / rows["read"] <= max_fraction:
         return
@@ -290,6 +273,7 @@ def check_rejected(stats: dict[str, Any], max_fraction: float, rejected_dir: str
         f"{max_fraction:g}; commonest reasons: "
         + "; ".join(f"{reason} ({count})" for reason, count in reasons)
         + f". Every rejected row, with its reason, is in {rejected_dir}"
+        + (f" (nothing was committed: {output} is as it was)" if output else "")
     )
 
 
@@ -344,47 +328,49 @@ def _dry_run(options, config, files, header, output, work_dir, batch_size) -> di
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the pipeline; returns the stats written to OUTPUT/stats.json.
 
-    The run writes into a staging directory and commits it as OUTPUT only when everything
-    is written, `_SUCCESS` last; a failed or killed run leaves no `_SUCCESS` at OUTPUT.
+    The run writes into a staging prefix beside OUTPUT and commits it as OUTPUT only when
+    everything is written, `_SUCCESS` (the manifest of the run's files) last; see
+    `pipeline/commit.py` for the protocol and its one window. A run that fails before the
+    commit leaves the previous OUTPUT as it was.
 
     Raises:
       ConfigError: the config is invalid.
       InputError: no input, an empty input, data that does not match the config, or an
         existing OUTPUT without --overwrite.
-      TooManyRejected: more rows rejected than --max-rejected-fraction allows; the output
-        (rejected/ included) is left without `_SUCCESS`.
+      TooManyRejected: more rows rejected than --max-rejected-fraction allows; nothing is
+        committed, and the staging prefix keeps rejected/, stats.json and report.html (the
+        error says where).
+      CommitError: the commit failed after the previous OUTPUT was invalidated.
     """
     args, beam_args = parse_args(argv)
     config = load_config(args.config)
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)
     output = args.output.rstrip("/")
-    dry_run = "--dry_run" in " ".join(beam_args)
-    if not dry_run:
-        _check_output(output, args.overwrite)
-    staging = output if dry_run else _staging_dir(output)
-    if not dry_run and staging == output and FileSystems.exists(output):
-        FileSystems.delete([output])
-    work_dir = artifacts.join(staging, ".work")
-    LOG.info(
-        "Reading %d %s file(s) into %s (committed as %s when done)",
-        len(files),
-        config.input.format,
-        staging,
-        output,
-    )
+    options = PipelineOptions(beam_args, save_main_session=False)
+    dry_run = bool(options.view_as(TestOptions).dry_run)
+    this_run = None if dry_run else commit.begin(output, args.overwrite)
 
     import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
     from pipeline import features
 
-    options = PipelineOptions(beam_args, save_main_session=False)
-    if options.view_as(TestOptions).dry_run:
+    if dry_run:
         if "Dataflow" not in str(options.view_as(StandardOptions).runner):
             raise InputError("--dry_run is a DataflowRunner option; add --runner DataflowRunner")
-        return _dry_run(options, config, files, header, staging, work_dir, args.batch_size)
+        work_dir = artifacts.join(output, artifacts.WORK_DIR)
+        return _dry_run(options, config, files, header, output, work_dir, args.batch_size)
 
+    staging, work_dir = this_run.staging, this_run.work_dir
+    LOG.info(
+        "Run %s: reading %d %s file(s) into %s (committed as %s when done)",
+        this_run.run_id,
+        len(files),
+        config.input.format,
+        staging,
+        output,
+    )
     started = time.time()
     try:
         with beam.Pipeline(options=options) as p:
@@ -407,7 +393,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         artifacts.write_text(
             staging, artifacts.REPORT, report.render(stats, config, f"Pipeline report: {output}")
         )
-        FileSystems.delete([work_dir])
         rows = stats["rows"]
         LOG.info(
             "Rows: %d read, %d train, %d eval, %d rejected",
@@ -418,18 +403,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         if rows["read"] != rows["train"] + rows["eval"] + rows["rejected"]:
             raise RuntimeError(f"rows do not add up: {rows}")
-        try:
-            check_rejected(
-                stats, args.max_rejected_fraction, artifacts.join(output, artifacts.REJECTED_DIR)
-            )
-        except TooManyRejected:
-            _commit(staging, output, args.overwrite)
-            raise
-        artifacts.write_text(staging, artifacts.SUCCESS, "")
-        _commit(staging, output, args.overwrite)
+        check_rejected(
+            stats,
+            args.max_rejected_fraction,
+            artifacts.join(staging, artifacts.REJECTED_DIR),
+            output,
+        )
+        commit.commit(this_run, args.overwrite)
+    except TooManyRejected:
+        commit.keep_for_inspection(this_run)
+        raise
     except BaseException:
-        if staging != output and os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+        commit.abandon(this_run)
         raise
     LOG.info("Wrote %s", output)
     return stats
@@ -439,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         stats = run(argv)
-    except (ConfigError, InputError, TooManyRejected) as e:
+    except (ConfigError, InputError, TooManyRejected, commit.CommitError) as e:
         LOG.error("%s", e)
         return 2
     if stats.get("dry_run"):

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import textwrap
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,6 +30,74 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+GCS_BUCKET = "test-bucket"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+    """A real Cloud Storage JSON API server on a free local port (the `gcp-storage-emulator`
+    package, in memory), serving Beam's `gs://` I/O in this process; yields `gs://BUCKET`.
+
+    Beam's GCS client honours `STORAGE_EMULATOR_HOST` and then needs no project. Before it
+    connects anonymously, Beam looks for Application Default Credentials and retries the
+    failed lookup with backoff for about 20 s; the fixture answers that lookup with anonymous
+    credentials at once. TensorFlow's own gs:// cannot be pointed at the emulator.
+    """
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+
+    port = _free_port()
+    # A file, not a pipe: the server logs every request, and a full pipe would stall it.
+    log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w+b")  # noqa: SIM115
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--in-memory", "--default-bucket", GCS_BUCKET],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b/{GCS_BUCKET}", timeout=1).read()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                log.seek(0)
+                pytest.fail(f"the storage emulator did not start: {log.read()[-2000:]!r}")
+            time.sleep(0.1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", url)
+            patch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), None))
+            yield f"gs://{GCS_BUCKET}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def gcs_root(gcs_bucket):
+    """A fresh folder in the emulator's bucket for one test."""
+    return f"{gcs_bucket}/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["local", "gcs"])
+def any_root(request, tmp_path):
+    """A fresh folder on the local disk, then in the emulator's bucket."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return request.getfixturevalue("gcs_root")
 
 
 SMALL_ROWS = 2000

@@ -158,10 +158,13 @@ def test_too_many_rejected_rows_fail_the_run_without_success(rows, tmp_path):
     message = str(error.value)
     assert "more than --max-rejected-fraction 0.01" in message
     assert "expected 7 fields, got 6 (1)" in message or "commonest reasons" in message
-    assert "rejected" in message
-    assert not os.path.exists(os.path.join(output, "_SUCCESS"))
-    assert glob.glob(os.path.join(output, "rejected", "*.jsonl"))
-    with pytest.raises(artifacts.PipelineOutputError, match="no _SUCCESS"):
+    # Nothing is committed; the run's staging prefix keeps the rejected rows, and says where.
+    assert not os.path.exists(output)
+    (staging,) = glob.glob(output + ".incomplete-*")
+    assert f"is in {os.path.join(staging, 'rejected')}" in message
+    assert glob.glob(os.path.join(staging, "rejected", "*.jsonl"))
+    assert not os.path.exists(os.path.join(staging, "_SUCCESS"))
+    with pytest.raises(artifacts.PipelineOutputError, match="no such pipeline output"):
         plan_pipeline_output(output)
 
 

@@ -186,7 +186,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
       The evaluation metrics, plus `trained_from_step` (the checkpoint training resumed
       from, 0 for a fresh start), `steps_trained`, and `export_dir` when a model was exported.
     """
-    artifacts.require_complete(args.pipeline_output)
+    # The manifest is read once: training and evaluation read exactly the shards it lists.
+    manifest = artifacts.require_complete(args.pipeline_output)
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -208,8 +209,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     artifacts.write_json(args.model_dir, artifacts.PLAN, plan.to_dict())
 
     estimator = build_estimator(args, plan, config)
-    train_files = artifacts.data_pattern(args.pipeline_output, "train")
-    eval_files = artifacts.data_pattern(args.pipeline_output, "eval")
+    train_files = manifest.data_files("train")
+    eval_files = manifest.data_files("eval")
     started = time.time()
     step_before = _global_step(estimator)
     estimator.train(

@@ -1,0 +1,204 @@
+"""How a pipeline run replaces OUTPUT: staged beside it, committed by a manifest written last.
+
+The same protocol on a local disk and on Cloud Storage, where there are no directories and
+no atomic rename of many objects:
+
+1. `begin`: before Beam starts, refuse an existing OUTPUT without `--overwrite` (prefix-aware:
+   any object under `OUTPUT/` counts), and give the run an id and a staging prefix beside
+   OUTPUT, `OUTPUT.incomplete-<run id>`. Everything the run writes goes there.
+2. `commit`, once everything is written: delete the staging `.work/`, list the staging files
+   (the manifest), refuse again if OUTPUT appeared without `--overwrite`, then
+   a. invalidate the old commit: delete `OUTPUT/_SUCCESS` first;
+   b. delete every object of the old OUTPUT (its stale shards, its plan, everything);
+   c. move the staging files into OUTPUT (one rename of the directory locally; a copy and a
+      delete of each object on Cloud Storage), the data shards renamed
+      `data/<split>-<run id>-SSSSS-of-NNNNN.tfrecord.gz`;
+   d. check that OUTPUT holds exactly the listed files with their sizes;
+   e. write `OUTPUT/_SUCCESS` LAST: the manifest (run id, time, every file and its size, the
+      shards of each split). Readers read exactly what it lists (`artifacts.require_complete`).
+3. A run that fails before step 2a leaves the previous OUTPUT untouched and committed:
+   `abandon` deletes its staging prefix (best effort). A run over `--max-rejected-fraction`
+   commits nothing and keeps its staging prefix with `rejected/`, `stats.json` and
+   `report.html` for inspection (`keep_for_inspection`).
+
+The window, honestly: from step 2a until step 2e OUTPUT holds no commit. A reader that starts
+then is refused (no `_SUCCESS`). A reader that read the old manifest earlier cannot read the
+new run's shards by mistake, because they carry the new run id in their names, and fails
+loudly when it opens one of its deleted shards (files with fixed names, such as `transform_fn/` or
+`stats.json`, are replaced in place, so such a reader must not open them after step 2b). If
+the commit itself fails or the process dies inside the window, OUTPUT is left without
+`_SUCCESS` (the old run's files gone, the new run's partly moved) and must be rewritten by a
+rerun with `--overwrite`; a killed run also leaves its `OUTPUT.incomplete-<run id>` prefix
+behind, to be deleted by hand. The window lasts as long as the deletes and the copies: on
+Cloud Storage, batches of 100 objects per request. Two runs must not commit to the same
+OUTPUT at the same time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+
+from common import artifacts, storage
+from pipeline.sources import InputError
+
+LOG = logging.getLogger("pipeline")
+
+STAGING_MARK = ".incomplete-"
+KEPT_FOR_INSPECTION = (artifacts.REJECTED_DIR, artifacts.STATS, artifacts.REPORT)
+
+
+class CommitError(RuntimeError):
+    """The commit failed after the old OUTPUT was invalidated: OUTPUT holds no commit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One pipeline run's identity and where it writes before the commit.
+
+    Attributes:
+      output: OUTPUT, without a trailing separator.
+      run_id: unique per run: UTC time of the start and 8 random hex digits.
+      staging: `OUTPUT.incomplete-<run id>`, beside OUTPUT, where the run writes.
+    """
+
+    output: str
+    run_id: str
+    staging: str
+
+    @property
+    def work_dir(self) -> str:
+        """Intermediate files of the run (deleted before the commit)."""
+        return artifacts.join(self.staging, artifacts.WORK_DIR)
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: `YYYYmmddTHHMMSSZ-` and 8 random hex digits."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def check_output(output: str, overwrite: bool) -> None:
+    """Refuses an unusable OUTPUT, or an existing one without --overwrite.
+
+    Raises:
+      InputError: OUTPUT has glob characters, is a bucket's root, or exists (a file or any
+        object under `OUTPUT/`) and `overwrite` is False.
+    """
+    if any(c in output for c in storage.GLOB_CHARACTERS):
+        raise InputError(f"--output {output}: choose a name without *, ? or [")
+    if storage.is_remote(output) and "/" not in output.split("://", 1)[1].strip("/"):
+        raise InputError(
+            f"--output {output}: give a folder inside the bucket, such as {output}/clicks "
+            "(the run is staged beside OUTPUT)"
+        )
+    if storage.exists(output) and not overwrite:
+        raise InputError(f"--output {output} already exists; pass --overwrite to replace it")
+
+
+def begin(output: str, overwrite: bool) -> Run:
+    """Checks OUTPUT (before Beam starts) and names the run and its staging prefix.
+
+    Raises:
+      InputError: see `check_output`.
+    """
+    output = output.rstrip("/")
+    check_output(output, overwrite)
+    run_id = new_run_id()
+    return Run(output=output, run_id=run_id, staging=f"{output}{STAGING_MARK}{run_id}")
+
+
+def _committed_name(run_id: str):
+    """Data shards get the run id in their names; every other file keeps its name."""
+
+    def rename(relative: str) -> str:
+        for split in artifacts.SPLITS:
+            if artifacts.is_data_shard(relative, split):
+                directory, _, name = relative.rpartition("/")
+                return f"{directory}/{split}-{run_id}-{name[len(split) + 1 :]}"
+        return relative
+
+    return rename
+
+
+def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
+    """Replaces OUTPUT with the run's staging files and writes the manifest last.
+
+    Returns:
+      The manifest written as `OUTPUT/_SUCCESS`.
+
+    Raises:
+      InputError: OUTPUT appeared while the run ran and `overwrite` is False (nothing was
+        touched).
+      CommitError: a step after the old commit was invalidated failed; OUTPUT holds no
+        commit and must be rewritten by a rerun.
+    """
+    output = run.output
+    storage.delete_tree(run.work_dir)
+    rename = _committed_name(run.run_id)
+    staged = storage.list_files(run.staging)
+    if not staged:
+        raise RuntimeError(f"{run.staging}: the run wrote no files; nothing to commit")
+    files = {rename(relative): size for relative, size in staged.items()}
+    if storage.exists(output) and not overwrite:
+        raise InputError(f"--output {output} appeared while the pipeline ran; not replaced")
+    try:
+        if storage.exists(output):
+            LOG.info("Replacing the existing %s (--overwrite)", output)
+            storage.delete_files([artifacts.join(output, artifacts.SUCCESS)])
+            storage.delete_tree(output)
+        storage.move_tree(run.staging, output, rename)
+        moved = storage.list_files(output)
+        if moved != files:
+            wrong = sorted(set(moved.items()) ^ set(files.items()))
+            raise RuntimeError(f"{output} does not hold the files staged (first: {wrong[0]})")
+        manifest = artifacts.Manifest.of_files(
+            output, run.run_id, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files
+        )
+        storage.write_text(
+            artifacts.join(output, artifacts.SUCCESS),
+            json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n",
+        )
+    except Exception as e:
+        raise CommitError(
+            f"committing run {run.run_id} into {output} failed after the previous output was "
+            f"invalidated ({type(e).__name__}: {e}); {output} holds no commit now: rerun the "
+            "pipeline with --overwrite"
+        ) from e
+    LOG.info("Committed run %s as %s (%d files)", run.run_id, output, len(files))
+    return manifest
+
+
+def abandon(run: Run) -> None:
+    """Deletes the run's staging prefix, best effort: a failure is logged, not raised."""
+    try:
+        storage.delete_tree(run.staging)
+    except Exception as e:  # noqa: BLE001 - cleaning up after another error must not hide it
+        LOG.warning("Could not delete %s (%s); delete it by hand", run.staging, e)
+
+
+def keep_for_inspection(run: Run) -> str:
+    """Keeps only `rejected/`, `stats.json` and `report.html` of the staging prefix.
+
+    Returns:
+      The staging prefix, which the caller names in its error.
+    """
+    doomed = [
+        artifacts.join(run.staging, relative)
+        for relative in storage.list_files(run.staging)
+        if relative.split("/", 1)[0] not in KEPT_FOR_INSPECTION
+    ]
+    storage.delete_files(doomed)
+    if not storage.is_remote(run.staging):
+        _remove_empty_directories(run.staging)
+    return run.staging
+
+
+def _remove_empty_directories(root: str) -> None:
+    import os
+
+    for directory, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+        if directory != root and not os.listdir(directory):
+            os.rmdir(directory)

@@ -1,0 +1,269 @@
+"""The commit protocol (pipeline/commit.py) and the readers of its manifest, on gs:// (a real
+Cloud Storage API server, the emulator) and on the local disk.
+
+TensorFlow cannot write to the emulator, so the fast tests stage the files a run writes
+through the same I/O layer and commit them with the real protocol; the slow test at the end
+runs the real pipeline locally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from apache_beam.io.filesystems import FileSystems
+
+from common import artifacts, storage
+from embedding.planner import load_or_make_plan, plan_pipeline_output
+from pipeline import commit
+from pipeline.sources import InputError
+
+
+def _stage(run: commit.Run, train_shards: int, tag: str) -> None:
+    """Writes what a pipeline run writes into its staging prefix (`tag` marks its bytes)."""
+    files = {
+        "transform_fn/saved_model.pb": f"graph {tag}",
+        "transform_fn/assets/items": "i1\ni2\n",
+        "stats.json": json.dumps({"tag": tag}),
+        "config.json": "{}",
+        "report.html": "<html></html>",
+        "rejected/rejected-00000-of-00001.jsonl": "",
+        "data/eval-00000-of-00001.tfrecord.gz": f"eval {tag}",
+        ".work/measurements.json": "{}",
+        ".work/tft/cache": "x",
+    }
+    for i in range(train_shards):
+        files[f"data/train-{i:05d}-of-{train_shards:05d}.tfrecord.gz"] = f"train {i} {tag}"
+    for relative, text in files.items():
+        storage.write_text(storage.join(run.staging, *relative.split("/")), text)
+
+
+def _commit_run(output: str, train_shards: int, tag: str, overwrite: bool = False):
+    run = commit.begin(output, overwrite)
+    _stage(run, train_shards, tag)
+    return run, commit.commit(run, overwrite)
+
+
+def _everything(root: str) -> dict[str, int]:
+    return storage.list_files(root)
+
+
+def _output(root: str) -> str:
+    return storage.join(root, "out")
+
+
+def test_a_commit_lists_every_file_and_writes_the_manifest_last(any_root, monkeypatch):
+    output = _output(any_root)
+    written_before_manifest = {}
+    write_text = storage.write_text
+
+    def spy(path, text):
+        if path.endswith(artifacts.SUCCESS):
+            written_before_manifest.update(storage.list_files(output))
+        return write_text(path, text)
+
+    monkeypatch.setattr(storage, "write_text", spy)
+    run, manifest = _commit_run(output, train_shards=3, tag="first")
+
+    on_disk = json.loads(storage.read_text(storage.join(output, artifacts.SUCCESS)))
+    assert on_disk["run_id"] == run.run_id == manifest.run_id
+    assert on_disk["files"] == written_before_manifest  # every file there before _SUCCESS
+    assert set(on_disk["files"]) == set(_everything(output)) - {artifacts.SUCCESS}
+    assert on_disk["files"]["stats.json"] == len(json.dumps({"tag": "first"}))
+    assert not any(name.startswith(".work") for name in on_disk["files"])
+    assert on_disk["data"]["train"] == [
+        f"data/train-{run.run_id}-{i:05d}-of-00003.tfrecord.gz" for i in range(3)
+    ]
+    assert on_disk["data"]["eval"] == [f"data/eval-{run.run_id}-00000-of-00001.tfrecord.gz"]
+    assert artifacts.require_complete(output).run_id == run.run_id
+    assert artifacts.data_files(output, "train") == [
+        storage.join(output, relative) for relative in on_disk["data"]["train"]
+    ]
+    leftovers = [p for p in _everything(any_root) if ".incomplete-" in p or ".work" in p]
+    assert leftovers == []
+
+
+def test_an_existing_output_is_refused_before_anything_runs(any_root):
+    output = _output(any_root)
+    storage.write_text(storage.join(output, "data", "train-0.tfrecord.gz"), "old")
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        commit.begin(output, overwrite=False)
+    commit.begin(storage.join(any_root, "ou"), overwrite=False)  # a prefix of it: not it
+    assert commit.begin(output, overwrite=True).staging.startswith(output + ".incomplete-")
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(any_root):
+    output = _output(any_root)
+    run = commit.begin(output, overwrite=False)
+    _stage(run, 1, "new")
+    storage.write_text(storage.join(output, "someone-elses.txt"), "keep me")
+    with pytest.raises(InputError, match="appeared while the pipeline ran"):
+        commit.commit(run, overwrite=False)
+    assert _everything(output) == {"someone-elses.txt": 7}
+
+
+def test_bucket_roots_and_glob_characters_are_refused(gcs_bucket, tmp_path):
+    with pytest.raises(InputError, match="give a folder inside the bucket"):
+        commit.begin(gcs_bucket, overwrite=True)
+    with pytest.raises(InputError, match=r"without \*, \? or \["):
+        commit.begin(str(tmp_path / "out*"), overwrite=True)
+
+
+def _fail_after_invalidating(monkeypatch, output):
+    delete_tree = storage.delete_tree
+
+    def failing(path):
+        if path == output:
+            raise OSError("injected: the connection dropped while deleting the old output")
+        return delete_tree(path)
+
+    monkeypatch.setattr(storage, "delete_tree", failing)
+
+
+def _fail_during_the_copy(monkeypatch, output):
+    rename = FileSystems.rename
+
+    def failing(sources, destinations):
+        # Moves the first two files for real, then fails, as a dropped connection would.
+        rename(sources[:2], destinations[:2])
+        raise OSError("injected: the connection dropped while moving files")
+
+    monkeypatch.setattr(FileSystems, "rename", failing)
+
+
+@pytest.mark.parametrize("failure", [_fail_after_invalidating, _fail_during_the_copy])
+def test_a_rerun_that_fails_in_the_commit_leaves_nothing_a_reader_accepts(
+    any_root, monkeypatch, failure, tmp_path
+):
+    output = _output(any_root)
+    _commit_run(output, train_shards=3, tag="first")
+    run = commit.begin(output, overwrite=True)
+    _stage(run, 1, "second")
+    failure(monkeypatch, output)
+    with pytest.raises(commit.CommitError, match="holds no commit now: rerun the pipeline"):
+        commit.commit(run, overwrite=True)
+    monkeypatch.undo()
+    commit.abandon(run)
+
+    # Locally the old OUTPUT may be gone entirely; on gs:// some files were moved into it.
+    refused = "no _SUCCESS marker|no such pipeline output"
+    for read in (artifacts.require_complete, load_or_make_plan, plan_pipeline_output):
+        with pytest.raises(artifacts.PipelineOutputError, match=refused):
+            read(output)
+    with pytest.raises(artifacts.PipelineOutputError, match=refused):
+        artifacts.data_files(output, "train")
+    from trainer import task
+
+    args = ["--pipeline-output", output, "--model-dir", str(tmp_path / "m")]
+    assert task.main([*args, "--train-steps", "1"]) == 2
+    assert not (tmp_path / "m").exists()
+    assert [p for p in _everything(any_root) if ".incomplete-" in p] == []
+
+
+def test_a_failure_before_the_commit_leaves_the_old_output_committed(any_root):
+    output = _output(any_root)
+    first, _ = _commit_run(output, train_shards=2, tag="first")
+    before = _everything(output)
+    run = commit.begin(output, overwrite=True)
+    _stage(run, 1, "second")
+    commit.abandon(run)  # what run() does when anything fails before the commit
+    assert _everything(output) == before
+    assert artifacts.require_complete(output).run_id == first.run_id
+    assert [p for p in _everything(any_root) if ".incomplete-" in p] == []
+
+
+def test_a_rerun_with_fewer_shards_is_read_with_exactly_its_own(any_root):
+    output = _output(any_root)
+    first, _ = _commit_run(output, train_shards=3, tag="first")
+    storage.write_text(storage.join(output, artifacts.PLAN), "{}")  # the first run's plan
+    second, _ = _commit_run(output, train_shards=1, tag="second", overwrite=True)
+
+    (shard,) = artifacts.data_files(output, "train")
+    assert storage.read_text(shard) == "train 0 second"
+    assert second.run_id in shard
+    data = [p for p in _everything(output) if p.startswith("data/")]
+    assert data == [
+        f"data/eval-{second.run_id}-00000-of-00001.tfrecord.gz",
+        f"data/train-{second.run_id}-00000-of-00001.tfrecord.gz",
+    ]
+    assert not storage.exists(storage.join(output, artifacts.PLAN))
+    assert artifacts.read_json(output, artifacts.STATS) == {"tag": "second"}
+    leftovers = [p for p in _everything(any_root) if ".incomplete-" in p or ".work" in p]
+    assert leftovers == []
+
+
+def test_the_manifest_is_checked_against_what_is_there(any_root):
+    output = _output(any_root)
+    with pytest.raises(artifacts.PipelineOutputError, match="no such pipeline output"):
+        artifacts.require_complete(output)
+    run, manifest = _commit_run(output, train_shards=2, tag="first")
+    success = storage.join(output, artifacts.SUCCESS)
+    good = storage.read_text(success)
+
+    storage.write_text(success, "")
+    with pytest.raises(artifacts.PipelineOutputError, match="older version of the pipeline"):
+        artifacts.require_complete(output)
+    storage.write_text(success, "{not json")
+    with pytest.raises(artifacts.PipelineOutputError, match="_SUCCESS: not a commit manifest"):
+        artifacts.require_complete(output)
+
+    storage.write_text(success, good)
+    shard = manifest.data["train"][1]
+    storage.write_text(storage.join(output, shard), "changed")
+    with pytest.raises(artifacts.PipelineOutputError, match=f"missing or changed.*{shard}"):
+        artifacts.require_complete(output)
+    storage.delete_files([storage.join(output, shard)])
+    with pytest.raises(artifacts.PipelineOutputError, match=f"{run.run_id}.*first: {shard}"):
+        artifacts.data_files(output, "train")
+
+
+def test_a_run_with_too_many_rejected_rows_keeps_only_what_explains_it(any_root):
+    run = commit.begin(_output(any_root), overwrite=False)
+    _stage(run, 2, "rejected")
+    assert commit.keep_for_inspection(run) == run.staging
+    assert sorted(_everything(run.staging)) == [
+        "rejected/rejected-00000-of-00001.jsonl",
+        "report.html",
+        "stats.json",
+    ]
+    if not storage.is_remote(run.staging):
+        assert sorted(os.listdir(run.staging)) == ["rejected", "report.html", "stats.json"]
+
+
+@pytest.mark.slow
+def test_a_failed_overwrite_leaves_the_real_output_committed_and_readable(
+    small_pipeline_output, tmp_path
+):
+    import tensorflow as tf
+
+    from examples.clicks import generate
+    from pipeline import run as pipeline_run
+    from tests.conftest import EXAMPLE_CONFIG
+    from tests.test_pipeline import _write_bad_csv
+
+    output = str(tmp_path / "out")
+    shutil.copytree(small_pipeline_output["output"], output)  # relative paths: still valid
+    before = artifacts.require_complete(output)
+    files_before = artifacts.data_files(output, "train")
+    bad = tmp_path / "bad.csv"
+    _write_bad_csv(bad, generate.generate(50, seed=5))
+
+    with pytest.raises(pipeline_run.TooManyRejected) as error:
+        pipeline_run.run(
+            ["--config", str(EXAMPLE_CONFIG), "--input", str(bad), "--output", output]
+            + ["--overwrite"]
+        )
+    (staging,) = [str(p) for p in tmp_path.glob("out.incomplete-*")]
+    assert f"is in {os.path.join(staging, 'rejected')}" in str(error.value)
+    assert f"{output} is as it was" in str(error.value)
+    assert sorted(os.listdir(staging)) == ["rejected", "report.html", "stats.json"]
+    assert any(open(p).read() for p in (tmp_path / staging / "rejected").glob("*.jsonl"))
+
+    after = artifacts.require_complete(output)
+    assert after == before
+    assert artifacts.data_files(output, "train") == files_before
+    assert load_or_make_plan(output) == small_pipeline_output["plan"]
+    records = tf.data.TFRecordDataset(files_before, compression_type="GZIP")
+    assert sum(1 for _ in records) == small_pipeline_output["stats"]["rows"]["train"]

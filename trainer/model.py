@@ -164,7 +164,7 @@ def _train_on_cpu(loss, tables, global_step, optimizer, learning_rate, embedding
     table_refs = set(_refs(tables))
     dense_opt = _optimizer(optimizer, learning_rate)
     grads = dense_opt.compute_gradients(loss)
-    table_grads = [(g, v) for g, v in grads if v.ref() in table_refs]
+    table_grads = [(_looked_up_rows(g), v) for g, v in grads if v.ref() in table_refs]
     dense_grads = [(g, v) for g, v in grads if v.ref() not in table_refs]
     updates = [dense_opt.apply_gradients(dense_grads, global_step=global_step)]
     if table_grads:
@@ -173,6 +173,24 @@ def _train_on_cpu(loss, tables, global_step, optimizer, learning_rate, embedding
             clips = clip_updated_rows(table_grads, embedding)
         updates.append(tf.group(update_tables, *clips))
     return tf.group(*updates)
+
+
+def _looked_up_rows(grad):
+    """A table's gradient restricted to the rows the batch looked up, as the TPU updates them.
+
+    TensorFlow's CPU lookup (`safe_embedding_lookup_sparse`) fills empty sequence positions
+    with id 0 at weight 0, so row 0 gets a zero gradient in every batch: left in, the CPU
+    would decay its Adam moments and clip it when the TPU does not touch it. Repeated ids
+    are summed first; a row whose summed gradient is exactly zero counts as not looked up.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    rows, position = tf.unique(grad.indices)
+    summed = tf.math.unsorted_segment_sum(grad.values, position, tf.size(rows))
+    nonzero = tf.reduce_any(tf.math.not_equal(summed, 0), axis=1)
+    return tf.IndexedSlices(
+        tf.boolean_mask(summed, nonzero), tf.boolean_mask(rows, nonzero), grad.dense_shape
+    )
 
 
 def _portable_scaffold(config) -> tf.compat.v1.train.Scaffold:

@@ -246,15 +246,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _restore_and_save(graph, saver, checkpoint, directory, hosts: int) -> str:
+def _restore_and_save(graph, scaffold, checkpoint, directory, hosts: int) -> str:
     """Restores `checkpoint` with the TPU graph's own Saver ops and saves what they restored.
+
+    The Saver is the Scaffold's, as `MonitoredTrainingSession` would finalize it.
 
     The Saver's ops sit on the TPU hosts' CPUs (`/job:worker/task:N`): in-process TensorFlow
     servers stand in for the hosts. A session places the whole graph and the TPU ops have no
     CPU kernels, so the Saver's subgraph (its restore and save ops, the variables, their
     devices) is run as extracted from the TPU graph.
     """
-    saver_def = saver.saver_def
+    with graph.as_default():
+        scaffold.finalize()
+    saver_def = scaffold.saver.saver_def
     save_tensor = saver_def.save_tensor_name
     subgraph = tf.compat.v1.graph_util.extract_sub_graph(
         graph.as_graph_def(), [saver_def.restore_op_name, save_tensor.split(":")[0]]
@@ -314,7 +318,7 @@ def test_tpu_1_host_8_cores_resumes_a_cpu_checkpoint_and_evaluates_the_whole_spl
     # The CPU checkpoint restores into the TPU graph, and what the TPU graph saves is
     # exactly what the CPU saved: no TPU-only variable in it, none missing.
     cpu_checkpoint = tf.train.latest_checkpoint(str(model_dir))
-    saved = _restore_and_save(tpu.train_graph, tpu.scaffold.saver, cpu_checkpoint, tmp_path, 1)
+    saved = _restore_and_save(tpu.train_graph, tpu.scaffold, cpu_checkpoint, tmp_path, 1)
     cpu_values, tpu_values = _checkpoint_values(cpu_checkpoint), _checkpoint_values(saved)
     assert sorted(tpu_values) == sorted(cpu_values)
     for name, value in cpu_values.items():
@@ -393,7 +397,7 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     # two per host); TPU -> CPU: what that graph saves resumes training on CPU.
     tpu_dir = tmp_path / "tpu"
     tpu_dir.mkdir()
-    saved = _restore_and_save(graph, tpu.scaffold.saver, cpu_checkpoint, tpu_dir, 2)
+    saved = _restore_and_save(graph, tpu.scaffold, cpu_checkpoint, tpu_dir, 2)
     tpu_values = _checkpoint_values(saved)
     assert sorted(tpu_values) == sorted(_checkpoint_values(cpu_checkpoint))
     np.testing.assert_array_equal(

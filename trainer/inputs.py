@@ -110,9 +110,9 @@ def host_files(files: Sequence[str], host: int, num_hosts: int) -> list[str]:
         )
     if len(files) < num_hosts:
         raise InputError(
-            f"{len(files)} input file(s) for {num_hosts} TPU hosts: each host reads whole "
-            f"files, so every host needs at least one; rerun the pipeline with "
-            f"--num-shards {num_hosts} (or a multiple of it), e.g. {files[0]}"
+            f"{len(files)} input file(s) ({files[0]} ...) for {num_hosts} TPU hosts: each "
+            "host reads whole files, so every host needs at least one; rerun the pipeline "
+            f"with --num-shards {num_hosts} (or a multiple of it)"
         )
     return list(files[host::num_hosts])
 

@@ -110,8 +110,7 @@ def trainer_rates(output: str, steps: int = 600, batch_size: int = 256) -> dict:
 
     plan = load_or_make_plan(output)
     config = read_pipeline_config(output)
-    files = artifacts.data_files(output, "train")
-    files_fn = make_input_fn(files, plan, training=True, seed=1)
+    files_fn = make_input_fn(artifacts.data_files(output, "train"), plan, training=True, seed=1)
 
     def cached_fn(params):
         # The same batches, parsed and prepared once, then replayed from memory.

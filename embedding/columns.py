@@ -184,7 +184,7 @@ def create_feature_columns(
 
 
 def optimization_parameters(embedding: EmbeddingConfig):
-    """The TPU embedding optimizer of the config."""
+    """The TPU embedding optimizer of the config (TPU defaults for everything not set)."""
     clip = {}
     if embedding.clip_weight_min is not None:
         clip["clip_weight_min"] = embedding.clip_weight_min
@@ -196,6 +196,92 @@ def optimization_parameters(embedding: EmbeddingConfig):
     if embedding.optimizer == "adam":
         return tpu.AdamParameters(learning_rate=embedding.learning_rate, **clip)
     return tpu.StochasticGradientDescentParameters(learning_rate=embedding.learning_rate, **clip)
+
+
+class TPUEmbeddingAdam(tf.compat.v1.train.Optimizer):
+    """Adam as the TPU's embedding engine runs it with `AdamParameters`' defaults, for CPU.
+
+    Per looked-up row r (lazy: rows not in the batch keep their weights and moments):
+    m_r = b1 m_r + (1 - b1) g_r, v_r = b2 v_r + (1 - b2) g_r^2, w_r -= lr m_r / sqrt(v_r + eps^2)
+    (`sum_inside_sqrt`), with no bias correction (the TPU has none). Slots are named as the
+    TPU names them (`TABLE/Adam/m`, `TABLE/Adam/v`), so checkpoints move between the two.
+    `tf.compat.v1.train.AdamOptimizer` differs in all three points and in the slot names.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-8,
+        name: str = "Adam",
+    ):
+        super().__init__(use_locking=False, name=name)
+        self._lr, self._beta1, self._beta2, self._epsilon = learning_rate, beta1, beta2, epsilon
+
+    def _create_slots(self, var_list):
+        for var in var_list:
+            self._zeros_slot(var, "m", f"{self._name}/m")
+            self._zeros_slot(var, "v", f"{self._name}/v")
+
+    def _resource_apply_sparse(self, grad, var, indices):
+        # Duplicate ids were summed by the base class first, as the TPU accumulates them.
+        m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
+        dtype = var.dtype.base_dtype
+        beta1, beta2 = tf.cast(self._beta1, dtype), tf.cast(self._beta2, dtype)
+        m_rows = beta1 * tf.gather(m, indices) + (1 - beta1) * grad
+        v_rows = beta2 * tf.gather(v, indices) + (1 - beta2) * tf.square(grad)
+        step = tf.cast(self._lr, dtype) * m_rows / tf.sqrt(v_rows + self._epsilon**2)
+        return tf.group(
+            m.scatter_update(tf.IndexedSlices(m_rows, indices)),
+            v.scatter_update(tf.IndexedSlices(v_rows, indices)),
+            var.scatter_sub(tf.IndexedSlices(step, indices)),
+        )
+
+    def _resource_apply_dense(self, grad, var):
+        rows = tf.range(tf.shape(grad, out_type=tf.int64)[0])
+        return self._resource_apply_sparse(grad, var, rows)
+
+
+def cpu_optimizer(embedding: EmbeddingConfig) -> tf.compat.v1.train.Optimizer:
+    """The CPU optimizer that trains the tables as `optimization_parameters` does on a TPU.
+
+    Adagrad and SGD are TensorFlow's (the TPU's Adagrad starts its accumulator at 0.1, as
+    `AdagradOptimizer` does, and names its slot `TABLE/Adagrad` as well); Adam is
+    `TPUEmbeddingAdam`. Weight clipping is applied by the caller after the update
+    (`clip_updated_rows`), as the TPU clips after its update.
+    """
+    if embedding.optimizer == "adagrad":
+        return tf.compat.v1.train.AdagradOptimizer(
+            embedding.learning_rate, initial_accumulator_value=0.1
+        )
+    if embedding.optimizer == "adam":
+        return TPUEmbeddingAdam(embedding.learning_rate)
+    return tf.compat.v1.train.GradientDescentOptimizer(embedding.learning_rate)
+
+
+def clip_updated_rows(grads_and_vars: list, embedding: EmbeddingConfig) -> list:
+    """Ops that clip the weights of the rows just updated to [clip_weight_min, clip_weight_max],
+    as the TPU does after each update; rows not looked up keep their weights. Run them after
+    the optimizer's update. No ops when the config sets no clipping."""
+    low, high = embedding.clip_weight_min, embedding.clip_weight_max
+    if low is None and high is None:
+        return []
+    ops = []
+    for grad, var in grads_and_vars:
+        if grad is None:
+            continue
+        if isinstance(grad, tf.IndexedSlices):
+            rows, _ = tf.unique(grad.indices)
+        else:
+            rows = tf.range(tf.shape(var, out_type=tf.int64)[0])
+        weights = tf.gather(var, rows)
+        if low is not None:
+            weights = tf.maximum(weights, low)
+        if high is not None:
+            weights = tf.minimum(weights, high)
+        ops.append(tf.compat.v1.scatter_update(var, rows, weights))
+    return ops
 
 
 def create_embedding_config_spec(columns: FeatureColumns, embedding: EmbeddingConfig):

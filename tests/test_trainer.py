@@ -1,4 +1,7 @@
-"""The trainer: TPU wiring (resolver faked), resume, input parity, export equality, errors."""
+"""The trainer on CPU: resume, input parity, export equality, errors.
+
+The TPU path (TPUEstimator's real TPU graphs, built offline) is tested in test_tpu_graph.py.
+"""
 
 from __future__ import annotations
 
@@ -52,66 +55,6 @@ def trained(small_pipeline_output, tmp_path_factory):
     return {**small_pipeline_output, "model_dir": str(model_dir), "metrics": metrics}
 
 
-class FakeTPUClusterResolver(tf.distribute.cluster_resolver.ClusterResolver):
-    """Stands in for a real TPU's resolver: a master address and a cluster, nothing else."""
-
-    def __init__(self, tpu=None, zone=None, project=None):
-        self.tpu, self.zone, self.project = tpu, zone, project
-
-    def cluster_spec(self):
-        return tf.train.ClusterSpec({"worker": ["10.240.1.2:8470"]})
-
-    def master(self, task_type=None, task_id=None, rpc_layer=None):
-        return "grpc://10.240.1.2:8470"
-
-    @property
-    def environment(self):
-        return ""
-
-
-def test_tpu_wiring(small_pipeline_output, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        tf.distribute.cluster_resolver, "TPUClusterResolver", FakeTPUClusterResolver
-    )
-    output = small_pipeline_output["output"]
-    args = task.parse_args(
-        [
-            "--pipeline-output",
-            output,
-            "--model-dir",
-            str(tmp_path),
-            "--train-steps",
-            "10",
-            "--use-tpu",
-            "--tpu",
-            "my-tpu",
-            "--tpu-zone",
-            "us-central1-b",
-            "--gcp-project",
-            "proj",
-            "--eval-steps",
-            "5",
-            "--iterations-per-loop",
-            "50",
-        ]
-    )
-    plan = small_pipeline_output["plan"]
-    estimator = task.build_estimator(args, plan, read_pipeline_config(output))
-    assert isinstance(estimator, tf.compat.v1.estimator.tpu.TPUEstimator)
-    assert estimator._ctx._use_tpu
-    assert estimator.config.master == "grpc://10.240.1.2:8470"
-    tpu_config = estimator.config.tpu_config
-    assert tpu_config.per_host_input_for_training == (
-        tf.compat.v1.estimator.tpu.InputPipelineConfig.PER_HOST_V2
-    )
-    assert tpu_config.iterations_per_loop == 50
-    spec = estimator._ctx._embedding_config_spec
-    assert isinstance(spec, tf.compat.v1.estimator.tpu.experimental.EmbeddingConfigSpec)
-    assert isinstance(spec.optimization_parameters, tf.compat.v1.tpu.experimental.AdagradParameters)
-    names = sorted(c.categorical_column.name for c in spec.feature_columns)
-    assert names == sorted(plan.features)
-
-
 def _model_variables(plan, use_tpu, monkeypatch):
     """Builds the training graph of the model_fn; returns variable names and optimizer types."""
     from trainer.model import create_model_fn
@@ -139,7 +82,7 @@ def _model_variables(plan, use_tpu, monkeypatch):
             features[name] = tf.constant([0.5, -1.0])
         tf.compat.v1.train.create_global_step()
         create_model_fn(plan, use_tpu=use_tpu)(
-            features, tf.constant([1.0, 0.0]), tf.estimator.ModeKeys.TRAIN, {}
+            features, tf.constant([1.0, 0.0]), tf.estimator.ModeKeys.TRAIN, {}, None
         )
         names = sorted(
             v.op.name for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
@@ -325,8 +268,8 @@ def test_flag_errors():
     base = ["--pipeline-output", "o", "--model-dir", "m", "--train-steps", "5"]
     with pytest.raises(SystemExit):
         task.parse_args([*base, "--use-tpu"])
-    with pytest.raises(SystemExit):
-        task.parse_args([*base, "--use-tpu", "--tpu", "t"])  # no --eval-steps
+    # A TPU evaluates on its host CPU, over the whole eval split: no --eval-steps needed.
+    assert task.parse_args([*base, "--use-tpu", "--tpu", "t"]).eval_steps is None
     with pytest.raises(SystemExit):
         task.parse_args([*base, "--hidden-units", "64,x"])
     assert task.parse_args([*base, "--hidden-units", "32,16"]).hidden_units == [32, 16]

@@ -9,7 +9,7 @@ same ids.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -91,42 +91,95 @@ def prepare_features(features: dict, plan: EmbeddingPlan) -> dict:
     return prepared
 
 
+class InputError(ValueError):
+    """Input files the trainer cannot split among the hosts; the message says what to do."""
+
+
+def host_files(files: Sequence[str], host: int, num_hosts: int) -> list[str]:
+    """The files host `host` of `num_hosts` reads: every num_hosts-th file from its index.
+
+    Files, not examples, are split so that no host reads (or decompresses) another's data;
+    the split is fixed by the sorted file list, so every host computes the same one.
+
+    Raises:
+      InputError: no files, or fewer files than hosts (a host would have nothing to read).
+    """
+    if not files:
+        raise InputError(
+            "no input files; the pipeline output has no data for this split, rerun the pipeline"
+        )
+    if len(files) < num_hosts:
+        raise InputError(
+            f"{len(files)} input file(s) ({files[0]} ...) for {num_hosts} TPU hosts: each "
+            "host reads whole files, so every host needs at least one; rerun the pipeline "
+            f"with --num-shards {num_hosts} (or a multiple of it)"
+        )
+    return list(files[host::num_hosts])
+
+
+def input_deployment(params: dict) -> tuple[int, int]:
+    """(this host's index, the number of hosts) of an `input_fn` call.
+
+    TPUEstimator passes a `TPUContext` under `params["context"]` when the input runs on TPU
+    hosts (PER_HOST_V2: one call per host); on CPU there is none and one process reads all.
+    """
+    context = params.get("context")
+    if context is None:
+        return 0, 1
+    _, host, num_hosts, _ = context.current_input_fn_deployment()
+    return host, num_hosts
+
+
 def make_input_fn(
-    file_pattern: str,
+    files: Sequence[str],
     plan: EmbeddingPlan,
     training: bool,
     drop_remainder: bool = False,
     num_epochs: int | None = None,
     seed: int | None = None,
 ) -> Callable:
-    """An Estimator `input_fn(params)`; the batch size comes from `params['batch_size']`
-    (TPUEstimator sets it per host).
+    """An Estimator `input_fn(params)` over a split's files.
+
+    The batch size is `params["batch_size"]`: on a TPU (PER_HOST_V2) that is the batch of ONE
+    core, TPUEstimator's global batch divided by the number of cores, and each host's dataset
+    is dequeued once per core of that host; on CPU it is the global batch. On a TPU each host
+    reads its own files (`host_files`), shuffled with its own seed.
 
     Args:
-      file_pattern: the glob of gzip TFRecords of transformed tf.Examples.
+      files: the gzip TFRecords of transformed tf.Examples of the split
+        (`common.artifacts.data_files`).
       plan: the embedding plan (which features, which lengths).
       training: shuffle and repeat (forever, or `num_epochs` times).
       drop_remainder: static batch shapes, as the TPU needs.
       num_epochs: passes over the data; None repeats forever when training, once otherwise.
-      seed: shuffle seed, for reproducible order.
+      seed: shuffle seed, for reproducible order; host i uses seed + i.
+
+    Raises:
+      InputError: (when called) fewer files than the TPU has hosts.
     """
+    files = list(files)
     spec = parse_spec(plan)
     label = plan.label["name"]
 
     def input_fn(params):
         batch_size = params["batch_size"]
-        files = tf.data.Dataset.list_files(file_pattern, shuffle=training, seed=seed)
+        host, num_hosts = input_deployment(params)
+        mine = host_files(files, host, num_hosts)
+        host_seed = None if seed is None else seed + host
+        dataset = tf.data.Dataset.from_tensor_slices(mine)
+        if training:
+            dataset = dataset.shuffle(len(mine), seed=host_seed, reshuffle_each_iteration=True)
         # Files are read in parallel, handing over blocks of records: a parallel interleave
         # that hands over single records spends far more on the handover than on reading
         # (about 15x slower, benchmarks/run.py measures the input_fn alone).
-        dataset = files.interleave(
+        dataset = dataset.interleave(
             lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP").batch(READ_BLOCK),
             cycle_length=4,
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=not training,
         ).unbatch()
         if training:
-            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed)
+            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=host_seed)
             dataset = dataset.repeat(num_epochs)
         elif num_epochs:
             dataset = dataset.repeat(num_epochs)

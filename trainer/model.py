@@ -1,8 +1,11 @@
 """The `model_fn`: TPU embeddings of every planned table, masked pooling, a DNN.
 
 The same function builds the model on a TPU and on CPU, so variable names (and checkpoints)
-are the same on both. On a TPU the optimizer is wrapped in `CrossShardOptimizer` and metrics
-go through `TPUEstimatorSpec.eval_metrics`, which is also what runs on CPU.
+are the same on both. The embedding tables are trained as the TPU trains them, by the
+`[embedding]` optimizer, learning rate and weight clipping: on a TPU by its embedding engine
+(the `EmbeddingConfigSpec`), on CPU by `embedding.columns.cpu_optimizer`, whose slots carry the
+TPU's names. The dense layers are trained by `--optimizer`, wrapped in `CrossShardOptimizer` on
+a TPU. Metrics go through `TPUEstimatorSpec.eval_metrics`, which is also what runs on CPU.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from common.config import EmbeddingConfig
 from common.plan import EmbeddingPlan
-from embedding.columns import create_feature_columns
+from embedding.columns import clip_updated_rows, cpu_optimizer, create_feature_columns
 
 PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"
 LOG_EVERY_N_STEPS = 100
+EXAMPLES = "examples"
+# TPUEstimator's stand-ins for the tables in the dense graph (tpu_embedding_gradient): it keeps
+# them out of checkpoints, but not the slots the dense optimizer gives them.
+TPU_DUMMY_TABLE_PREFIX = "tpu_embedding_dummy_table_variable_"
 
 
 def masked_mean(sequence: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
@@ -60,13 +68,24 @@ def create_model_fn(
     learning_rate: float = 0.05,
     optimizer: str = "adagrad",
     use_tpu: bool = False,
+    embedding: EmbeddingConfig | None = None,
 ):
-    """A TPUEstimator `model_fn` for the plan's features and label."""
-    binary = plan.label["type"] == "binary"
+    """A TPUEstimator `model_fn` for the plan's features and label.
 
-    def model_fn(features, labels, mode, params):
+    Args:
+      plan: the embedding plan.
+      hidden_units: the DNN's layer sizes.
+      learning_rate, optimizer: how the dense layers are trained (`--optimizer`).
+      use_tpu: training runs on a TPU (TPUEstimator's `use_tpu`).
+      embedding: the `[embedding]` config: how the tables are trained, on CPU as on a TPU.
+    """
+    binary = plan.label["type"] == "binary"
+    embedding = embedding or EmbeddingConfig()
+
+    def model_fn(features, labels, mode, params, config):
         del params
         columns = create_feature_columns(plan)
+        before = set(_refs(tf.compat.v1.trainable_variables()))
         pooled = {}
         for column in columns.dense:
             name = column.categorical_column.name
@@ -78,6 +97,8 @@ def create_model_fn(
                 [column], name=f"sequence_{name}"
             )(features)
             pooled[name] = masked_mean(sequence, lengths)
+        # The tables, where the model holds them (on CPU); on a TPU they live on the TPU.
+        tables = [v for v in tf.compat.v1.trainable_variables() if v.ref() not in before]
         pieces = [pooled[name] for name in sorted(pooled)]
         pieces.extend(shared_table_interactions(plan, pooled))
         for name in plan.numeric_features:
@@ -109,20 +130,23 @@ def create_model_fn(
                 mode, loss=loss, eval_metrics=(_metric_fn(binary), [labels, logits])
             )
 
-        opt = _optimizer(optimizer, learning_rate)
-        if use_tpu:
-            opt = tf.compat.v1.tpu.CrossShardOptimizer(opt)
         global_step = tf.compat.v1.train.get_global_step()
-        train_op = opt.minimize(loss, global_step=global_step)
-        hooks = []
-        if not use_tpu:  # on a TPU, TPUEstimator logs the loss after each loop itself
-            hooks.append(
-                tf.compat.v1.train.LoggingTensorHook(
-                    {"loss": loss, "step": global_step},
-                    every_n_iter=LOG_EVERY_N_STEPS,
-                    formatter=lambda v: f"loss = {v['loss']:.4f}, step = {v['step']}",
-                )
+        if use_tpu:
+            opt = tf.compat.v1.tpu.CrossShardOptimizer(_optimizer(optimizer, learning_rate))
+            return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
+                mode,
+                loss=loss,
+                train_op=opt.minimize(loss, global_step=global_step),
+                scaffold_fn=lambda: _portable_scaffold(config),
             )
+        train_op = _train_on_cpu(loss, tables, global_step, optimizer, learning_rate, embedding)
+        hooks = [
+            tf.compat.v1.train.LoggingTensorHook(
+                {"loss": loss, "step": global_step},
+                every_n_iter=LOG_EVERY_N_STEPS,
+                formatter=lambda v: f"loss = {v['loss']:.4f}, step = {v['step']}",
+            )
+        ]  # on a TPU, TPUEstimator logs the loss after each loop itself
         return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
             mode, loss=loss, train_op=train_op, training_hooks=hooks
         )
@@ -130,16 +154,101 @@ def create_model_fn(
     return model_fn
 
 
+def _refs(variables) -> list:
+    return [v.ref() for v in variables]
+
+
+def _train_on_cpu(loss, tables, global_step, optimizer, learning_rate, embedding):
+    """The CPU train op: the tables by the `[embedding]` optimizer, rate and clipping (as the
+    TPU's embedding engine trains them), every other variable by `--optimizer`."""
+    table_refs = set(_refs(tables))
+    dense_opt = _optimizer(optimizer, learning_rate)
+    grads = dense_opt.compute_gradients(loss)
+    table_grads = [(_looked_up_rows(g), v) for g, v in grads if v.ref() in table_refs]
+    dense_grads = [(g, v) for g, v in grads if v.ref() not in table_refs]
+    updates = [dense_opt.apply_gradients(dense_grads, global_step=global_step)]
+    if table_grads:
+        update_tables = cpu_optimizer(embedding).apply_gradients(table_grads)
+        with tf.control_dependencies([update_tables]):
+            clips = clip_updated_rows(table_grads, embedding)
+        updates.append(tf.group(update_tables, *clips))
+    return tf.group(*updates)
+
+
+def _looked_up_rows(grad):
+    """A table's gradient restricted to the rows the batch looked up, as the TPU updates them.
+
+    TensorFlow's CPU lookup (`safe_embedding_lookup_sparse`) fills empty sequence positions
+    with id 0 at weight 0, so row 0 gets a zero gradient in every batch: left in, the CPU
+    would decay its Adam moments and clip it when the TPU does not touch it. Repeated ids
+    are summed first; a row whose summed gradient is exactly zero counts as not looked up.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    rows, position = tf.unique(grad.indices)
+    summed = tf.math.unsorted_segment_sum(grad.values, position, tf.size(rows))
+    nonzero = tf.reduce_any(tf.math.not_equal(summed, 0), axis=1)
+    return tf.IndexedSlices(
+        tf.boolean_mask(summed, nonzero), tf.boolean_mask(rows, nonzero), grad.dense_shape
+    )
+
+
+def _portable_scaffold(config) -> tf.compat.v1.train.Scaffold:
+    """The TPU training scaffold whose checkpoints hold exactly what a CPU checkpoint holds.
+
+    The dense optimizer's slots of TPUEstimator's dummy table variables are left out of the
+    checkpoint and initialized at every session start (the dummy tables only route
+    gradients; their slots carry no model state). Without this a CPU checkpoint cannot be
+    restored on a TPU (the slots are missing from it) and a TPU checkpoint carries state the
+    CPU has no variable for.
+    """
+    variables = tf.compat.v1.global_variables()
+    dummies = [v for v in variables if v.op.name.startswith(TPU_DUMMY_TABLE_PREFIX)]
+    dummy_refs = set(_refs(dummies))
+    saved = [v for v in variables if v.ref() not in dummy_refs]
+    return tf.compat.v1.train.Scaffold(
+        saver=tf.compat.v1.train.Saver(
+            saved,
+            sharded=True,
+            max_to_keep=config.keep_checkpoint_max,
+            keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
+            save_relative_paths=True,
+        ),
+        ready_for_local_init_op=tf.compat.v1.report_uninitialized_variables(saved),
+        local_init_op=tf.group(
+            tf.compat.v1.train.Scaffold.default_local_init_op(),
+            tf.compat.v1.variables_initializer(dummies),
+        ),
+    )
+
+
 def _metric_fn(binary: bool):
     def metric_fn(labels, logits):
+        metrics = {EXAMPLES: _count(labels)}
         if binary:
             probabilities = tf.sigmoid(logits)
-            return {
-                "auc": tf.compat.v1.metrics.auc(labels, probabilities, num_thresholds=1000),
-                "accuracy": tf.compat.v1.metrics.accuracy(
-                    labels, tf.cast(tf.math.greater(probabilities, 0.5), tf.float32)
-                ),
-            }
-        return {"rmse": tf.compat.v1.metrics.root_mean_squared_error(labels, logits)}
+            metrics["auc"] = tf.compat.v1.metrics.auc(labels, probabilities, num_thresholds=1000)
+            metrics["accuracy"] = tf.compat.v1.metrics.accuracy(
+                labels, tf.cast(tf.math.greater(probabilities, 0.5), tf.float32)
+            )
+        else:
+            metrics["rmse"] = tf.compat.v1.metrics.root_mean_squared_error(labels, logits)
+        return metrics
 
     return metric_fn
+
+
+def _count(labels: tf.Tensor):
+    """A streaming metric: the number of examples evaluated."""
+    total = tf.compat.v1.Variable(
+        0,
+        dtype=tf.int64,
+        trainable=False,
+        collections=[
+            tf.compat.v1.GraphKeys.LOCAL_VARIABLES,
+            tf.compat.v1.GraphKeys.METRIC_VARIABLES,
+        ],
+        name="examples_count",
+    )
+    update = total.assign_add(tf.size(labels, out_type=tf.int64))
+    return total.read_value(), update

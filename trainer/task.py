@@ -10,6 +10,11 @@ On a Cloud TPU (the same model, the same checkpoints):
     python -m trainer.task --pipeline-output gs://BUCKET/clicks --model-dir gs://BUCKET/model \
         --train-steps 100000 --batch-size 4096 --use-tpu --tpu NAME
 
+Evaluation reads the whole eval split once, on the CPU, also with --use-tpu (the TPU's host
+CPU evaluates the checkpoint the TPU wrote), unless --eval-steps caps the batches; the number
+of examples evaluated is in eval_metrics.json. A checkpoint written on CPU resumes on a TPU
+and one written on a TPU resumes on CPU, in the same MODEL_DIR.
+
 MODEL_DIR receives the checkpoints, TensorBoard summaries, eval_metrics.json after each
 evaluation, the resolved training configuration and plan, and export/<timestamp>/, a SavedModel
 whose `serving_default` takes serialized raw tf.Examples.
@@ -53,9 +58,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--eval-steps",
         type=int,
         default=None,
-        help="evaluation batches (default: the whole eval split; required on TPU)",
+        help="evaluation batches (default: the whole eval split)",
     )
-    parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="global batch size; on a TPU a multiple of its number of cores (each core "
+        "trains on batch-size / cores examples a step)",
+    )
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--optimizer", choices=("adagrad", "adam", "sgd"), default="adagrad")
     parser.add_argument("--hidden-units", default="128,64", help="DNN layer sizes, comma separated")
@@ -88,8 +99,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.use_tpu and not args.tpu:
         parser.error("--use-tpu needs --tpu NAME")
-    if args.use_tpu and not args.eval_steps:
-        parser.error("--use-tpu needs --eval-steps (a TPU evaluates a fixed number of batches)")
     return args
 
 
@@ -130,21 +139,75 @@ def check_inputs(config: Config, plan: EmbeddingPlan, transformed_spec: dict) ->
         )
 
 
-def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Config):
-    """The TPUEstimator: TPU embeddings on a Cloud TPU with --use-tpu, on CPU without."""
+def tpu_cluster(args: argparse.Namespace):
+    """The resolver of the TPU named by --tpu, --tpu-zone and --gcp-project."""
+    import tensorflow as tf
+
+    return tf.distribute.cluster_resolver.TPUClusterResolver(
+        args.tpu, zone=args.tpu_zone, project=args.gcp_project
+    )
+
+
+def tpu_topology(cluster) -> tuple[int, int]:
+    """(hosts, cores) of the TPU behind `cluster`, asked as TPUEstimator asks it.
+
+    TensorFlow has no public call for this in graph mode: TPUEstimator itself calls
+    `tpu_system_metadata._query_tpu_system_metadata`, so this does too, which keeps our
+    checks and TPUEstimator's graph on the same answer (tests/test_tpu_graph.py fakes it).
+    """
+    from tensorflow.python.tpu import tpu_system_metadata
+
+    spec = cluster.cluster_spec()
+    metadata = tpu_system_metadata._query_tpu_system_metadata(
+        cluster.master(), cluster_def=spec.as_cluster_def() if spec.jobs else None
+    )
+    return metadata.num_hosts, metadata.num_cores
+
+
+def check_tpu_batch(batch_size: int, cores: int, hosts: int) -> None:
+    """Refuses a global batch the TPU's cores cannot share equally.
+
+    Under PER_HOST_V2 every core trains on batch_size / cores examples a step.
+
+    Raises:
+      TrainerError: batch_size is not a multiple of cores.
+    """
+    if batch_size % cores:
+        lower = batch_size // cores * cores
+        raise TrainerError(
+            f"--batch-size {batch_size} cannot be split over the TPU's {cores} cores "
+            f"({hosts} host(s)): each core takes batch-size / {cores} examples a step; use a "
+            f"multiple of {cores}, e.g. {lower or cores} or {lower + cores}"
+        )
+
+
+def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Config, cluster=None):
+    """The TPUEstimator: TPU embeddings on a Cloud TPU with --use-tpu, on CPU without.
+
+    `train_batch_size` is the global batch; under PER_HOST_V2 the `input_fn` of each host is
+    called with `params["batch_size"]` = global batch / number of cores and is dequeued once
+    per core of its host. Evaluation runs on the CPU (`eval_on_tpu=False`) so that it reads
+    the finite eval split exactly once: on a TPU an eval input must never end and is read for
+    a fixed number of full batches. The CPU reads the tables from the checkpoint, whole: the
+    TPU shards them over hosts in contiguous row ranges (`div`, the partition strategy the
+    CPU can read back).
+
+    Args:
+      args: the parsed flags.
+      plan: the embedding plan.
+      config: the pipeline's config (its `[embedding]` section trains the tables).
+      cluster: the TPU's resolver when --use-tpu (made from the flags when None).
+    """
     import tensorflow as tf
 
     from embedding.columns import create_embedding_config_spec, create_feature_columns
     from trainer.model import LOG_EVERY_N_STEPS, create_model_fn
 
     tpu = tf.compat.v1.estimator.tpu
-    cluster = None
-    if args.use_tpu:
-        cluster = tf.distribute.cluster_resolver.TPUClusterResolver(
-            args.tpu, zone=args.tpu_zone, project=args.gcp_project
-        )
+    if args.use_tpu and cluster is None:
+        cluster = tpu_cluster(args)
     run_config = tpu.RunConfig(
-        cluster=cluster,
+        cluster=cluster if args.use_tpu else None,
         model_dir=args.model_dir,
         save_checkpoints_steps=args.save_checkpoints_steps,
         tf_random_seed=args.seed,
@@ -164,9 +227,11 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             learning_rate=args.learning_rate,
             optimizer=args.optimizer,
             use_tpu=args.use_tpu,
+            embedding=config.embedding,
         ),
         config=run_config,
         use_tpu=args.use_tpu,
+        eval_on_tpu=False,
         train_batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
         predict_batch_size=args.batch_size,
@@ -192,7 +257,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow_transform as tft
 
     from trainer.export import make_serving_input_receiver_fn
-    from trainer.inputs import make_input_fn
+    from trainer.inputs import InputError, host_files, make_input_fn
     from trainer.tpu_check import capacity_refusal
 
     config = read_pipeline_config(args.pipeline_output)
@@ -202,15 +267,24 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise TrainerError(refusal)
     transform_output = tft.TFTransformOutput(args.pipeline_output)
     check_inputs(config, plan, transform_output.transformed_feature_spec())
+    train_files = manifest.data_files("train")
+    eval_files = manifest.data_files("eval")
+    cluster = None
+    if args.use_tpu:
+        cluster = tpu_cluster(args)
+        hosts, cores = tpu_topology(cluster)
+        check_tpu_batch(args.batch_size, cores, hosts)
+        try:
+            host_files(train_files, 0, hosts)  # fewer files than hosts: refused before any work
+        except InputError as e:
+            raise TrainerError(str(e)) from e
 
     tf.io.gfile.makedirs(args.model_dir)
     resolved = {k: v for k, v in vars(args).items()}
     artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
     artifacts.write_json(args.model_dir, artifacts.PLAN, plan.to_dict())
 
-    estimator = build_estimator(args, plan, config)
-    train_files = manifest.data_files("train")
-    eval_files = manifest.data_files("eval")
+    estimator = build_estimator(args, plan, config, cluster)
     started = time.time()
     step_before = _global_step(estimator)
     estimator.train(
@@ -231,7 +305,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     metrics = _jsonable(
         estimator.evaluate(
-            make_input_fn(eval_files, plan, training=False, drop_remainder=args.use_tpu),
+            make_input_fn(eval_files, plan, training=False),
             steps=args.eval_steps,
         )
     )

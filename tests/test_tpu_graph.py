@@ -35,7 +35,7 @@ from embedding.columns import TPUEmbeddingAdam
 from embedding.planner import make_plan
 from tests.test_planner import config as planner_config
 from tests.test_planner import stats as planner_stats
-from trainer import inputs, task
+from trainer import inputs, task, tpu_check
 from trainer.model import create_model_fn
 
 MASTER = "grpc://10.240.1.2:8470"
@@ -68,6 +68,8 @@ class FakeTPU:
 
     def __init__(self, hosts: int, cores_per_host: int):
         self.hosts, self.cores_per_host = hosts, cores_per_host
+        # What the Cloud TPU API would report: a v3 slice of as many cores.
+        self.accelerator_type = f"v3-{hosts * cores_per_host}"
         self.train_graph = self.scaffold = self.eval_graph = None
         self.deployments = []
 
@@ -140,6 +142,7 @@ class FakeTPU:
             )
             patch.setattr(evaluation, "_evaluate_once", evaluate_locally)
             patch.setattr(inputs, "input_deployment", input_deployment)
+            patch.setattr(tpu_check, "tpu_type_from_api", lambda *_: self.accelerator_type)
             yield self
 
 

@@ -273,3 +273,84 @@ def test_flag_errors():
     with pytest.raises(SystemExit):
         task.parse_args([*base, "--hidden-units", "64,x"])
     assert task.parse_args([*base, "--hidden-units", "32,16"]).hidden_units == [32, 16]
+
+
+def _edit_json(path, edit):
+    import json
+
+    with open(path) as f:
+        value = json.load(f)
+    edit(value)
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_anything_is_written(trained, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+
+    def bigger_items(plan):
+        plan["tables"]["items"]["vocabulary_size"] = 50_000
+
+    _edit_json(model_dir / artifacts.PLAN, bigger_items)  # as if trained on another output
+    config_before = (model_dir / "training_config.json").read_bytes()
+    with pytest.raises(task.TrainerError, match=r"another model .*tables: .*50000") as refused:
+        task.train_and_evaluate(_args(trained["output"], model_dir, "--train-steps", "40"))
+    assert "new --model-dir" in str(refused.value)
+    with pytest.raises(task.TrainerError, match=r"--hidden-units: \[128, 64\] then, \[32\] now"):
+        task.train_and_evaluate(
+            _args(
+                trained["output"],
+                trained["model_dir"],
+                "--train-steps",
+                "40",
+                "--hidden-units",
+                "32",
+            )
+        )
+    assert (model_dir / "training_config.json").read_bytes() == config_before
+    assert tf.train.latest_checkpoint(trained["model_dir"]).endswith("-20")
+
+
+def test_a_plan_that_does_not_match_its_vocabulary_is_refused(small_pipeline_output, tmp_path):
+    output = tmp_path / "output"
+    shutil.copytree(small_pipeline_output["output"], output)
+
+    def hand_edited(plan):
+        plan["tables"]["items"]["vocabulary_size"] = 50_000
+
+    _edit_json(output / artifacts.PLAN, hand_edited)
+    with pytest.raises(task.TrainerError, match=r"table 'items' has 50000 rows in the plan"):
+        task.train_and_evaluate(_args(str(output), tmp_path / "m", "--train-steps", "1"))
+    assert not (tmp_path / "m").exists()
+    # A vocabulary file gone from the transform graph: the commit manifest misses it.
+    shutil.rmtree(output)
+    shutil.copytree(small_pipeline_output["output"], output)
+    os.remove(output / "transform_fn" / "assets" / "items")
+    with pytest.raises(artifacts.PipelineOutputError, match="transform_fn/assets/items"):
+        task.train_and_evaluate(_args(str(output), tmp_path / "m", "--train-steps", "1"))
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
+    import json
+
+    from examples.clicks.generate import generate, write_csv
+    from pipeline.run import run as run_pipeline
+    from tests.conftest import EXAMPLE_CONFIG
+
+    config = tmp_path / "features.toml"
+    text = EXAMPLE_CONFIG.read_text()
+    assert "eval_fraction = 0.1" in text
+    config.write_text(text.replace("eval_fraction = 0.1", "eval_fraction = 0.0"))
+    data = tmp_path / "clicks.csv"
+    write_csv(str(data), generate(300, seed=5))
+    output = str(tmp_path / "out")
+    stats = run_pipeline(["--config", str(config), "--input", str(data), "--output", output])
+    assert stats["rows"]["eval"] == 0
+    metrics = task.train_and_evaluate(
+        _args(output, tmp_path / "model", "--train-steps", "3", "--no-export")
+    )
+    written = json.loads((tmp_path / "model" / "eval_metrics.json").read_text())
+    assert written == {"examples": 0, "global_step": 3}
+    assert "auc" not in metrics and "loss" not in metrics

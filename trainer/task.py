@@ -35,15 +35,17 @@ from common import artifacts
 from common.config import Config, read_pipeline_config
 from common.plan import EmbeddingPlan
 from embedding.planner import load_or_make_plan
+from trainer.checks import (
+    TRAINING_CONFIG,
+    TrainerError,
+    check_inputs,
+    check_model_dir,
+    check_vocabularies,
+)
 
 LOG = logging.getLogger("trainer")
 
 EVAL_METRICS = "eval_metrics.json"
-TRAINING_CONFIG = "training_config.json"
-
-
-class TrainerError(ValueError):
-    """Inputs the trainer cannot train on; the message says what is wrong and what to do."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -100,43 +102,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.use_tpu and not args.tpu:
         parser.error("--use-tpu needs --tpu NAME")
     return args
-
-
-def check_inputs(config: Config, plan: EmbeddingPlan, transformed_spec: dict) -> None:
-    """Refuses a plan that does not match the transformed data, before any training.
-
-    Raises:
-      TrainerError: a planned feature or the label is not in the transformed schema, or
-        has the wrong type, or the label type cannot be trained.
-    """
-    import tensorflow as tf
-
-    if plan.label["type"] not in ("binary", "regression"):
-        raise TrainerError(
-            f"label type {plan.label['type']!r} cannot be trained; use binary or regression"
-        )
-    if not plan.tables:
-        raise TrainerError("the plan has no embedding table; every categorical was dropped")
-    expected = {name: tf.int64 for name in plan.features}
-    expected.update({name: tf.float32 for name in plan.numeric_features})
-    expected[plan.label["name"]] = tf.float32
-    for name, dtype in expected.items():
-        spec = transformed_spec.get(name)
-        if spec is None:
-            raise TrainerError(
-                f"the plan uses {name!r} but the transformed data has no such feature; rerun "
-                "`python -m embedding --pipeline-output OUTPUT` on this pipeline output"
-            )
-        if spec.dtype != dtype:
-            raise TrainerError(
-                f"{name!r} is {spec.dtype.name} in the transformed data, the model needs "
-                f"{dtype.name}; rerun the pipeline and the planner"
-            )
-    if config.label.name != plan.label["name"]:
-        raise TrainerError(
-            f"the plan's label {plan.label['name']!r} is not the config's "
-            f"{config.label.name!r}; rerun the planner"
-        )
 
 
 def tpu_cluster(args: argparse.Namespace):
@@ -267,6 +232,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise TrainerError(refusal)
     transform_output = tft.TFTransformOutput(args.pipeline_output)
     check_inputs(config, plan, transform_output.transformed_feature_spec())
+    check_vocabularies(plan, transform_output)
+    check_model_dir(args.model_dir, plan, config, vars(args))
     train_files = manifest.data_files("train")
     eval_files = manifest.data_files("eval")
     cluster = None
@@ -280,7 +247,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             raise TrainerError(str(e)) from e
 
     tf.io.gfile.makedirs(args.model_dir)
-    resolved = {k: v for k, v in vars(args).items()}
+    resolved = {**vars(args), "embedding_optimizer": config.embedding.optimizer}
     artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
     artifacts.write_json(args.model_dir, artifacts.PLAN, plan.to_dict())
 
@@ -303,12 +270,22 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         steps * args.batch_size / max(elapsed, 1e-9),
     )
 
-    metrics = _jsonable(
-        estimator.evaluate(
-            make_input_fn(eval_files, plan, training=False),
-            steps=args.eval_steps,
+    eval_rows = artifacts.read_json(args.pipeline_output, artifacts.STATS)["rows"]["eval"]
+    if eval_rows:
+        metrics = _jsonable(
+            estimator.evaluate(
+                make_input_fn(eval_files, plan, training=False),
+                steps=args.eval_steps,
+            )
         )
-    )
+    else:
+        # No figure is better than an invented one: an empty split has no AUC or loss.
+        LOG.warning(
+            "The eval split is empty (stats.json: 0 eval rows; [split] eval_fraction = %s): "
+            "nothing was evaluated",
+            config.split.eval_fraction,
+        )
+        metrics = {"examples": 0, "global_step": _global_step(estimator)}
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
     metrics["trained_from_step"] = step_before
     metrics["steps_trained"] = steps

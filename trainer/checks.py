@@ -1,0 +1,155 @@
+"""Checks the trainer makes before it writes anything: inputs, vocabularies, model directory.
+
+Each refuses with a `TrainerError` that says what differs and what to do, so a mistake costs
+seconds, not a TPU job that dies after its start-up or, worse, trains silently on the wrong
+thing (a vocabulary that does not match the table, a checkpoint of another model).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common import artifacts, storage
+from common.config import Config
+from common.plan import EmbeddingPlan, read_plan
+
+TRAINING_CONFIG = "training_config.json"
+MODEL_SHAPING_FLAGS = ("hidden_units", "optimizer")
+"""Trainer flags that change the model's variables: a checkpoint of other values cannot
+resume (other layer shapes, other optimizer slots)."""
+
+
+class TrainerError(ValueError):
+    """Inputs the trainer cannot train on; the message says what is wrong and what to do."""
+
+
+def check_inputs(config: Config, plan: EmbeddingPlan, transformed_spec: dict) -> None:
+    """Refuses a plan that does not match the transformed data, before any training.
+
+    Raises:
+      TrainerError: a planned feature or the label is not in the transformed schema, or
+        has the wrong type, or the label type cannot be trained.
+    """
+    import tensorflow as tf
+
+    if plan.label["type"] not in ("binary", "regression"):
+        raise TrainerError(
+            f"label type {plan.label['type']!r} cannot be trained; use binary or regression"
+        )
+    if not plan.tables:
+        raise TrainerError("the plan has no embedding table; every categorical was dropped")
+    expected = {name: tf.int64 for name in plan.features}
+    expected.update({name: tf.float32 for name in plan.numeric_features})
+    expected[plan.label["name"]] = tf.float32
+    for name, dtype in expected.items():
+        spec = transformed_spec.get(name)
+        if spec is None:
+            raise TrainerError(
+                f"the plan uses {name!r} but the transformed data has no such feature; rerun "
+                "`python -m embedding --pipeline-output OUTPUT` on this pipeline output"
+            )
+        if spec.dtype != dtype:
+            raise TrainerError(
+                f"{name!r} is {spec.dtype.name} in the transformed data, the model needs "
+                f"{dtype.name}; rerun the pipeline and the planner"
+            )
+    if config.label.name != plan.label["name"]:
+        raise TrainerError(
+            f"the plan's label {plan.label['name']!r} is not the config's "
+            f"{config.label.name!r}; rerun the planner"
+        )
+
+
+def check_vocabularies(plan: EmbeddingPlan, transform_output) -> None:
+    """Refuses a plan whose tables do not match the transform graph's vocabulary files.
+
+    A table has one row per vocabulary entry plus its OOV buckets; ids beyond it would be
+    looked up out of range, and a vocabulary file that is gone makes the exported model fail
+    at its first request.
+
+    Raises:
+      TrainerError: a vocabulary file is missing, or a table's size differs from it.
+    """
+    for table in plan.tables.values():
+        try:
+            entries = int(transform_output.vocabulary_size_by_name(table.name))
+        except Exception as e:  # tf.Transform raises several kinds for a missing asset
+            raise TrainerError(
+                f"vocabulary {table.name!r} of the transform graph cannot be read ({e}); the "
+                "pipeline output is incomplete: rerun the pipeline"
+            ) from None
+        if entries + table.num_oov_buckets != table.vocabulary_size:
+            raise TrainerError(
+                f"table {table.name!r} has {table.vocabulary_size} rows in the plan, but its "
+                f"vocabulary holds {entries} entries + {table.num_oov_buckets} OOV bucket(s) = "
+                f"{entries + table.num_oov_buckets}; rerun `python -m embedding "
+                "--pipeline-output OUTPUT` instead of editing the plan"
+            )
+
+
+def _plan_shape(plan: dict[str, Any]) -> dict[str, Any]:
+    """What of a plan decides the model's variables and inputs."""
+    return {
+        "tables": {
+            name: (t["vocabulary_size"], t["dimension"], sorted(t["features"]))
+            for name, t in plan["tables"].items()
+        },
+        "sequence lengths": {
+            name: f.get("max_sequence_length", 0) for name, f in plan["features"].items()
+        },
+        "numeric features": sorted(plan["numeric_features"]),
+        "label": plan["label"],
+    }
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}: {before.get(key)!r} then, {now.get(key)!r} now"
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+    ]
+
+
+def check_model_dir(
+    model_dir: str, plan: EmbeddingPlan, config: Config, flags: dict[str, Any]
+) -> None:
+    """Refuses to resume a checkpoint of a different model, before anything is written.
+
+    A model directory that holds a checkpoint keeps the plan and flags it was trained with
+    (`embedding_plan.json`, `training_config.json`); the tables, sequence lengths, numeric
+    features, label, layer sizes and optimizers must be the same now. Restoring another
+    model's checkpoint either fails halfway (another layer size) or, for a table of another
+    size, silently keeps the old table.
+
+    Raises:
+      TrainerError: what differs, and to use a new --model-dir.
+    """
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    if not checkpoint:
+        return
+    fix = f"train into a new --model-dir, or delete {model_dir} to start over"
+    saved_plan = read_plan(model_dir)
+    config_path = artifacts.join(model_dir, TRAINING_CONFIG)
+    if saved_plan is None or not storage.exists(config_path):
+        raise TrainerError(
+            f"{model_dir} holds checkpoint {checkpoint} but not the plan and flags it was "
+            f"trained with ({artifacts.PLAN}, {TRAINING_CONFIG}), so it cannot be checked "
+            f"against this model; {fix}"
+        )
+    saved = artifacts.read_json(model_dir, TRAINING_CONFIG)
+    before = _plan_shape(saved_plan.to_dict())
+    now = _plan_shape(plan.to_dict())
+    for flag in MODEL_SHAPING_FLAGS:
+        before[f"--{flag.replace('_', '-')}"] = saved.get(flag)
+        now[f"--{flag.replace('_', '-')}"] = flags.get(flag)
+    before["[embedding] optimizer"] = saved.get("embedding_optimizer")
+    now["[embedding] optimizer"] = config.embedding.optimizer
+    differences = _differences(before, now)
+    if differences:
+        raise TrainerError(
+            f"{model_dir} holds a checkpoint of another model ({checkpoint}); "
+            + "; ".join(differences)
+            + f". Resuming it would fail or keep the old variables: {fix}"
+        )

@@ -10,7 +10,7 @@ from apache_beam.io import source_test_utils
 from common.config import parse_config
 from pipeline import features
 from pipeline.batches import BlockDecoder, _NotVectorizable
-from pipeline.sources import _LineBlockSource
+from pipeline.sources import CsvHeader, _LineBlockSource
 
 CONFIG = parse_config(
     {
@@ -129,7 +129,9 @@ def text_file(request, tmp_path):
 
 def test_block_source_reads_every_line_once(text_file):
     path, lines = text_file
-    source = _LineBlockSource(path, skip_header=True, block_lines=64)
+    source = _LineBlockSource(
+        path, block_lines=64, header=CsvHeader(("user_id", "item_id"), ",", path)
+    )
     read = [line for _, block in source_test_utils.read_from_source(source) for line in block]
     assert read == lines
     blocks = [block for _, block in source_test_utils.read_from_source(source)]
@@ -140,7 +142,9 @@ def test_block_source_splits_and_dynamic_splits_lose_and_repeat_nothing(tmp_path
     lines = [b"header"] + [f"line {i} {'y' * (i % 5)}".encode() for i in range(40)]
     path = tmp_path / "lines.txt"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    source = _LineBlockSource(str(path), skip_header=True, block_lines=1)
+    source = _LineBlockSource(
+        str(path), block_lines=1, header=CsvHeader(("header",), ",", str(path))
+    )
     splits = [(s.source, s.start_position, s.stop_position) for s in source.split(37)]
     assert len(splits) > 5
     source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)

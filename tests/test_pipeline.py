@@ -17,7 +17,7 @@ from common import artifacts
 from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import run as pipeline_run
-from pipeline.sources import InputError
+from pipeline.input_checks import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
 pytestmark = pytest.mark.slow

@@ -53,10 +53,10 @@ def measure_job(job: Any) -> dict[str, int]:
 
 def summary_line(measured: dict[str, int]) -> str:
     """The line the CLI prints: `Dry run: N transforms, B bytes of job description (...)`."""
+    share = measured["graph_bytes"] / GRAPH_LIMIT_BYTES
     return (
         f"Dry run: {measured['transforms']:,} transforms, {measured['job_bytes']:,} bytes of "
-        f"job description (graph {measured['graph_bytes']:,} bytes, Dataflow's limit "
-        f"{GRAPH_LIMIT_BYTES:,}; job request {measured['request_bytes']:,} bytes); "
+        f"job description (the job graph is {share:.1%} of Dataflow's 10 MB limit); "
         "nothing was submitted"
     )
 

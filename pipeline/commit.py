@@ -43,7 +43,7 @@ import time
 import uuid
 
 from common import artifacts, storage
-from pipeline.sources import InputError
+from pipeline.input_checks import InputError
 
 LOG = logging.getLogger("pipeline")
 

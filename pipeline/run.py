@@ -19,12 +19,9 @@ row with its reason (rejected/), stats.json, report.html, the resolved config.js
 _SUCCESS, the manifest of the run's files. The run writes into OUTPUT.incomplete-<run id>
 beside OUTPUT and is committed when everything is written (pipeline/commit.py).
 
-The graph: read blocks of raw records -> decode them into Arrow record batches (train, eval,
-rejected) -> measure (exact length histograms, token frequencies, moments) and analyze
-(tf.Transform vocabularies, z-score moments); then a second read and decode of the same input
--> transform with the analysis' transform_fn -> tf.Examples -> TFRecords. Beam elements are
-blocks and record batches, never single rows; a row is parsed on its own in Python only when
-a vectorized check refused its block (see pipeline/batches.py).
+The Beam graph is in pipeline/graph.py, the checks before it in pipeline/input_checks.py,
+the Dataflow dry run (`--dry_run True`: build and measure the job, submit nothing) in
+pipeline/dry_run.py.
 """
 
 from __future__ import annotations
@@ -37,7 +34,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
@@ -46,155 +42,17 @@ from apache_beam.options.pipeline_options import (
 
 from common import artifacts, statistics
 from common.config import Config, ConfigError, load_config
-from pipeline import commit, decode, report
-from pipeline.sinks import WriteTFRecordLists
-from pipeline.sources import (
-    REJECTED,
-    DecodeBlocks,
-    InputError,
-    ReadRaw,
-    inspect_inputs,
-    match_inputs,
-)
+from pipeline import commit, report
+from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, build
+from pipeline.input_checks import InputError, inspect_inputs, match_inputs
 
 LOG = logging.getLogger("pipeline")
 
-MEASUREMENTS = "measurements.json"
-DEFAULT_BATCH_SIZE = 8192
 DEFAULT_MAX_REJECTED_FRACTION = 0.01
 
 
 class TooManyRejected(RuntimeError):
     """More rows were rejected than --max-rejected-fraction allows."""
-
-
-def _write_json(value: Any, path: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(value, sort_keys=True).encode("utf-8"))
-
-
-def _single(label: str, key: str):
-    return label >> beam.Map(lambda value: (key, value))
-
-
-def build(
-    p: beam.Pipeline,
-    config: Config,
-    files: Sequence[str],
-    header: list[str] | None,
-    output: str,
-    work_dir: str,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    transform_temp_dir: str | None = None,
-) -> None:
-    """Adds the whole measuring and transforming graph to pipeline `p`.
-
-    Args:
-      p: the pipeline.
-      config: the validated config.
-      files: the input files, already matched.
-      header: the CSV header (None for other formats).
-      output: where the artifacts go (a staging directory until committed).
-      work_dir: where intermediate measurements go.
-      batch_size: rows per record batch.
-      transform_temp_dir: tf.Transform's temporary directory, written while the graph is
-        built; defaults to work_dir/tft. A Dataflow dry run passes a local one, so building
-        the job needs no access to Cloud Storage.
-    """
-    import tensorflow_transform.beam as tft_beam
-    from tfx_bsl.coders import example_coder
-
-    from pipeline import features, measure
-    from pipeline.preprocessing import PreprocessingFn
-
-    adapter_config = features.tensor_adapter_config(config)
-    schema = adapter_config.arrow_schema
-
-    def read_and_decode(suffix: str, counted: bool):
-        blocks = p | f"ReadRaw{suffix}" >> ReadRaw(files, config, batch_size)
-        rows = blocks | f"Decode{suffix}" >> beam.ParDo(
-            DecodeBlocks(config, header, schema, counted)
-        ).with_outputs(REJECTED, decode.EVAL, main=decode.TRAIN)
-        return blocks, rows
-
-    # The input is read twice: once to measure and analyze, once, after the analysis, to
-    # transform and write. Keeping the decoded rows between the two passes instead would
-    # hold the whole dataset (in memory on the DirectRunner); reading and decoding again
-    # costs a few seconds a million rows, and memory stays flat however many rows there are.
-    # Every count comes from the first pass; decoding is deterministic, so the second pass
-    # sees the same rows.
-    blocks, rows = read_and_decode("", counted=True)
-    train, eval_ = rows[decode.TRAIN], rows[decode.EVAL]
-    _, again = read_and_decode("Again", counted=False)
-
-    with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
-        transform_fn = (train, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(
-            PreprocessingFn(config)
-        )
-        transformed = {
-            name: ((again[split], adapter_config), transform_fn)
-            | f"Transform{name}" >> tft_beam.TransformDataset(output_record_batches=True)
-            for name, split in (("Train", decode.TRAIN), ("Eval", decode.EVAL))
-        }
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
-
-    for name, (batches, _) in transformed.items():
-        _ = (
-            batches
-            | f"Encode{name}"
-            >> beam.Map(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
-            | f"Write{name}"
-            >> WriteTFRecordLists(
-                artifacts.join(output, artifacts.DATA_DIR, name.lower()),
-                file_name_suffix=artifacts.TFRECORD_SUFFIX,
-            )
-        )
-
-    rejected = rows[REJECTED]
-    _ = (
-        rejected
-        | "FormatRejected" >> beam.Map(json.dumps, sort_keys=True)
-        | "WriteRejected"
-        >> beam.io.WriteToText(
-            artifacts.join(output, artifacts.REJECTED_DIR, "rejected"),
-            file_name_suffix=".jsonl",
-        )
-    )
-
-    counted = train | "CountTokens" >> measure.CountFrequencies(config)
-    measurements = [
-        blocks
-        | "BlockRows" >> beam.Map(lambda block: len(block[1]))
-        | "CountRead" >> beam.CombineGlobally(sum)
-        | _single("KeyRead", "read"),
-        rejected
-        | "CountRejected" >> beam.combiners.Count.Globally()
-        | _single("KeyRejected", "rejected"),
-        rejected
-        | "Reasons" >> beam.Map(lambda r: decode.reason_kind(r["reason"]))
-        | "CountReasons" >> beam.combiners.Count.PerElement()
-        | "ListReasons" >> beam.combiners.ToList()
-        | _single("KeyReasons", "reasons"),
-        train
-        | "MeasureTrain" >> beam.CombineGlobally(measure.MeasureBatches(config))
-        | _single("KeyTrain", "train"),
-        eval_
-        | "EvalRows" >> beam.Map(lambda batch: batch.num_rows)
-        | "CountEval" >> beam.CombineGlobally(sum)
-        | _single("KeyEval", "eval"),
-        counted["frequencies"]
-        | "ListFrequencies" >> beam.combiners.ToList()
-        | _single("KeyFrequencies", "frequencies"),
-        counted["overlaps"]
-        | "ListOverlaps" >> beam.combiners.ToList()
-        | _single("KeyOverlaps", "overlaps"),
-    ]
-    _ = (
-        measurements
-        | "FlattenMeasurements" >> beam.Flatten()
-        | "CollectMeasurements" >> beam.combiners.ToDict()
-        | "WriteMeasurements" >> beam.Map(_write_json, artifacts.join(work_dir, MEASUREMENTS))
-    )
 
 
 def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[str, int]) -> dict:
@@ -310,19 +168,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         default=DEFAULT_BATCH_SIZE,
         help="rows per record batch fed to tf.Transform (default %(default)s)",
     )
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=0,
+        help="TFRecord files per split in OUTPUT/data (default 0: the runner decides); a "
+        "TPU Pod needs at least one train file per host",
+    )
     return parser.parse_known_args(argv)
-
-
-def _dry_run(options, config, files, header, output, work_dir, batch_size) -> dict[str, Any]:
-    """Builds the job (on Dataflow: the job description) without running it."""
-    import tempfile
-
-    p = beam.Pipeline(options=options)
-    with tempfile.TemporaryDirectory() as transform_temp_dir:
-        build(p, config, files, header, output, work_dir, batch_size, transform_temp_dir)
-        result = p.run()
-    LOG.info("Dry run: the job was built and not run; nothing was written to %s", output)
-    return {"dry_run": True, "job": getattr(result, "job", None)}
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -343,6 +196,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
       CommitError: the commit failed after the previous OUTPUT was invalidated.
     """
     args, beam_args = parse_args(argv)
+    if args.num_shards < 0:
+        raise InputError(f"--num-shards {args.num_shards}: give 0 (the runner decides) or more")
     config = load_config(args.config)
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)
@@ -356,11 +211,20 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from pipeline import features
 
+    build_args = {
+        "batch_size": args.batch_size,
+        "num_shards": args.num_shards,
+        "first_file": files[0].path,
+    }
     if dry_run:
         if "Dataflow" not in str(options.view_as(StandardOptions).runner):
             raise InputError("--dry_run is a DataflowRunner option; add --runner DataflowRunner")
+        from pipeline import dry_run as dataflow_dry_run
+
         work_dir = artifacts.join(output, artifacts.WORK_DIR)
-        return _dry_run(options, config, files, header, output, work_dir, args.batch_size)
+        return dataflow_dry_run.dry_run(
+            options, config, args.input, header, output, work_dir, **build_args
+        )
 
     staging, work_dir = this_run.staging, this_run.work_dir
     LOG.info(
@@ -374,7 +238,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.time()
     try:
         with beam.Pipeline(options=options) as p:
-            build(p, config, files, header, staging, work_dir, args.batch_size)
+            build(p, config, args.input, header, staging, work_dir, **build_args)
         LOG.info("Beam pipeline finished in %.1f s; summarizing", time.time() - started)
 
         measured = json.loads(artifacts.read_text(work_dir, MEASUREMENTS))
@@ -428,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("%s", e)
         return 2
     if stats.get("dry_run"):
-        print("Dry run: the pipeline was built, not run.")
+        print(stats["summary"])
         return 0
     print(json.dumps({"rows": stats["rows"]}, indent=2))
     return 0

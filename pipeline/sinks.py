@@ -7,18 +7,16 @@ import zlib
 from collections.abc import Iterable
 
 import apache_beam as beam
-from apache_beam.io import tfrecordio
+from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
-try:  # Google's CRC32C in C: about 6x faster than crcmod, which Beam's TFRecord sink uses
-    from google_crc32c import value as _crc32c
-except ImportError:  # pragma: no cover - google-crc32c comes with apache-beam[gcp]
-    _crc32c = tfrecordio._default_crc32c_fn
+# Google's CRC32C in C (google-crc32c comes with apache-beam[gcp]); crcmod, which Beam's own
+# TFRecord sink falls back to without python-snappy, is several times slower.
+from google_crc32c import value as _crc32c
 
 
 def _masked_crc32c(data: bytes) -> int:
-    """The masked CRC32C TFRecord framing stores (tfrecordio._TFRecordUtil._masked_crc32c)."""
+    """The masked CRC32C that the TFRecord framing stores."""
     crc = _crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -53,12 +51,11 @@ class _FastGzipFile:
         self._raw.close()
 
 
-class _TFRecordListSink(tfrecordio._TFRecordSink):
-    """Beam's TFRecord sink, taking a list of serialized records per element."""
+class _TFRecordListSink(FileBasedSink):
+    """TFRecord files written from a list of serialized records per element, gzip'd."""
 
     def open(self, temp_path):
-        raw = FileSystems.create(temp_path, self.mime_type, CompressionTypes.UNCOMPRESSED)
-        return _FastGzipFile(raw)
+        return _FastGzipFile(super().open(temp_path))  # the sink itself writes uncompressed
 
     def write_record(self, file_handle, value):
         file_handle.write(tfrecord_frames(value))
@@ -69,16 +66,23 @@ class WriteTFRecordLists(beam.PTransform):
 
     The same files `beam.io.WriteToTFRecord` writes from one record per element, with the
     same temporary-file commit, without Beam's per-element cost for every record.
+
+    Args:
+      file_path_prefix: the files' path up to the shard number.
+      file_name_suffix: what follows the shard numbers (".tfrecord.gz").
+      num_shards: the number of files; 0 lets the runner decide. A shard that receives no
+        record is written too, as an empty gzip file, so there are always this many.
     """
 
-    def __init__(self, file_path_prefix: str, file_name_suffix: str):
+    def __init__(self, file_path_prefix: str, file_name_suffix: str, num_shards: int = 0):
         super().__init__()
         self._sink = _TFRecordListSink(
             file_path_prefix,
             coder=None,
             file_name_suffix=file_name_suffix,
-            num_shards=0,
+            num_shards=num_shards,
             shard_name_template=None,
+            mime_type="application/octet-stream",
             compression_type=CompressionTypes.UNCOMPRESSED,  # gzip'd by _FastGzipFile
         )
 

@@ -1,16 +1,11 @@
-"""The vectorized CSV path decodes exactly as the row-by-row path, and the block reader
-reads every line once however its ranges are split."""
-
-import gzip
+"""The vectorized CSV path decodes exactly as the row-by-row path."""
 
 import pyarrow as pa
 import pytest
-from apache_beam.io import source_test_utils
 
 from common.config import parse_config
 from pipeline import features
 from pipeline.batches import BlockDecoder, _NotVectorizable
-from pipeline.sources import _LineBlockSource
 
 CONFIG = parse_config(
     {
@@ -159,50 +154,3 @@ def test_sequences_keep_their_tokens_and_drop_empty_ones():
     assert histories == sorted(
         [(b"i1", b"i2", b"i1"), (), (b"i9",), (b"i1", b"i1", b"i1"), (b"i3",)]
     )
-
-
-@pytest.fixture(params=["plain", "gzip", "no final newline"])
-def text_file(request, tmp_path):
-    lines = [b"user_id,item_id"] + [f"u{i},{'x' * (i % 7)}".encode() for i in range(300)]
-    data = b"\n".join(lines) + (b"" if request.param == "no final newline" else b"\n")
-    if request.param == "gzip":
-        path = tmp_path / "lines.csv.gz"
-        path.write_bytes(gzip.compress(data))
-    else:
-        path = tmp_path / "lines.csv"
-        path.write_bytes(data)
-    return str(path), lines[1:]
-
-
-def test_block_source_reads_every_line_once(text_file):
-    path, lines = text_file
-    source = _LineBlockSource(path, skip_header=True, block_lines=64)
-    read = [line for _, block in source_test_utils.read_from_source(source) for line in block]
-    assert read == lines
-    blocks = [block for _, block in source_test_utils.read_from_source(source)]
-    assert [len(b) for b in blocks] == [64, 64, 64, 64, 44]
-
-
-def test_block_source_splits_and_dynamic_splits_lose_and_repeat_nothing(tmp_path):
-    lines = [b"header"] + [f"line {i} {'y' * (i % 5)}".encode() for i in range(40)]
-    path = tmp_path / "lines.txt"
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    source = _LineBlockSource(str(path), skip_header=True, block_lines=1)
-    splits = [(s.source, s.start_position, s.stop_position) for s in source.split(37)]
-    assert len(splits) > 5
-    source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)
-    source_test_utils.assert_split_at_fraction_exhaustive(source)
-
-
-def test_tfrecord_frames_match_beams_framing():
-    import io
-
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
-    from pipeline.sinks import tfrecord_frames
-
-    records = [b"", b"x", b"a longer record \x00\xff" * 50]
-    expected = io.BytesIO()
-    for record in records:
-        _TFRecordUtil.write_record(expected, record)
-    assert tfrecord_frames(records) == expected.getvalue()

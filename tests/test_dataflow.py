@@ -1,21 +1,33 @@
-"""The Dataflow path, offline: the package Dataflow ships, and the job graph it would run."""
+"""The Dataflow path, offline: the package Dataflow ships, and the job it would run, built with
+`--dry_run True` (no network, no credentials)."""
 
 from __future__ import annotations
 
+import re
 import tarfile
+import time
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.stager import Stager
 
-from common.config import load_config
+from examples.clicks import generate
 from pipeline import run as pipeline_run
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
 pytestmark = pytest.mark.slow
 
-HEADER = ["user_id", "item_id", "history", "device", "region", "price", "clicked"]
+DATAFLOW = [
+    "--runner",
+    "DataflowRunner",
+    "--project",
+    "my-project",
+    "--region",
+    "us-central1",
+    "--temp_location",
+    "gs://my-bucket/tmp",
+    "--dry_run",
+    "True",
+]
 
 
 def test_setup_py_sdist_carries_every_package(tmp_path):
@@ -24,7 +36,11 @@ def test_setup_py_sdist_carries_every_package(tmp_path):
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for module in (
+        "common/config.py",
         "pipeline/run.py",
+        "pipeline/graph.py",
+        "pipeline/sources.py",
+        "pipeline/decode_blocks.py",
         "pipeline/preprocessing.py",
         "embedding/planner.py",
         "embedding/columns.py",
@@ -36,39 +52,49 @@ def test_setup_py_sdist_carries_every_package(tmp_path):
         assert module in names, module
 
 
-def test_dataflow_job_graph_builds_offline(tmp_path):
-    options = PipelineOptions(
-        [
-            "--runner",
-            "DataflowRunner",
-            "--project",
-            "my-project",
-            "--region",
-            "us-central1",
-            "--temp_location",
-            "gs://my-bucket/tmp",
-            "--setup_file",
-            str(ROOT / "setup.py"),
-            "--dry_run",
-            "True",
-        ]
-    )
-    p = beam.Pipeline(options=options)
-    pipeline_run.build(
-        p,
-        load_config(EXAMPLE_CONFIG),
-        ["gs://my-bucket/raw/part-0.csv.gz", "gs://my-bucket/raw/part-1.csv.gz"],
-        HEADER,
+def _small_csv_files(directory, count):
+    """`count` CSV files of one example row each: header and row, about 100 bytes."""
+    rows = generate.generate(count, seed=5)
+    directory.mkdir()
+    for i, row in enumerate(rows):
+        generate.write_csv(str(directory / f"part-{i:05d}.csv"), [row])
+    return str(directory / "*.csv")
+
+
+def _dry_run_args(pattern):
+    return [
+        "--config",
+        str(EXAMPLE_CONFIG),
+        "--input",
+        pattern,
+        "--output",
         "gs://my-bucket/clicks",
-        "gs://my-bucket/clicks/.work",
-        transform_temp_dir=str(tmp_path / "tft"),
-    )
-    result = p.run()  # a dry run builds the Dataflow job and returns it unsubmitted
-    job = result.job
+        "--setup_file",
+        str(ROOT / "setup.py"),
+        *DATAFLOW,
+    ]
+
+
+def test_dry_run_job_over_2000_files_is_as_small_as_over_2(tmp_path, capsys):
+    two = _small_csv_files(tmp_path / "two", 2)
+    many = _small_csv_files(tmp_path / "many", 2000)
+
+    started = time.perf_counter()
+    small = pipeline_run.run(_dry_run_args(two))
+    two_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    assert pipeline_run.main(_dry_run_args(many)) == 0
+    many_seconds = time.perf_counter() - started
+
+    # The job Dataflow would run over 2 files.
+    job = small["job"]
     assert job.proto.type.name == "JOB_TYPE_BATCH"
+    assert job.google_cloud_options.project == "my-project"
     labels = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     for step in (
-        "ReadRaw",
+        "ReadRaw/MatchFiles",
+        "ReadRaw/ReadLines",
+        "ReadRawAgain/ReadLines",
         "Decode",
         "Analyze",
         "TransformTrain",
@@ -80,4 +106,15 @@ def test_dataflow_job_graph_builds_offline(tmp_path):
         "WriteMeasurements",
     ):
         assert step in labels, step
-    assert job.google_cloud_options.project == "my-project"
+
+    # The CLI's line for 2,000 files, against the figures of the 2-file job.
+    printed = capsys.readouterr().out
+    line = re.search(r"Dry run: ([\d,]+) transforms, ([\d,]+) bytes of job description", printed)
+    assert line, printed
+    transforms, size = (int(group.replace(",", "")) for group in line.groups())
+    assert transforms == small["transforms"] == len(job.proto_pipeline.components.transforms)
+    assert small["job_bytes"] >= len(job.proto_pipeline.SerializeToString())
+    assert abs(size - small["job_bytes"]) < 2_000  # the patterns' lengths differ, nothing else
+    # One read per file took minutes here to build over 2,000 files; the same job now costs
+    # what the 2-file one does, whatever the machine's load.
+    assert many_seconds < two_seconds + 30, (many_seconds, two_seconds)

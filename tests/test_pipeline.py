@@ -17,7 +17,7 @@ from common import artifacts
 from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import run as pipeline_run
-from pipeline.sources import InputError
+from pipeline.input_checks import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -233,3 +233,53 @@ def test_gzip_input_lines_are_read(tmp_path, rows):
         dst.write(src.read())
     _, stats = _run(tmp_path, "gz", "csv", [str(gz)])
     assert stats["rows"]["read"] == 20
+
+
+def _rows_written(output):
+    """Rows in the written train and eval TFRecords and in rejected/."""
+    examples = sum(
+        1
+        for split in ("train", "eval")
+        for path in glob.glob(os.path.join(output, "data", f"{split}-*.tfrecord.gz"))
+        for _ in tf.data.TFRecordDataset(path, compression_type="GZIP")
+    )
+    rejected = sum(
+        1 for path in glob.glob(os.path.join(output, "rejected", "*")) for _ in open(path)
+    )
+    return examples + rejected
+
+
+def test_a_run_over_300_files_counts_every_row_once(rows, tmp_path):
+    # One row a file, every tenth file gzip'd (read whole) and one with a bad row; a second
+    # pattern matches a file the first already matched: it is read once.
+    directory = tmp_path / "in"
+    for i, row in enumerate(rows):
+        generate.write_csv(
+            str(directory / f"part-{i:05d}.csv{'.gz' if i % 10 == 0 else ''}"), [row]
+        )
+    with open(directory / "part-00007.csv", "a") as f:
+        f.write("u-bad,i1,i2,mobile,r1,cheap,1\n")
+    patterns = [str(directory / "part-*"), str(directory / "part-00007.csv")]
+    output, stats = _run(tmp_path, "out", "csv", patterns, "--num-shards", "3")
+    counts = stats["rows"]
+    assert counts["read"] == ROWS + 1
+    assert counts["rejected"] == 1
+    assert counts["read"] == counts["train"] + counts["eval"] + counts["rejected"]
+    assert _rows_written(output) == counts["read"]
+    for split in ("train", "eval"):
+        shards = sorted(os.listdir(os.path.join(output, "data")))
+        assert [s for s in shards if s.startswith(split)] == [
+            f"{split}-{i:05d}-of-00003.tfrecord.gz" for i in range(3)
+        ]
+
+
+def test_a_csv_file_with_another_header_fails_the_run_naming_it(rows, tmp_path):
+    # The launcher reads the first file only; the reader checks every file's header.
+    generate.write_csv(str(tmp_path / "a.csv"), rows[:20])
+    with open(tmp_path / "b.csv", "w") as f:
+        f.write("item_id,user_id,history,device,region,price,clicked\n")
+        f.write("i1,u1,i2,mobile,r1,9.5,1\n")
+    with pytest.raises(InputError, match=r"b\.csv: its header differs from .*a\.csv's") as error:
+        _run(tmp_path, "out", "csv", [str(tmp_path / "*.csv")])
+    assert not os.path.exists(tmp_path / "out")
+    assert "every input file must have the same columns" in str(error.value)

@@ -1,0 +1,95 @@
+"""Decoding blocks of raw records in Beam: the `DecodeBlocks` DoFn.
+
+A block (source file, [record, ...]) from `pipeline.sources` becomes record batches of the
+train split (the main output), of the eval split (tagged `eval`), and rejected rows with
+their reasons (tagged `rejected`). The decoding itself is `pipeline.batches.BlockDecoder`;
+this module adds what Beam needs: counters, progress logs and the rejected rows' records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import apache_beam as beam
+
+from common.config import Config
+from pipeline import decode
+
+REJECTED = "rejected"
+PROGRESS_EVERY = 100_000
+
+
+def _shown(record: Any, fmt: str) -> str:
+    """The raw record as text, for rejected/."""
+    if fmt in ("csv", "jsonl"):
+        return record.decode("utf-8", "replace").rstrip("\r")
+    if fmt == "tfrecord":
+        from google.protobuf import text_format
+        from tensorflow.core.example import example_pb2
+
+        try:
+            return text_format.MessageToString(
+                example_pb2.Example.FromString(record), as_one_line=True
+            )
+        except Exception:  # not an Example at all: show its bytes
+            return repr(record[:1000])
+    return json.dumps(record, default=str, sort_keys=True)
+
+
+class DecodeBlocks(beam.DoFn):
+    """(file, records) -> train record batches, and tagged eval batches and rejected rows.
+
+    Args:
+      config, header, schema: as `pipeline.batches.BlockDecoder` takes them.
+      counted: whether this pass reports: the row counters and rejected rows. The pipeline
+        decodes its input twice and reports the first pass only.
+    """
+
+    def __init__(self, config: Config, header: list[str] | None, schema, counted: bool = True):
+        self._config = config
+        self._header = header
+        self._schema = schema
+        self._counted = counted
+        self._rows = beam.metrics.Metrics.counter("pipeline", "rows_read")
+        self._rejected = beam.metrics.Metrics.counter("pipeline", "rows_rejected")
+        self._train = beam.metrics.Metrics.counter("pipeline", "rows_train")
+        self._eval = beam.metrics.Metrics.counter("pipeline", "rows_eval")
+
+    def setup(self):
+        from pipeline.batches import BlockDecoder
+
+        self._decoder = BlockDecoder(self._config, self._header, self._schema)
+        self._seen = 0
+
+    def process(self, element):
+        source, records = element
+        before = self._seen
+        self._seen += len(records)
+        if self._seen // PROGRESS_EVERY > before // PROGRESS_EVERY:
+            logging.getLogger("pipeline").info(
+                "%s rows decoded by this worker, %s pass (now reading %s)",
+                f"{self._seen:,}",
+                "measuring" if self._counted else "transforming",
+                source,
+            )
+        block = self._decoder.decode(records)
+        yield from block.train
+        for batch in block.eval:
+            yield beam.pvalue.TaggedOutput(decode.EVAL, batch)
+        if not self._counted:
+            return
+        self._rows.inc(len(records))
+        self._train.inc(sum(batch.num_rows for batch in block.train))
+        self._eval.inc(sum(batch.num_rows for batch in block.eval))
+        for index, reason in block.rejected:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(
+                REJECTED,
+                {
+                    "file": source,
+                    "row": _shown(records[index], self._config.input.format),
+                    "reason": reason,
+                },
+            )

@@ -1,0 +1,214 @@
+"""The launcher's checks of the input, before any Beam pipeline is built.
+
+They fail fast, with the file named, on what can be checked cheaply: a pattern that matches
+no file, an empty CSV file, columns the config names but the data lacks, an input with no
+data row at all. They read one file's first lines (a few more only while the files seen so
+far hold no data row), so they take the same time over 2 files and over 20,000. What needs
+every file opened, a CSV header that differs from the first file's, is checked by the
+reader on the workers when it reads each file's first line (`pipeline.sources`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.filesystems import FileSystems
+
+from common.config import Config
+from pipeline import decode
+
+LOG = logging.getLogger("pipeline")
+
+
+class InputError(ValueError):
+    """Input files that are missing, empty, or do not match the config."""
+
+
+def match_inputs(patterns: Sequence[str]) -> list[FileMetadata]:
+    """Every file the patterns match, once each, in pattern order and sorted within one.
+
+    A file that two patterns match is listed once; the pipeline's reader, which matches the
+    same patterns again on the workers, reads it once too.
+
+    Raises:
+      InputError: a pattern matches no file.
+    """
+    files: dict[str, FileMetadata] = {}
+    for pattern in patterns:
+        matched = sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path)
+        if not matched:
+            raise InputError(f"--input {pattern!r} matches no file")
+        for metadata in matched:
+            files.setdefault(metadata.path, metadata)
+    return list(files.values())
+
+
+def _first_lines(path: str, count: int) -> list[bytes]:
+    lines = []
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        for _ in range(count):
+            line = f.readline()
+            if not line:
+                break
+            lines.append(line)
+    return lines
+
+
+def csv_header(line: bytes, delimiter: str) -> list[str]:
+    """The column names of a CSV header line (a UTF-8 byte order mark and newline removed).
+
+    Raises:
+      UnicodeDecodeError: the line is not UTF-8.
+    """
+    return decode.parse_header(line.decode("utf-8-sig").rstrip("\r\n"), delimiter)
+
+
+def _tf_compression(path: str) -> str | None:
+    """The `tf.data.TFRecordDataset` compression of a file, by its extension as Beam reads
+    it; None for a compression TensorFlow cannot read (the file is then not inspected)."""
+    kind = CompressionTypes.detect_compression_type(path)
+    return {
+        CompressionTypes.UNCOMPRESSED: "",
+        CompressionTypes.GZIP: "GZIP",
+        CompressionTypes.DEFLATE: "ZLIB",
+    }.get(kind)
+
+
+def _first_example_keys(path: str, compression: str) -> list[str] | None:
+    """The feature names of a TFRecord file's first tf.Example; None for an empty file."""
+    import tensorflow as tf
+
+    for record in tf.data.TFRecordDataset(path, compression_type=compression).take(1):
+        return list(tf.train.Example.FromString(record.numpy()).features.feature)
+    return None
+
+
+def _scalar_columns(config: Config) -> list[str]:
+    """Columns every record must carry (a sequence column may be absent: it is empty)."""
+    return [
+        c
+        for c in config.columns()
+        if c == config.label.name or c == config.split.key or config.feature(c).type != "sequence"
+    ]
+
+
+def _inspect_csv(path: str, config: Config) -> tuple[list[str], bool]:
+    lines = _first_lines(path, 2)
+    if not lines:
+        raise InputError(f"{path}: the file is empty; a CSV input needs a header row")
+    try:
+        header = csv_header(lines[0], config.input.field_delimiter)
+        decode.check_columns(header, config, path)
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the header row is not UTF-8 text") from None
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return header, len(lines) > 1
+
+
+def _inspect_jsonl(path: str, config: Config) -> bool:
+    lines = [line for line in _first_lines(path, 50) if line.strip()]
+    if not lines:
+        return False
+    try:
+        first = json.loads(lines[0])
+    except ValueError:
+        return True  # a bad line is rejected row by row, not here
+    if isinstance(first, dict):
+        absent = [c for c in _scalar_columns(config) if c not in first]
+        if absent:
+            raise InputError(
+                f"{path}: the first record has no {', '.join(map(repr, absent))}"
+                f" that the config names; it has: {', '.join(first)}"
+            )
+    return True
+
+
+def _inspect_tfrecord(path: str, config: Config) -> bool:
+    compression = _tf_compression(path)
+    if compression is None:
+        LOG.info("%s: not inspected (a compression TensorFlow does not read)", path)
+        return True
+    keys = _first_example_keys(path, compression)
+    if keys is None:
+        return False
+    absent = [c for c in _scalar_columns(config) if c not in keys]
+    if absent:
+        raise InputError(
+            f"{path}: the first tf.Example has no feature "
+            f"{', '.join(map(repr, absent))} that the config names; it has: "
+            f"{', '.join(sorted(keys))}"
+        )
+    return True
+
+
+def _inspect_parquet(path: str, config: Config) -> bool:
+    import pyarrow.parquet as pq
+
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        rows = parquet.metadata.num_rows
+    try:
+        decode.check_columns(names, config, path, what="the Parquet schema")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return rows > 0
+
+
+def inspect_inputs(files: Sequence[FileMetadata], config: Config) -> list[str] | None:
+    """Checks the input files against the config before any pipeline runs.
+
+    Opens the first file, and the next ones only until one holds a data row. Every CSV file
+    the workers read is checked there against the header returned here.
+
+    Args:
+      files: the matched files (`match_inputs`), in order.
+      config: the validated config.
+
+    Returns:
+      For CSV, the first file's header, which every file must share; None for other formats.
+
+    Raises:
+      InputError: an empty CSV file, data that lacks a column the config names, a CSV header
+        that differs from the first file's, or no data row in any file.
+    """
+    fmt = config.input.format
+    if fmt == "csv":
+        empty = [m.path for m in files if m.size_in_bytes == 0]
+        if empty:
+            raise InputError(
+                f"{empty[0]}: the file is empty; a CSV input needs a header row"
+                + (f" ({len(empty) - 1} more empty file(s))" if len(empty) > 1 else "")
+            )
+    header = None
+    for metadata in files:
+        path = metadata.path
+        if fmt == "csv":
+            this, has_rows = _inspect_csv(path, config)
+            if header is not None and this != header:
+                raise InputError(header_mismatch(path, files[0].path))
+            header = this
+        elif fmt == "jsonl":
+            has_rows = _inspect_jsonl(path, config)
+        elif fmt == "tfrecord":
+            has_rows = _inspect_tfrecord(path, config)
+        else:
+            has_rows = _inspect_parquet(path, config)
+        if has_rows:
+            return header
+    raise InputError(
+        f"no data rows in {len(files)} input file(s) ({files[0].path}"
+        f"{', ...' if len(files) > 1 else ''}); nothing to measure"
+    )
+
+
+def header_mismatch(path: str, first: str) -> str:
+    """The message for a CSV file whose header differs from the first file's."""
+    return (
+        f"{path}: its header differs from {first}'s; every input file must have the same "
+        "columns in the same order"
+    )

@@ -1,0 +1,92 @@
+"""The launcher's checks before Beam: fast over thousands of files, and each failure names the
+file and what to do."""
+
+import pytest
+from apache_beam.io.filesystems import FileSystems
+
+from common.config import parse_config
+from examples.clicks import generate
+from pipeline import input_checks
+from pipeline.input_checks import InputError, inspect_inputs, match_inputs
+
+COLUMNS = {
+    "split": {"key": "user_id"},
+    "label": {"name": "clicked"},
+    "feature": [
+        {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+        {"name": "history", "type": "sequence", "vocabulary": "items"},
+        {"name": "price", "type": "numeric"},
+    ],
+}
+
+
+def _config(fmt="csv"):
+    return parse_config({"input": {"format": fmt}, **COLUMNS})
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """The paths the checks open, in order."""
+    paths = []
+    original = FileSystems.open
+
+    def spy(path, *args, **kwargs):
+        paths.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(input_checks.FileSystems, "open", spy)
+    return paths
+
+
+def test_many_files_cost_one_open(tmp_path, opened):
+    rows = generate.generate(500, seed=2)
+    for i, row in enumerate(rows):
+        generate.write_csv(str(tmp_path / f"part-{i:05d}.csv"), [row])
+    files = match_inputs([str(tmp_path / "*.csv")])
+    assert len(files) == 500
+    assert inspect_inputs(files, _config()) == list(generate.HEADER)
+    assert opened == [str(tmp_path / "part-00000.csv")]
+
+
+def test_files_without_rows_are_passed_until_one_has_some(tmp_path, opened):
+    header = ",".join(generate.HEADER) + "\n"
+    (tmp_path / "a.csv").write_text(header)
+    (tmp_path / "b.csv").write_text(header)
+    generate.write_csv(str(tmp_path / "c.csv"), generate.generate(3))
+    generate.write_csv(str(tmp_path / "d.csv"), generate.generate(3))
+    inspect_inputs(match_inputs([str(tmp_path / "*.csv")]), _config())
+    assert [p.rsplit("/", 1)[1] for p in opened] == ["a.csv", "b.csv", "c.csv"]
+
+
+def test_an_empty_csv_file_is_named_without_opening_it(tmp_path, opened):
+    generate.write_csv(str(tmp_path / "a.csv"), generate.generate(3))
+    (tmp_path / "z.csv").write_bytes(b"")
+    with pytest.raises(InputError, match=r"z\.csv: the file is empty; a CSV input needs a header"):
+        inspect_inputs(match_inputs([str(tmp_path / "*.csv")]), _config())
+    assert opened == []
+
+
+def test_a_file_two_patterns_match_is_listed_once(tmp_path):
+    for name in ("a.csv", "b.csv"):
+        generate.write_csv(str(tmp_path / name), generate.generate(2))
+    files = match_inputs([str(tmp_path / "a.csv"), str(tmp_path / "*.csv")])
+    assert [f.path.rsplit("/", 1)[1] for f in files] == ["a.csv", "b.csv"]
+    with pytest.raises(InputError, match=r"--input '.*nothing\*' matches no file"):
+        match_inputs([str(tmp_path / "a.csv"), str(tmp_path / "nothing*")])
+
+
+@pytest.mark.parametrize("name", ["c.tfrecord", "c.tfrecord.gz"])
+def test_the_first_tf_example_is_read_with_tf_data(tmp_path, name):
+    rows = generate.generate(3)
+    generate.write_tfrecord(str(tmp_path / name), rows)
+    files = match_inputs([str(tmp_path / name)])
+    assert inspect_inputs(files, _config("tfrecord")) is None
+    config = parse_config(
+        {
+            "input": {"format": "tfrecord"},
+            **COLUMNS,
+            "feature": [*COLUMNS["feature"], {"name": "brand", "type": "categorical"}],
+        }
+    )
+    with pytest.raises(InputError, match=rf"{name}: the first tf.Example has no feature 'brand'"):
+        inspect_inputs(files, config)

@@ -108,7 +108,9 @@ BAD_LINES = {
     "u7,,i2,mobile,r1,9.5,1": "missing value for item_id",
     "u8,i1,i2,mobile,r1,,1": "missing value for price",
     ",i1,i2,mobile,r1,9.5,1": "missing value for split key user_id",
-    'u9,i1,"i2,mobile,r1,9.5,1': "malformed CSV: unexpected end of data",
+    'u9,i1,"i2,mobile,r1,9.5,1': "an odd number of quote characters: a quoted cell spans "
+    "lines, and a CSV row must fit on one line",
+    'u12,i1,"i2"x,mobile,r1,9.5,1': "malformed CSV: ',' expected after '\"'",
     "u10,i1,i2,mobile,r1,9.5,3": "label clicked: '3' is not 0 or 1",
 }
 
@@ -266,10 +268,11 @@ def test_a_run_over_300_files_counts_every_row_once(rows, tmp_path):
     assert counts["rejected"] == 1
     assert counts["read"] == counts["train"] + counts["eval"] + counts["rejected"]
     assert _rows_written(output) == counts["read"]
+    run_id = artifacts.read_manifest(output).run_id
     for split in ("train", "eval"):
         shards = sorted(os.listdir(os.path.join(output, "data")))
         assert [s for s in shards if s.startswith(split)] == [
-            f"{split}-{i:05d}-of-00003.tfrecord.gz" for i in range(3)
+            f"{split}-{run_id}-{i:05d}-of-00003.tfrecord.gz" for i in range(3)
         ]
 
 

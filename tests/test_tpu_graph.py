@@ -400,6 +400,8 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     # two per host); TPU -> CPU: what that graph saves resumes training on CPU.
     tpu_dir = tmp_path / "tpu"
     tpu_dir.mkdir()
+    for written in (artifacts.PLAN, "training_config.json"):  # as the TPU run writes them
+        shutil.copy(model_dir / written, tpu_dir / written)
     saved = _restore_and_save(graph, tpu.scaffold, cpu_checkpoint, tpu_dir, 2)
     tpu_values = _checkpoint_values(saved)
     assert sorted(tpu_values) == sorted(_checkpoint_values(cpu_checkpoint))

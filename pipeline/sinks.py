@@ -15,7 +15,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from google_crc32c import value as _crc32c
 
 
-def _masked_crc32c(data: bytes) -> int:
+def masked_crc32c(data: bytes) -> int:
     """The masked CRC32C that the TFRecord framing stores."""
     crc = _crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
@@ -28,9 +28,9 @@ def tfrecord_frames(records: Iterable[bytes]) -> bytes:
         length = struct.pack("<Q", len(record))
         parts += (
             length,
-            struct.pack("<I", _masked_crc32c(length)),
+            struct.pack("<I", masked_crc32c(length)),
             record,
-            struct.pack("<I", _masked_crc32c(record)),
+            struct.pack("<I", masked_crc32c(record)),
         )
     return b"".join(parts)
 

@@ -44,7 +44,12 @@ from common import artifacts, statistics
 from common.config import Config, ConfigError, load_config
 from pipeline import commit, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
-from pipeline.input_checks import InputError, inspect_inputs, match_inputs
+from pipeline.input_checks import (
+    InputError,
+    inspect_inputs,
+    match_inputs,
+    quiet_beam_input_errors,
+)
 
 LOG = logging.getLogger("pipeline")
 
@@ -314,6 +319,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_beam_input_errors()  # a damaged input is said in one line, below
     try:
         stats = run(argv)
     except (ConfigError, InputError, TooManyRejected, commit.CommitError) as e:

@@ -9,7 +9,7 @@ read once.
 A block is (source file, [record, ...]). Every format is read by Beam's `ReadAllFiles` over
 a block source of ours: CSV and JSON lines (bytes) by byte ranges of each file
 (`_LineBlockSource`), serialized tf.Examples a file at a time (`_TFRecordBlockSource`), Parquet
-rows (dicts) by row groups (`_ParquetBlockSource`).
+rows (dicts) by row groups (`_ParquetBlockSource`, the config's columns only).
 
 A damaged file fails the run with one line that names it and says what is wrong: a
 compressed file is decompressed with Python's zlib, bz2 or lzma, which check every member's
@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Sequence
 
 import apache_beam as beam
-from apache_beam.io import fileio, parquetio
+from apache_beam.io import fileio
 from apache_beam.io.filebasedsource import FileBasedSource, ReadAllFiles
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
@@ -324,41 +324,108 @@ class _TFRecordBlockSource(_CheckedSource):
         return body[:length]
 
 
-class _ParquetBlockSource(parquetio._ParquetSource):
+class Unreadable:
+    """A Parquet value that has no Python form (a date beyond year 9999, say).
+
+    It stands in the row for that value, so the row is rejected, with the reason in its
+    text, instead of the error stopping the run.
+    """
+
+    def __init__(self, error: Exception):
+        self._error = _one_line(error)
+
+    def __repr__(self) -> str:
+        return f"<unreadable value: {self._error}>"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Unreadable) and other._error == self._error
+
+    def __hash__(self) -> int:
+        return hash(self._error)
+
+
+_CONVERSION_ERRORS = (OverflowError, ValueError, ArithmeticError)
+
+
+def _rows(batch) -> list[dict]:
+    """A record batch's rows as dicts; a value with no Python form becomes `Unreadable`."""
+    try:
+        return batch.to_pylist()
+    except _CONVERSION_ERRORS:
+        pass
+    rows = []
+    for i in range(batch.num_rows):
+        row = {}
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            try:
+                row[name] = column[i].as_py()
+            except _CONVERSION_ERRORS as e:
+                row[name] = Unreadable(e)
+        rows.append(row)
+    return rows
+
+
+def _row_group_start(row_group) -> int:
+    """The byte offset where a Parquet row group's data begins (its first column's first
+    page), which is how a row group is placed in a byte range, as Beam's reader does."""
+    column = row_group.column(0)
+    return column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+
+
+class _ParquetBlockSource(_CheckedSource):
     """A Parquet file as blocks of rows (dicts), (file, [row, ...]), split by row groups.
 
-    Beam's Parquet source reads the row groups (the one place this module relies on a private
-    Beam class; tests/test_sources.py reads a file through it); this subclass cuts their
-    tables into blocks, and names the file when pyarrow cannot read it.
+    Reads only the columns the config names (that the file has: a row without one is
+    rejected for the missing value), so a column the pipeline does not use can hold anything.
+    A row group belongs to the byte range its data starts in. A value with no Python form
+    rejects its row (`Unreadable`); a file pyarrow cannot read fails the run, named.
 
     Args:
       path: the file.
       block_rows: rows per block.
+      columns: the columns to read.
     """
 
-    def __init__(self, path: str, block_rows: int):
-        super().__init__(path, validate=False)
+    def __init__(self, path: str, block_rows: int, columns: Sequence[str]):
+        super().__init__(path, compression_type=CompressionTypes.AUTO, validate=False)
         self._block_rows = block_rows
-
-    def open_file(self, file_name):
-        return open_checked(file_name)
+        self._columns = list(columns)
 
     def read_records(self, file_name, range_tracker):
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        tables = super().read_records(file_name, range_tracker)
-        while True:
+        def unreadable(e: Exception) -> InputError:
+            return InputError(
+                f"{file_name}: not a readable Parquet file ({_one_line(e)}). Replace it with "
+                "an intact copy and rerun"
+            )
+
+        with self.open_file(file_name) as f:
             try:
-                table = next(tables)
-            except StopIteration:
-                return
+                parquet = pq.ParquetFile(f)
+                present = set(parquet.schema_arrow.names)
+                groups = [parquet.metadata.row_group(i) for i in range(parquet.num_row_groups)]
+                starts = [_row_group_start(group) for group in groups]
             except (pa.ArrowException, OSError, ValueError) as e:
-                raise InputError(
-                    f"{file_name}: not a readable Parquet file ({_one_line(e)}). Replace it "
-                    "with an intact copy and rerun"
-                ) from None
-            for batch in table.to_batches(max_chunksize=self._block_rows):
-                yield file_name, batch.to_pylist()
+                raise unreadable(e) from None
+            columns = [c for c in self._columns if c in present]
+            for index, start in enumerate(starts):
+                if start < range_tracker.start_position():
+                    continue
+                if not range_tracker.try_claim(start):
+                    return
+                try:
+                    table = parquet.read_row_group(index, columns=columns)
+                except (pa.ArrowException, OSError, ValueError) as e:
+                    raise unreadable(e) from None
+                if not columns:  # none of the config's columns: every row lacks them
+                    rows = groups[index].num_rows
+                    for first in range(0, rows, self._block_rows):
+                        yield file_name, [{} for _ in range(min(self._block_rows, rows - first))]
+                    continue
+                for batch in table.to_batches(max_chunksize=self._block_rows):
+                    yield file_name, _rows(batch)
 
 
 def _one_line(error: Exception) -> str:
@@ -455,6 +522,7 @@ class ReadRaw(beam.PTransform):
         self._format = config.input.format
         self._block_size = block_size
         self._pinned = pinned
+        self._columns = config.columns()
         self.matched: beam.PCollection | None = None
         self._header = None
         if self._format == "csv":
@@ -478,7 +546,9 @@ class ReadRaw(beam.PTransform):
             source = functools.partial(_TFRecordBlockSource, block_records=self._block_size)
         else:
             label = "ReadParquet"
-            source = functools.partial(_ParquetBlockSource, block_rows=self._block_size)
+            source = functools.partial(
+                _ParquetBlockSource, block_rows=self._block_size, columns=self._columns
+            )
         return self.matched | label >> ReadAllFiles(
             splittable=self._format != "tfrecord",
             compression_type=CompressionTypes.AUTO,

@@ -248,7 +248,7 @@ def _parquet(path, rows=50):
 def test_a_damaged_parquet_file_fails_naming_it(tmp_path, damage):
     path = tmp_path / "part.parquet"
     rows = _parquet(path)
-    source = sources._ParquetBlockSource(str(path), block_rows=15)
+    source = sources._ParquetBlockSource(str(path), block_rows=15, columns=["user_id", "clicked"])
     read = [r for _, block in source_test_utils.read_from_source(source) for r in block]
     assert read == rows
     data = path.read_bytes()
@@ -286,3 +286,67 @@ def test_the_second_read_refuses_a_file_that_changed_since_the_first(tmp_path):
         pinned = p | "Pinned" >> beam.Create([first])
         blocks = p | ReadRaw([str(path)], CONFIG, list(HEADER), block_size=10, pinned=pinned)
         assert_that(blocks, equal_to([(str(path), [b"u1,i1,1", b"u2,i2,0"])]))
+
+
+def test_parquet_row_groups_split_into_ranges_are_read_once_and_only_the_used_columns(tmp_path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # An unused column may hold anything; a used one with a value Python cannot represent
+    # rejects that row only (the decoder refuses the `Unreadable` in its place).
+    rows = 95
+    far = pa.array([253402300800 + i for i in range(rows)], pa.timestamp("s"))  # year 10000
+    when = pa.array([0] * 90 + [253402300800] + [0] * 4, pa.timestamp("s"))  # row 90: year 10000
+    table = pa.table(
+        {
+            "user_id": [f"u{i}" for i in range(rows)],
+            "clicked": [i % 2 for i in range(rows)],
+            "unused": far,
+            "when": when,
+        }
+    )
+    path = tmp_path / "part.parquet"
+    pq.write_table(table, str(path), row_group_size=10)
+    source = sources._ParquetBlockSource(str(path), block_rows=4, columns=["user_id", "when"])
+    read = [row for _, block in source_test_utils.read_from_source(source) for row in block]
+    assert [row["user_id"] for row in read] == [f"u{i}" for i in range(rows)]
+    assert all(set(row) == {"user_id", "when"} for row in read)
+    assert repr(read[90]["when"]).startswith("<unreadable value: ")
+    assert read[89]["when"] == datetime.datetime(1970, 1, 1)
+    splits = [(s.source, s.start_position, s.stop_position) for s in source.split(300)]
+    assert len(splits) > 2
+    source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)
+
+
+def test_an_unreadable_parquet_value_is_a_rejected_row_not_a_failed_run():
+    import pyarrow as pa
+
+    from pipeline import features
+    from pipeline.batches import BlockDecoder
+
+    config = parse_config(
+        {
+            "input": {"format": "parquet"},
+            "split": {"key": "user_id"},
+            "label": {"name": "clicked"},
+            "feature": [{"name": "item_id", "type": "categorical"}],
+        }
+    )
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(["u1", "u2", "u3"]),
+            pa.array([0, 253402300800, 0], pa.timestamp("s")),  # the second: the year 10000
+            pa.array([1, 0, 1]),
+        ],
+        ["user_id", "item_id", "clicked"],
+    )
+    schema = features.tensor_adapter_config(config).arrow_schema
+    block = BlockDecoder(config, None, schema).decode(sources._rows(batch))
+    not_an_id = "is not a string or an integer id"
+    assert block.rejected == [
+        (0, f"item_id: datetime.datetime(1970, 1, 1, 0, 0) {not_an_id}"),
+        (1, f"item_id: <unreadable value: date value out of range> {not_an_id}"),
+        (2, f"item_id: datetime.datetime(1970, 1, 1, 0, 0) {not_an_id}"),
+    ]

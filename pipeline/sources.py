@@ -115,18 +115,19 @@ class _CheckedDecompression(io.RawIOBase):
         self._name, self._new = _DECOMPRESSORS[kind]
         self._decompressor = self._new()
         self._in_member = False  # whether the current member has begun
-        self._pending = b""
+        self._pending = b""  # decompressed, from self._offset on not yet read
+        self._offset = 0
         self._done = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while not self._pending and not self._done:
-            self._pending = self._decompress_more()
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
+        while self._offset == len(self._pending) and not self._done:
+            self._pending, self._offset = self._decompress_more(), 0
+        count = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:count] = memoryview(self._pending)[self._offset : self._offset + count]
+        self._offset += count
         return count
 
     def _decompress_more(self) -> bytes:

@@ -155,7 +155,7 @@ def check_written(rows: dict[str, int], written: dict[str, int]) -> None:
       InputError: a split's counts differ; the message names each difference.
     """
     differ = [
-        f"{split}: {written.get(split, 0):,} examples written, {rows[split]:,} rows measured"
+        f"{split}: {written.get(split, 0):,} examples written, {rows.get(split, 0):,} rows measured"
         for split in sorted(set(written) | {s for s in artifacts.SPLITS if s in rows})
         if written.get(split, 0) != rows.get(split, 0)
     ]

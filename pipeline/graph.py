@@ -25,6 +25,8 @@ from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import ReadRaw
 
 MEASUREMENTS = "measurements.json"
+WRITTEN = "written.json"
+"""In the work directory: the number of examples the transforming pass wrote, per split."""
 DEFAULT_BATCH_SIZE = 8192
 
 
@@ -41,17 +43,25 @@ class EncodeExamples(beam.DoFn):
     """A transformed record batch -> the list of its rows as serialized tf.Examples.
 
     One list per batch, so the sink frames a batch at a time instead of Beam handling every
-    example as an element.
+    example as an element. Each example is serialized with its features sorted by name:
+    tfx_bsl's encoder writes them in an order that changes from one encoder to the next, so
+    two runs over the same input would write different bytes.
     """
 
     def setup(self):
+        from tensorflow.core.example import example_pb2
         from tfx_bsl.public.tfxio import RecordBatchToExamplesEncoder
 
         self._encoder = RecordBatchToExamplesEncoder()
+        self._parse = example_pb2.Example.FromString
 
     def process(self, batch):
         record_batch, _ = batch  # (record batch, tf.Transform's pass-through features)
-        yield self._encoder.encode(record_batch)
+        parse = self._parse
+        yield [
+            parse(example).SerializeToString(deterministic=True)
+            for example in self._encoder.encode(record_batch)
+        ]
 
 
 def build(
@@ -91,8 +101,8 @@ def build(
     adapter_config = features.tensor_adapter_config(config)
     schema = adapter_config.arrow_schema
 
-    def read_and_decode(suffix: str, counted: bool):
-        blocks = p | f"ReadRaw{suffix}" >> ReadRaw(patterns, config, header, batch_size, first_file)
+    def read_and_decode(read: ReadRaw, suffix: str, counted: bool):
+        blocks = p | f"ReadRaw{suffix}" >> read
         rows = blocks | f"Decode{suffix}" >> beam.ParDo(
             DecodeBlocks(config, header, schema, counted)
         ).with_outputs(REJECTED, decode.EVAL, main=decode.TRAIN)
@@ -103,10 +113,14 @@ def build(
     # hold the whole dataset (in memory on the DirectRunner); reading and decoding again
     # costs a few seconds a million rows, and memory stays flat however many rows there are.
     # Every count comes from the first pass; decoding is deterministic, so the second pass
-    # sees the same rows.
-    blocks, rows = read_and_decode("", counted=True)
+    # sees the same rows if it reads the same bytes. It reads only the files the first pass
+    # matched, unchanged in size and time, and the examples it writes are counted and checked
+    # against the first pass's counts before the commit (pipeline/run.py).
+    first = ReadRaw(patterns, config, header, batch_size, first_file)
+    blocks, rows = read_and_decode(first, "", counted=True)
     train, eval_ = rows[decode.TRAIN], rows[decode.EVAL]
-    _, again = read_and_decode("Again", counted=False)
+    second = ReadRaw(patterns, config, header, batch_size, first_file, pinned=first.matched)
+    _, again = read_and_decode(second, "Again", counted=False)
 
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
         transform_fn = (train, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(
@@ -119,17 +133,26 @@ def build(
         }
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
 
+    written = []
     for name, (batches, _) in transformed.items():
-        _ = (
-            batches
-            | f"Encode{name}" >> beam.ParDo(EncodeExamples())
-            | f"Write{name}"
-            >> WriteTFRecordLists(
-                artifacts.join(output, artifacts.DATA_DIR, name.lower()),
-                file_name_suffix=artifacts.TFRECORD_SUFFIX,
-                num_shards=num_shards,
-            )
+        examples = batches | f"Encode{name}" >> beam.ParDo(EncodeExamples())
+        _ = examples | f"Write{name}" >> WriteTFRecordLists(
+            artifacts.join(output, artifacts.DATA_DIR, name.lower()),
+            file_name_suffix=artifacts.TFRECORD_SUFFIX,
+            num_shards=num_shards,
         )
+        written.append(
+            examples
+            | f"Count{name}Written" >> beam.Map(len)
+            | f"Sum{name}Written" >> beam.CombineGlobally(sum)
+            | _single(f"Key{name}Written", name.lower())
+        )
+    _ = (
+        written
+        | "FlattenWritten" >> beam.Flatten()
+        | "CollectWritten" >> beam.combiners.ToDict()
+        | "WriteWritten" >> beam.Map(_write_json, artifacts.join(work_dir, WRITTEN))
+    )
 
     rejected = rows[REJECTED]
     _ = (

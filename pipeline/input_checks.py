@@ -47,8 +47,10 @@ def match_inputs(patterns: Sequence[str]) -> list[FileMetadata]:
 
 
 def _first_lines(path: str, count: int) -> list[bytes]:
+    from pipeline.sources import open_checked  # the reader's checked decompression
+
     lines = []
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+    with open_checked(path) as f:
         for _ in range(count):
             line = f.readline()
             if not line:
@@ -78,11 +80,26 @@ def _tf_compression(path: str) -> str | None:
 
 
 def _first_example_keys(path: str, compression: str) -> list[str] | None:
-    """The feature names of a TFRecord file's first tf.Example; None for an empty file."""
-    import tensorflow as tf
+    """The feature names of a TFRecord file's first tf.Example; None for an empty file, and
+    for a first record that is not a tf.Example (it is rejected as a row, with its reason).
 
-    for record in tf.data.TFRecordDataset(path, compression_type=compression).take(1):
-        return list(tf.train.Example.FromString(record.numpy()).features.feature)
+    Raises:
+      InputError: the file is not TFRecord data, or is damaged where the first record is.
+    """
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    try:
+        for record in tf.data.TFRecordDataset(path, compression_type=compression).take(1):
+            try:
+                return list(tf.train.Example.FromString(record.numpy()).features.feature)
+            except DecodeError:
+                return []
+    except tf.errors.OpError as e:
+        raise InputError(
+            f"{path}: not a valid TFRecord file ({' '.join(e.message.split())}). Replace it "
+            "with an intact copy and rerun"
+        ) from None
     return None
 
 
@@ -115,8 +132,8 @@ def _inspect_jsonl(path: str, config: Config) -> bool:
         return False
     try:
         first = json.loads(lines[0])
-    except ValueError:
-        return True  # a bad line is rejected row by row, not here
+    except (ValueError, RecursionError):
+        return True  # a bad line (or one nested too deeply) is rejected row by row, not here
     if isinstance(first, dict):
         absent = [c for c in _scalar_columns(config) if c not in first]
         if absent:
@@ -135,6 +152,8 @@ def _inspect_tfrecord(path: str, config: Config) -> bool:
     keys = _first_example_keys(path, compression)
     if keys is None:
         return False
+    if not keys:
+        return True  # a record that is no tf.Example: rejected row by row, not here
     absent = [c for c in _scalar_columns(config) if c not in keys]
     if absent:
         raise InputError(
@@ -146,12 +165,19 @@ def _inspect_tfrecord(path: str, config: Config) -> bool:
 
 
 def _inspect_parquet(path: str, config: Config) -> bool:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-        parquet = pq.ParquetFile(f)
-        names = parquet.schema_arrow.names
-        rows = parquet.metadata.num_rows
+        try:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            rows = parquet.metadata.num_rows
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise InputError(
+                f"{path}: not a readable Parquet file ({' '.join(str(e).split())}). Replace it "
+                "with an intact copy and rerun"
+            ) from None
     try:
         decode.check_columns(names, config, path, what="the Parquet schema")
     except ValueError as e:
@@ -204,6 +230,23 @@ def inspect_inputs(files: Sequence[FileMetadata], config: Config) -> list[str] |
         f"no data rows in {len(files)} input file(s) ({files[0].path}"
         f"{', ...' if len(files) > 1 else ''}); nothing to measure"
     )
+
+
+class BeamInputErrorFilter(logging.Filter):
+    """Drops Beam's log of an InputError raised in a worker, traceback and all.
+
+    Beam logs every exception a DoFn raises, with its traceback, before the pipeline re-raises
+    it; an InputError (a damaged or changed input file) is the user's to fix, and
+    `python -m pipeline` prints it as its one-line error. Other exceptions keep their log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(record.msg, InputError)
+
+
+def quiet_beam_input_errors() -> None:
+    """Installs `BeamInputErrorFilter` on the logger Beam's DoFn runner logs exceptions to."""
+    logging.getLogger("apache_beam.runners.common").addFilter(BeamInputErrorFilter())
 
 
 def header_mismatch(path: str, first: str) -> str:

@@ -43,8 +43,13 @@ from apache_beam.options.pipeline_options import (
 from common import artifacts, statistics
 from common.config import Config, ConfigError, load_config
 from pipeline import commit, report
-from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, build
-from pipeline.input_checks import InputError, inspect_inputs, match_inputs
+from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
+from pipeline.input_checks import (
+    InputError,
+    inspect_inputs,
+    match_inputs,
+    quiet_beam_input_errors,
+)
 
 LOG = logging.getLogger("pipeline")
 
@@ -133,6 +138,33 @@ def check_rejected(
         + f". Every rejected row, with its reason, is in {rejected_dir}"
         + (f" (nothing was committed: {output} is as it was)" if output else "")
     )
+
+
+def check_written(rows: dict[str, int], written: dict[str, int]) -> None:
+    """Refuses a run whose transforming pass wrote other numbers of examples than the
+    measuring pass counted rows, split by split.
+
+    The input is read twice (pipeline/graph.py); an input that changed between the reads
+    would otherwise lose rows, or add rows, silently.
+
+    Args:
+      rows: stats.json's `rows` (the measuring pass's counts, keyed by split name).
+      written: the examples written per split (`graph.WRITTEN`).
+
+    Raises:
+      InputError: a split's counts differ; the message names each difference.
+    """
+    differ = [
+        f"{split}: {written.get(split, 0):,} examples written, {rows.get(split, 0):,} rows measured"
+        for split in sorted(set(written) | {s for s in artifacts.SPLITS if s in rows})
+        if written.get(split, 0) != rows.get(split, 0)
+    ]
+    if differ:
+        raise InputError(
+            "the input changed while the pipeline read it: the transforming pass wrote other "
+            f"numbers of examples than the measuring pass counted ({'; '.join(differ)}); "
+            "nothing was committed. Rerun once the input files no longer change"
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -267,6 +299,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         if rows["read"] != rows["train"] + rows["eval"] + rows["rejected"]:
             raise RuntimeError(f"rows do not add up: {rows}")
+        check_written(rows, json.loads(artifacts.read_text(work_dir, WRITTEN)))
         check_rejected(
             stats,
             args.max_rejected_fraction,
@@ -286,6 +319,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_beam_input_errors()  # a damaged input is said in one line, below
     try:
         stats = run(argv)
     except (ConfigError, InputError, TooManyRejected, commit.CommitError) as e:

@@ -6,26 +6,43 @@ description has the same size over 2 files and over 20,000 (one `beam.io.Read` p
 it grow with the file count until Dataflow refused it). A file that two patterns match is
 read once.
 
-A block is (source file, [record, ...]). CSV and JSON lines (bytes) come from a splittable
-block reader (Beam's `ReadAllFiles` over `_LineBlockSource`, by byte ranges of each file);
-serialized tf.Examples and Parquet rows (dicts) from Beam's readers, batched per file.
+A block is (source file, [record, ...]). Every format is read by Beam's `ReadAllFiles` over
+a block source of ours: CSV and JSON lines (bytes) by byte ranges of each file
+(`_LineBlockSource`), serialized tf.Examples a file at a time (`_TFRecordBlockSource`), Parquet
+rows (dicts) by row groups (`_ParquetBlockSource`, the config's columns only).
+
+A damaged file fails the run with one line that names it and says what is wrong: a
+compressed file is decompressed with Python's zlib, bz2 or lzma, which check every member's
+end and checksum (Beam's own decompression stops quietly at a cut, so a truncated `.csv.gz`
+would be read as a shorter file), a TFRecord's checksums are checked, and a Parquet file
+pyarrow cannot read is named.
+
+The pipeline reads its input twice (pipeline/graph.py). The second read checks each file it
+matches against the first read's match: a file that appeared, or whose size or modification
+time changed between the two, fails the run, named (`MatchFilesOnce(pinned=...)`).
 """
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import functools
+import io
 import itertools
-from collections.abc import Iterator, Sequence
-from typing import Any
+import lzma
+import struct
+import zlib
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filebasedsource import FileBasedSource, ReadAllFiles
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.filesystems import FileSystems
 
 from common.config import Config
 from pipeline.input_checks import InputError, csv_header, header_mismatch
+from pipeline.sinks import masked_crc32c
 
 # Byte ranges a worker reads at a time from an uncompressed file (Beam's ReadAllFromText
 # uses the same); a compressed file is read whole.
@@ -59,7 +76,132 @@ class CsvHeader:
             raise InputError(header_mismatch(path, self.first_file))
 
 
-class _LineBlockSource(FileBasedSource):
+_READ_BYTES = 1 << 20
+
+# What Python's decompressors raise on damaged data: zlib.error, OSError (bz2's "Invalid data
+# stream"), lzma.LZMAError, EOFError.
+_DAMAGED = (zlib.error, OSError, lzma.LZMAError, EOFError)
+
+
+def _gzip_decompressor():
+    return zlib.decompressobj(zlib.MAX_WBITS | 16)  # gzip framing: the trailer is checked
+
+
+_DECOMPRESSORS = {
+    CompressionTypes.GZIP: ("gzip", _gzip_decompressor),
+    CompressionTypes.BZIP2: ("bzip2", bz2.BZ2Decompressor),
+    CompressionTypes.LZMA: ("xz/lzma", lzma.LZMADecompressor),
+}
+
+
+class _CheckedDecompression(io.RawIOBase):
+    """The decompressed bytes of a gzip, bzip2 or xz file, its end and checksums checked.
+
+    A file may hold several members (concatenated gzip files, as `cat a.gz b.gz` gives).
+    Each must end complete: a member cut short (a file truncated, even at a flush point)
+    raises InputError naming the file when the reader reaches the cut, and so does a member
+    whose data or checksum is damaged (zlib checks a gzip member's CRC-32 and length).
+
+    Args:
+      raw: the compressed file, opened as bytes.
+      path: its name, for the error.
+      kind: its `CompressionTypes`, one of `_DECOMPRESSORS`.
+    """
+
+    def __init__(self, raw, path: str, kind: str):
+        super().__init__()
+        self._raw = raw
+        self._path = path
+        self._name, self._new = _DECOMPRESSORS[kind]
+        self._decompressor = self._new()
+        self._in_member = False  # whether the current member has begun
+        self._pending = b""  # decompressed, from self._offset on not yet read
+        self._offset = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._offset == len(self._pending) and not self._done:
+            self._pending, self._offset = self._decompress_more(), 0
+        count = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:count] = memoryview(self._pending)[self._offset : self._offset + count]
+        self._offset += count
+        return count
+
+    def _decompress_more(self) -> bytes:
+        data = b""
+        if self._decompressor.eof:  # a member ended complete; another may follow
+            data = self._decompressor.unused_data
+            self._decompressor = self._new()
+            self._in_member = False
+        if not data:
+            data = self._raw.read(_READ_BYTES)
+        if not self._in_member and self._name == "gzip":
+            data = data.lstrip(b"\0")  # zero padding after the last member, as gzip allows
+            if not data and not self._done:
+                data = self._read_past_zeros()
+        if not data:
+            self._done = True
+            if self._in_member:
+                raise self._error(
+                    "it ends inside compressed data (the file is truncated, perhaps "
+                    "copied or uploaded only in part)"
+                )
+            return b""
+        self._in_member = True
+        try:
+            return self._decompressor.decompress(data)
+        except _DAMAGED as e:
+            raise self._error(f"its compressed data is damaged ({e})") from None
+
+    def _read_past_zeros(self) -> bytes:
+        while True:
+            data = self._raw.read(_READ_BYTES)
+            if not data:
+                return b""
+            data = data.lstrip(b"\0")
+            if data:
+                return data
+
+    def _error(self, what: str) -> InputError:
+        return InputError(
+            f"{self._path}: not a complete {self._name} file: {what}. Replace it with a "
+            "complete copy and rerun"
+        )
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+def open_checked(path: str):
+    """Opens a file for reading as Beam's readers would, by its name's compression, but
+    decompresses gzip, bzip2 and xz files with checks that their data is complete and intact.
+
+    Raises (when read):
+      InputError: a compressed file that is truncated or damaged, named.
+    """
+    kind = CompressionTypes.detect_compression_type(path)
+    if kind not in _DECOMPRESSORS:
+        return FileSystems.open(path, "application/octet-stream", compression_type=kind)
+    raw = FileSystems.open(
+        path, "application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
+    )
+    return io.BufferedReader(_CheckedDecompression(raw, path, kind), buffer_size=_READ_BYTES)
+
+
+class _CheckedSource(FileBasedSource):
+    """A file source whose compressed files are decompressed with checks (`open_checked`)."""
+
+    def open_file(self, file_name):
+        return open_checked(file_name)
+
+
+class _LineBlockSource(_CheckedSource):
     """A text file as blocks of lines: (file, [line, ...]), newlines removed.
 
     Splittable like ReadFromText: a line belongs to the range its first byte falls in, and
@@ -124,31 +266,237 @@ class _LineBlockSource(FileBasedSource):
                 yield file_name, block
 
 
-def _by_file(records: list[tuple[str, Any]]) -> Iterator[tuple[str, list[Any]]]:
-    for source, group in itertools.groupby(records, key=lambda r: r[0]):
-        yield source, [record for _, record in group]
+class _TFRecordBlockSource(_CheckedSource):
+    """A TFRecord file as blocks of serialized records, (file, [record, ...]), read whole.
+
+    Reads the TFRecord framing itself (as Beam's reader does) so that a damaged file fails
+    with one line naming the file, the record's byte offset and what is wrong, rather than
+    Beam's error, which shows the bytes in hex and not the file.
+
+    Args:
+      path: the file.
+      block_records: records per block.
+    """
+
+    def __init__(self, path: str, block_records: int):
+        super().__init__(
+            path, compression_type=CompressionTypes.AUTO, splittable=False, validate=False
+        )
+        self._block_records = block_records
+
+    def read_records(self, file_name, range_tracker):
+        offset = 0
+        block: list[bytes] = []
+        with self.open_file(file_name) as f:
+            while range_tracker.try_claim(offset):
+                record = self._read_record(f, file_name, offset)
+                if record is None:
+                    break
+                offset += len(record) + 16
+                block.append(record)
+                if len(block) == self._block_records:
+                    yield file_name, block
+                    block = []
+        if block:
+            yield file_name, block
+
+    @staticmethod
+    def _read_record(f, path: str, offset: int) -> bytes | None:
+        def damaged(what: str) -> InputError:
+            return InputError(
+                f"{path}: not a valid TFRecord file: the record at byte {offset:,} {what}. "
+                "Replace the file with an intact copy and rerun"
+            )
+
+        head = f.read(12)
+        if not head:
+            return None
+        if len(head) < 12:
+            raise damaged("is cut short (the file is truncated)")
+        length, length_crc = struct.unpack("<QI", head)
+        if masked_crc32c(head[:8]) != length_crc:
+            raise damaged("has a length that fails its checksum (not TFRecord data, or damaged)")
+        body = f.read(length + 4)
+        if len(body) < length + 4:
+            raise damaged(f"is cut short: {length:,} bytes announced (the file is truncated)")
+        (data_crc,) = struct.unpack("<I", body[length:])
+        if masked_crc32c(body[:length]) != data_crc:
+            raise damaged("fails its data checksum (the file is damaged)")
+        return body[:length]
+
+
+class Unreadable:
+    """A Parquet value that has no Python form (a date beyond year 9999, say).
+
+    It stands in the row for that value, so the row is rejected, with the reason in its
+    text, instead of the error stopping the run.
+    """
+
+    def __init__(self, error: Exception):
+        self._error = _one_line(error)
+
+    def __repr__(self) -> str:
+        return f"<unreadable value: {self._error}>"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Unreadable) and other._error == self._error
+
+    def __hash__(self) -> int:
+        return hash(self._error)
+
+
+_CONVERSION_ERRORS = (OverflowError, ValueError, ArithmeticError)
+
+
+def _rows(batch) -> list[dict]:
+    """A record batch's rows as dicts; a value with no Python form becomes `Unreadable`."""
+    try:
+        return batch.to_pylist()
+    except _CONVERSION_ERRORS:
+        pass
+    rows = []
+    for i in range(batch.num_rows):
+        row = {}
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            try:
+                row[name] = column[i].as_py()
+            except _CONVERSION_ERRORS as e:
+                row[name] = Unreadable(e)
+        rows.append(row)
+    return rows
+
+
+def _row_group_start(row_group) -> int:
+    """The byte offset where a Parquet row group's data begins (its first column's first
+    page), which is how a row group is placed in a byte range, as Beam's reader does."""
+    column = row_group.column(0)
+    return column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+
+
+class _ParquetBlockSource(_CheckedSource):
+    """A Parquet file as blocks of rows (dicts), (file, [row, ...]), split by row groups.
+
+    Reads only the columns the config names (that the file has: a row without one is
+    rejected for the missing value), so a column the pipeline does not use can hold anything.
+    A row group belongs to the byte range its data starts in. A value with no Python form
+    rejects its row (`Unreadable`); a file pyarrow cannot read fails the run, named.
+
+    Args:
+      path: the file.
+      block_rows: rows per block.
+      columns: the columns to read.
+    """
+
+    def __init__(self, path: str, block_rows: int, columns: Sequence[str]):
+        super().__init__(path, compression_type=CompressionTypes.AUTO, validate=False)
+        self._block_rows = block_rows
+        self._columns = list(columns)
+
+    def read_records(self, file_name, range_tracker):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        def unreadable(e: Exception) -> InputError:
+            return InputError(
+                f"{file_name}: not a readable Parquet file ({_one_line(e)}). Replace it with "
+                "an intact copy and rerun"
+            )
+
+        with self.open_file(file_name) as f:
+            try:
+                parquet = pq.ParquetFile(f)
+                present = set(parquet.schema_arrow.names)
+                groups = [parquet.metadata.row_group(i) for i in range(parquet.num_row_groups)]
+                starts = [_row_group_start(group) for group in groups]
+            except (pa.ArrowException, OSError, ValueError) as e:
+                raise unreadable(e) from None
+            columns = [c for c in self._columns if c in present]
+            for index, start in enumerate(starts):
+                if start < range_tracker.start_position():
+                    continue
+                if not range_tracker.try_claim(start):
+                    return
+                try:
+                    table = parquet.read_row_group(index, columns=columns)
+                except (pa.ArrowException, OSError, ValueError) as e:
+                    raise unreadable(e) from None
+                if not columns:  # none of the config's columns: every row lacks them
+                    rows = groups[index].num_rows
+                    for first in range(0, rows, self._block_rows):
+                        yield file_name, [{} for _ in range(min(self._block_rows, rows - first))]
+                    continue
+                for batch in table.to_batches(max_chunksize=self._block_rows):
+                    yield file_name, _rows(batch)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _unchanged(metadata: FileMetadata, pinned: dict[str, FileMetadata]) -> FileMetadata:
+    """The file's metadata, if the first read matched it with the same size and time.
+
+    Raises:
+      InputError: the file appeared, or its size or modification time changed, since the
+        first read matched the inputs.
+    """
+    path = metadata.path
+    before = pinned.get(path)
+    if before is None:
+        raise InputError(
+            f"{path}: appeared while the pipeline ran (the measuring pass did not match it); "
+            "the two passes must read the same files. Rerun once the input no longer changes"
+        )
+    if before.size_in_bytes != metadata.size_in_bytes:
+        raise InputError(
+            f"{path}: changed while the pipeline ran ({before.size_in_bytes:,} bytes when the "
+            f"measuring pass matched it, {metadata.size_in_bytes:,} now); the two passes must "
+            "read the same data. Rerun once the input no longer changes"
+        )
+    if before.last_updated_in_seconds != metadata.last_updated_in_seconds:
+        raise InputError(
+            f"{path}: changed while the pipeline ran (modified after the measuring pass "
+            "matched it); the two passes must read the same data. Rerun once the input no "
+            "longer changes"
+        )
+    return metadata
 
 
 class MatchFilesOnce(beam.PTransform):
     """File patterns -> the `FileMetadata` of every file they match, each file once.
 
     Matching runs on the workers, so the job graph holds the patterns only.
+
+    Args:
+      pinned: the `FileMetadata` an earlier match of the same patterns gave (the first
+        read's), or None. With it, every file must be one of those, with the same size and
+        modification time; another fails the run, named (see `_unchanged`).
     """
 
+    def __init__(self, pinned: beam.PCollection | None = None):
+        super().__init__()
+        self._pinned = pinned
+
     def expand(self, patterns):
-        return (
+        files = (
             patterns
             | "Match" >> fileio.MatchAll()
             | "KeyByPath" >> beam.Map(lambda metadata: (metadata.path, metadata))
             | "GroupByPath" >> beam.GroupByKey()
             | "OncePerFile" >> beam.MapTuple(lambda _, same: next(iter(same)))
         )
+        if self._pinned is None:
+            return files
+        pinned = self._pinned | "KeyPinned" >> beam.Map(lambda metadata: (metadata.path, metadata))
+        return files | "Unchanged" >> beam.Map(_unchanged, pinned=beam.pvalue.AsDict(pinned))
 
 
 class ReadRaw(beam.PTransform):
     """File patterns -> blocks of raw records, (source file, [record, ...]), for the format.
 
     A record is a CSV or JSON line (bytes), a serialized tf.Example, or a Parquet row (a dict).
+    Once applied, `matched` is the PCollection of the files it matched (`FileMetadata`), to pin
+    a second read of the same input to them.
 
     Args:
       patterns: the `--input` file patterns (local or gs://).
@@ -157,6 +505,8 @@ class ReadRaw(beam.PTransform):
         returns it from `first_file`); a file with another header fails the run, named.
       block_size: records per block.
       first_file: the file the header was read from, for the error message.
+      pinned: an earlier `ReadRaw`'s `matched` files; each file this one matches must be one
+        of them, unchanged (`MatchFilesOnce`).
     """
 
     def __init__(
@@ -166,11 +516,15 @@ class ReadRaw(beam.PTransform):
         header: Sequence[str] | None,
         block_size: int,
         first_file: str = "the first input file",
+        pinned: beam.PCollection | None = None,
     ):
         super().__init__()
         self._patterns = list(patterns)
         self._format = config.input.format
         self._block_size = block_size
+        self._pinned = pinned
+        self._columns = config.columns()
+        self.matched: beam.PCollection | None = None
         self._header = None
         if self._format == "csv":
             if header is None:
@@ -178,26 +532,28 @@ class ReadRaw(beam.PTransform):
             self._header = CsvHeader(tuple(header), config.input.field_delimiter, first_file)
 
     def expand(self, pbegin):
-        files = (
-            pbegin | "Patterns" >> beam.Create(self._patterns) | "MatchFiles" >> MatchFilesOnce()
+        self.matched = (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "MatchFiles" >> MatchFilesOnce(self._pinned)
         )
         if self._format in ("csv", "jsonl"):
-            return files | "ReadLines" >> ReadAllFiles(
-                splittable=True,
-                compression_type=CompressionTypes.AUTO,
-                desired_bundle_size=DESIRED_RANGE_BYTES,
-                min_bundle_size=0,
-                source_from_file=functools.partial(
-                    _LineBlockSource, block_lines=self._block_size, header=self._header
-                ),
+            label = "ReadLines"
+            source = functools.partial(
+                _LineBlockSource, block_lines=self._block_size, header=self._header
             )
-        if self._format == "tfrecord":
-            records = files | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+        elif self._format == "tfrecord":
+            label = "ReadTFRecords"
+            source = functools.partial(_TFRecordBlockSource, block_records=self._block_size)
         else:
-            records = files | "ReadParquet" >> beam.io.ReadAllFromParquet(with_filename=True)
-        return (
-            records
-            | "Block"
-            >> beam.BatchElements(min_batch_size=self._block_size, max_batch_size=self._block_size)
-            | "ByFile" >> beam.FlatMap(_by_file)
+            label = "ReadParquet"
+            source = functools.partial(
+                _ParquetBlockSource, block_rows=self._block_size, columns=self._columns
+            )
+        return self.matched | label >> ReadAllFiles(
+            splittable=self._format != "tfrecord",
+            compression_type=CompressionTypes.AUTO,
+            desired_bundle_size=DESIRED_RANGE_BYTES,
+            min_bundle_size=0,
+            source_from_file=source,
         )

@@ -90,3 +90,71 @@ def test_the_first_tf_example_is_read_with_tf_data(tmp_path, name):
     )
     with pytest.raises(InputError, match=rf"{name}: the first tf.Example has no feature 'brand'"):
         inspect_inputs(files, config)
+
+
+# Damaged first files: the launcher names the file in one line instead of a traceback.
+
+
+def test_a_gzip_csv_that_is_not_gzip_is_named_before_beam(tmp_path):
+    # (A truncated one is found by the workers, which read every file to its end.)
+    path = tmp_path / "a.csv.gz"
+    generate.write_csv(str(tmp_path / "a.csv"), generate.generate(50))
+    path.write_bytes((tmp_path / "a.csv").read_bytes())
+    with pytest.raises(InputError, match=r"a\.csv\.gz: not a complete gzip file: its compressed"):
+        inspect_inputs(match_inputs([str(path)]), _config())
+
+
+def test_a_damaged_tfrecord_is_named_and_a_record_that_is_no_example_is_left_to_the_rows(
+    tmp_path,
+):
+    from pipeline.sinks import tfrecord_frames
+
+    path = tmp_path / "c.tfrecord"
+    path.write_bytes(tfrecord_frames([b"\xff\xfe not a tf.Example"]))
+    assert inspect_inputs(match_inputs([str(path)]), _config("tfrecord")) is None
+    data = bytearray(path.read_bytes())
+    data[14] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError) as error:
+        inspect_inputs(match_inputs([str(path)]), _config("tfrecord"))
+    assert str(error.value).startswith(f"{path}: not a valid TFRecord file (")
+    assert "\n" not in str(error.value)
+
+
+def test_a_damaged_parquet_file_is_named(tmp_path):
+    path = tmp_path / "c.parquet"
+    generate.write_parquet(str(path), generate.generate(20))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as error:
+        inspect_inputs(match_inputs([str(path)]), _config("parquet"))
+    assert str(error.value).startswith(f"{path}: not a readable Parquet file (")
+    assert "\n" not in str(error.value)
+
+
+def test_a_first_json_line_nested_too_deeply_is_left_to_the_rows(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("[" * 50_000 + "]" * 50_000 + "\n")
+    assert inspect_inputs(match_inputs([str(path)]), _config("jsonl")) is None
+
+
+def test_beam_logs_no_traceback_for_an_input_error(caplog):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    def refuse(path):
+        raise InputError(f"{path}: damaged")
+
+    input_checks.quiet_beam_input_errors()
+    with pytest.raises(InputError, match="x.csv: damaged"):
+        with TestPipeline() as p:
+            _ = p | beam.Create(["x.csv"]) | beam.Map(refuse)
+
+    def fail(_):
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        with TestPipeline() as p:
+            _ = p | beam.Create(["x"]) | beam.Map(fail)
+    beam_records = [r for r in caplog.records if r.name == "apache_beam.runners.common"]
+    assert [r.exc_info[0] for r in beam_records] == [KeyError]  # a bug keeps its traceback

@@ -17,6 +17,7 @@ from common import artifacts
 from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import run as pipeline_run
+from pipeline import sources
 from pipeline.input_checks import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
@@ -204,27 +205,78 @@ def test_fails_before_beam_on_bad_inputs(rows, tmp_path):
         _run(tmp_path, "exists", "csv", [str(data)])
 
 
+def _output_bytes(output):
+    """stats.json's bytes, and each TFRecord file's decompressed bytes by its name without the
+    run id (`data/train-<run id>-00000-of-00002.tfrecord.gz` -> `train-00000-of-00002`)."""
+    manifest = artifacts.read_manifest(output)
+    files = {}
+    for split in artifacts.SPLITS:
+        for path in manifest.data_files(split):
+            name = os.path.basename(path).replace(f"-{manifest.run_id}", "")
+            files[name] = gzip.open(path).read()
+    return open(os.path.join(output, "stats.json"), "rb").read(), files
+
+
 def test_one_and_two_workers_write_the_same_bytes(rows, tmp_path):
-    data = tmp_path / "clicks.csv"
-    generate.write_csv(str(data), rows)
-    one, stats_one = _run(tmp_path, "one", "csv", [str(data)], "--direct_num_workers", "1")
-    two, stats_two = _run(
+    # Three files, small batches: several bundles, which two workers share out differently.
+    for i in range(3):
+        generate.write_csv(str(tmp_path / f"clicks-{i}.csv"), rows[i::3])
+    inputs = [str(tmp_path / "clicks-*.csv")]
+    same = ["--batch-size", "16", "--num-shards", "2"]
+    one, _ = _run(tmp_path, "one", "csv", inputs, *same, "--direct_num_workers", "1")
+    two, _ = _run(
         tmp_path,
         "two",
         "csv",
-        [str(data)],
+        inputs,
+        *same,
         "--direct_num_workers",
         "2",
         "--direct_running_mode",
         "multi_processing",
     )
-    assert stats_one == stats_two
+    stats_one, files_one = _output_bytes(one)
+    assert sorted(files_one) == [
+        f"{split}-{i:05d}-of-00002.tfrecord.gz" for split in ("eval", "train") for i in range(2)
+    ]
+    assert all(files_one.values())
+    assert _output_bytes(two) == (stats_one, files_one)
     assert _vocabularies(one) == _vocabularies(two)
-    for split in ("train", "eval"):
-        assert _examples(one, split) == _examples(two, split)
-    rerun, _ = _run(tmp_path, "one", "csv", [str(data)], "--overwrite")
+    rerun, _ = _run(tmp_path, "one", "csv", inputs, *same, "--overwrite")
+    assert _output_bytes(rerun) == (stats_one, files_one)
     assert _vocabularies(rerun) == _vocabularies(one)
     shutil.rmtree(two)
+
+
+def test_an_input_rewritten_between_the_two_reads_commits_nothing(rows, tmp_path, monkeypatch):
+    # The second read of the file (whichever pass it is) finds one good row made bad, with
+    # the file's size and modification time kept: only the count of examples written can tell.
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), rows)
+    lines = data.read_bytes().split(b"\r\n")
+    assert lines[-1] == b"" and lines[-2][-1:] in (b"0", b"1")
+    lines[-2] = lines[-2][:-1] + b"x"  # the label: "x" is not a number
+    edited = b"\r\n".join(lines)
+    reads = []
+    real_read = sources._LineBlockSource.read_records
+
+    def read_records(self, file_name, range_tracker):
+        reads.append(file_name)
+        if len(reads) == 2:
+            times = os.stat(file_name)
+            with open(file_name, "r+b") as f:
+                f.write(edited)
+            os.utime(file_name, ns=(times.st_atime_ns, times.st_mtime_ns))
+        yield from real_read(self, file_name, range_tracker)
+
+    monkeypatch.setattr(sources._LineBlockSource, "read_records", read_records)
+    with pytest.raises(InputError) as error:
+        _run(tmp_path, "out", "csv", [str(data)])
+    assert len(reads) == 2
+    message = str(error.value)
+    assert message.startswith("the input changed while the pipeline read it: ")
+    assert "examples written" in message and "nothing was committed" in message
+    assert not glob.glob(str(tmp_path / "out*"))  # nothing committed, no staging left
 
 
 def test_gzip_input_lines_are_read(tmp_path, rows):

@@ -1,16 +1,20 @@
 """The reader: every line of every matched file is read exactly once, however the files are
 matched and their byte ranges split, and a CSV file with another header stops the run."""
 
+import bz2
 import gzip
+import lzma
+import zlib
 
 import apache_beam as beam
 import pytest
 from apache_beam.io import source_test_utils
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from common.config import parse_config
-from pipeline import sources
+from pipeline import sinks, sources
 from pipeline.input_checks import InputError
 from pipeline.sources import CsvHeader, ReadRaw, _LineBlockSource
 
@@ -116,3 +120,233 @@ def test_read_raw_reads_each_line_of_each_file_once(tmp_path, monkeypatch):
             | beam.FlatMap(lambda block: [(block[0], line) for line in block[1]])
         )
         assert_that(lines, equal_to(expected))
+
+
+# Damaged inputs: each fails the read with one line that names the file.
+
+LINES = [f'{{"user_id": "u{i}", "item_id": "i{i % 17}", "clicked": {i % 2}}}' for i in range(2000)]
+DATA = ("\n".join(LINES) + "\n").encode()
+
+
+def _gzip_cut_at_a_flush_point() -> bytes:
+    # What a writer killed mid-file leaves: complete deflate blocks up to a flush, no end.
+    compressor = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    return compressor.compress(DATA[: len(DATA) * 3 // 5]) + compressor.flush(zlib.Z_FULL_FLUSH)
+
+
+def _gzip_bit_flipped() -> bytes:
+    damaged = bytearray(gzip.compress(DATA))
+    damaged[len(damaged) // 2] ^= 0x10
+    return bytes(damaged)
+
+
+DAMAGED_GZIP = {
+    "cut at a flush point": _gzip_cut_at_a_flush_point(),
+    "cut at 70% of its bytes": gzip.compress(DATA)[: len(gzip.compress(DATA)) * 7 // 10],
+    "bit-flipped": _gzip_bit_flipped(),
+    "trailer checksum wrong": gzip.compress(DATA)[:-8] + b"\0\0\0\0" + gzip.compress(DATA)[-4:],
+    "second member cut": gzip.compress(DATA) + gzip.compress(DATA)[:-3],
+}
+
+
+def _read_lines(path, header=None):
+    source = _LineBlockSource(str(path), 100, header)
+    return [line for _, block in source_test_utils.read_from_source(source) for line in block]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_GZIP))
+def test_a_damaged_gzip_file_fails_naming_it(tmp_path, damage):
+    path = tmp_path / "part-7.jsonl.gz"
+    path.write_bytes(DAMAGED_GZIP[damage])
+    with pytest.raises(InputError) as error:
+        _read_lines(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a complete gzip file: ")
+    assert "\n" not in message
+
+
+def test_a_damaged_gzip_file_fails_a_real_read(tmp_path):
+    good = tmp_path / "a.csv.gz"
+    good.write_bytes(gzip.compress(b"user_id,item_id,clicked\nu1,i1,1\n"))
+    cut = tmp_path / "b.csv.gz"
+    whole = gzip.compress(b"user_id,item_id,clicked\n" + b"u2,i2,0\n" * 5000)
+    cut.write_bytes(whole[: len(whole) * 7 // 10])
+    with pytest.raises(InputError, match=r"b\.csv\.gz: not a complete gzip file"):
+        with TestPipeline() as p:
+            _ = p | ReadRaw([str(tmp_path / "*.csv.gz")], CONFIG, list(HEADER), block_size=10)
+
+
+@pytest.mark.parametrize("compress", [bz2.compress, lzma.compress], ids=["bz2", "xz"])
+def test_other_compressions_are_checked_too(tmp_path, compress):
+    suffix = ".bz2" if compress is bz2.compress else ".xz"
+    whole = compress(DATA)
+    path = tmp_path / f"part.jsonl{suffix}"
+    path.write_bytes(whole)
+    assert _read_lines(path) == [line.encode() for line in LINES]
+    path.write_bytes(whole[: len(whole) * 7 // 10])
+    with pytest.raises(InputError, match=rf"part\.jsonl\{suffix}: not a complete"):
+        _read_lines(path)
+
+
+def test_concatenated_gzip_members_and_zero_padding_are_read_whole(tmp_path):
+    # `cat a.gz b.gz` is a valid gzip file, and gzip tolerates zero bytes after the end.
+    path = tmp_path / "joined.jsonl.gz"
+    path.write_bytes(gzip.compress(DATA[:1000]) + gzip.compress(DATA[1000:]) + b"\0" * 64)
+    assert _read_lines(path) == [line.encode() for line in LINES]
+
+
+def _tfrecord(records):
+    return sinks.tfrecord_frames(records)
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda data: data[:-5], "is cut short"),
+        (lambda data: data[:30], "is cut short"),
+        (lambda data: data[:20] + bytes([data[20] ^ 1]) + data[21:], "fails its data checksum"),
+        (lambda data: bytes([data[0] ^ 4]) + data[1:], "fails its checksum"),
+    ],
+    ids=["truncated", "cut in a header", "bit-flipped data", "bit-flipped length"],
+)
+def test_a_damaged_tfrecord_file_fails_naming_it(tmp_path, damage, says):
+    records = [f"record {i}".encode() * 3 for i in range(10)]
+    path = tmp_path / "part.tfrecord"
+    path.write_bytes(_tfrecord(records))
+    source = sources._TFRecordBlockSource(str(path), block_records=4)
+    read = [r for _, block in source_test_utils.read_from_source(source) for r in block]
+    assert read == records
+    path.write_bytes(damage(_tfrecord(records)))
+    with pytest.raises(InputError) as error:
+        list(source_test_utils.read_from_source(source))
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a valid TFRecord file: the record at byte ")
+    assert says in message and "\n" not in message
+
+
+def test_a_gzip_tfrecord_cut_short_fails_naming_it(tmp_path):
+    path = tmp_path / "part.tfrecord.gz"
+    whole = gzip.compress(_tfrecord([b"x" * 100] * 200))
+    path.write_bytes(whole[: len(whole) // 2])
+    source = sources._TFRecordBlockSource(str(path), block_records=4)
+    with pytest.raises(InputError, match=r"part\.tfrecord\.gz: not a complete gzip file"):
+        list(source_test_utils.read_from_source(source))
+
+
+def _parquet(path, rows=50):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {"user_id": [f"u{i}" for i in range(rows)], "clicked": [i % 2 for i in range(rows)]}
+    )
+    pq.write_table(table, str(path), row_group_size=20)
+    return table.to_pylist()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "footer damaged", "not parquet"])
+def test_a_damaged_parquet_file_fails_naming_it(tmp_path, damage):
+    path = tmp_path / "part.parquet"
+    rows = _parquet(path)
+    source = sources._ParquetBlockSource(str(path), block_rows=15, columns=["user_id", "clicked"])
+    read = [r for _, block in source_test_utils.read_from_source(source) for r in block]
+    assert read == rows
+    data = path.read_bytes()
+    path.write_bytes(
+        {
+            "truncated": data[: len(data) * 7 // 10],
+            "footer damaged": data[:-40] + b"\xff" * 32 + data[-8:],
+            "not parquet": b"user_id,clicked\nu1,1\n",
+        }[damage]
+    )
+    with pytest.raises(InputError) as error:
+        list(source_test_utils.read_from_source(source))
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a readable Parquet file (")
+    assert "\n" not in message
+
+
+def test_the_second_read_refuses_a_file_that_changed_since_the_first(tmp_path):
+    path = tmp_path / "part.csv"
+    path.write_bytes(b"user_id,item_id,clicked\nu1,i1,1\n")
+    first = FileSystems.match([str(path)])[0].metadata_list[0]
+    path.write_bytes(b"user_id,item_id,clicked\nu1,i1,1\nu2,i2,0\n")
+    (tmp_path / "new.csv").write_bytes(b"user_id,item_id,clicked\nu3,i3,1\n")
+    for pattern, says in [
+        (str(path), r"part\.csv: changed while the pipeline ran \(32 bytes when the measuring"),
+        (str(tmp_path / "new.csv"), r"new\.csv: appeared while the pipeline ran"),
+    ]:
+        with pytest.raises(InputError, match=says):
+            with TestPipeline() as p:
+                pinned = p | "Pinned" >> beam.Create([first])
+                _ = p | ReadRaw([pattern], CONFIG, list(HEADER), block_size=10, pinned=pinned)
+    # Unchanged, it is read.
+    first = FileSystems.match([str(path)])[0].metadata_list[0]
+    with TestPipeline() as p:
+        pinned = p | "Pinned" >> beam.Create([first])
+        blocks = p | ReadRaw([str(path)], CONFIG, list(HEADER), block_size=10, pinned=pinned)
+        assert_that(blocks, equal_to([(str(path), [b"u1,i1,1", b"u2,i2,0"])]))
+
+
+def test_parquet_row_groups_split_into_ranges_are_read_once_and_only_the_used_columns(tmp_path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # An unused column may hold anything; a used one with a value Python cannot represent
+    # rejects that row only (the decoder refuses the `Unreadable` in its place).
+    rows = 95
+    far = pa.array([253402300800 + i for i in range(rows)], pa.timestamp("s"))  # year 10000
+    when = pa.array([0] * 90 + [253402300800] + [0] * 4, pa.timestamp("s"))  # row 90: year 10000
+    table = pa.table(
+        {
+            "user_id": [f"u{i}" for i in range(rows)],
+            "clicked": [i % 2 for i in range(rows)],
+            "unused": far,
+            "when": when,
+        }
+    )
+    path = tmp_path / "part.parquet"
+    pq.write_table(table, str(path), row_group_size=10)
+    source = sources._ParquetBlockSource(str(path), block_rows=4, columns=["user_id", "when"])
+    read = [row for _, block in source_test_utils.read_from_source(source) for row in block]
+    assert [row["user_id"] for row in read] == [f"u{i}" for i in range(rows)]
+    assert all(set(row) == {"user_id", "when"} for row in read)
+    assert repr(read[90]["when"]).startswith("<unreadable value: ")
+    assert read[89]["when"] == datetime.datetime(1970, 1, 1)
+    splits = [(s.source, s.start_position, s.stop_position) for s in source.split(300)]
+    assert len(splits) > 2
+    source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)
+
+
+def test_an_unreadable_parquet_value_is_a_rejected_row_not_a_failed_run():
+    import pyarrow as pa
+
+    from pipeline import features
+    from pipeline.batches import BlockDecoder
+
+    config = parse_config(
+        {
+            "input": {"format": "parquet"},
+            "split": {"key": "user_id"},
+            "label": {"name": "clicked"},
+            "feature": [{"name": "item_id", "type": "categorical"}],
+        }
+    )
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(["u1", "u2", "u3"]),
+            pa.array([0, 253402300800, 0], pa.timestamp("s")),  # the second: the year 10000
+            pa.array([1, 0, 1]),
+        ],
+        ["user_id", "item_id", "clicked"],
+    )
+    schema = features.tensor_adapter_config(config).arrow_schema
+    block = BlockDecoder(config, None, schema).decode(sources._rows(batch))
+    not_an_id = "is not a string or an integer id"
+    assert block.rejected == [
+        (0, f"item_id: datetime.datetime(1970, 1, 1, 0, 0) {not_an_id}"),
+        (1, f"item_id: <unreadable value: date value out of range> {not_an_id}"),
+        (2, f"item_id: datetime.datetime(1970, 1, 1, 0, 0) {not_an_id}"),
+    ]

@@ -106,3 +106,29 @@ def test_a_bag_is_measured_planned_pooled_and_trained(judged, tmp_path):
     # layer exists for it.
     assert "items" in names, sorted(names)
     assert not any(n.startswith("sequence_") for n in names), sorted(names)
+
+
+def test_the_tpu_graph_pools_the_bag_in_the_embedding_lookup(judged, tmp_path):
+    from common.config import read_pipeline_config
+    from tests.test_tpu_graph import (
+        TPU_FLAGS,
+        FakeTPU,
+        _args,
+        _assert_configuration_is_the_plan,
+        _embedding_configuration,
+    )
+
+    output, plan = judged["output"], judged["plan"]
+    tpu = FakeTPU(hosts=1, cores_per_host=8)
+    with tpu.installed():
+        task.train_and_evaluate(_args(output, tmp_path / "m", "--train-steps", "4", *TPU_FLAGS))
+    configuration = _embedding_configuration(tpu.train_graph)
+    embedding = read_pipeline_config(output).embedding
+    _assert_configuration_is_the_plan(configuration, plan, embedding, hosts=1, cores=8)
+    tables = sorted(t.name for t in configuration.table_descriptor)
+    shapes = [
+        list(f.input_shape)
+        for f in configuration.feature_descriptor
+        if tables[f.table_id] == "tbl_items"
+    ]
+    assert shapes == [[64 // 8], [64 // 8]]  # the bag like the candidate item: pooled

@@ -4,9 +4,9 @@ Read blocks of raw records -> decode them into Arrow record batches (train, vali
 rejected) -> measure (exact length histograms, token frequencies, moments, the eval split's
 skew from train) and analyze (tf.Transform vocabularies, z-score moments); then a second
 read and decode of the same input -> transform with the analysis' transform_fn ->
-tf.Examples -> TFRecords. Beam elements are blocks and
-record batches, never single rows; a row is parsed on its own in Python only when a
-vectorized check refused its block (see pipeline/batches.py).
+tf.Examples -> TFRecords. Beam elements are blocks and record batches, never single rows; a
+row is parsed on its own in Python only when a vectorized check refused its block (see
+pipeline/batches.py).
 """
 
 from __future__ import annotations

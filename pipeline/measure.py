@@ -208,8 +208,8 @@ class CountFrequencies(beam.PTransform):
 
 def feature_token_counts(
     batch: pa.RecordBatch, config: Config
-) -> Iterator[tuple[tuple[str, bytes], tuple[str, int]]]:
-    """((vocabulary, token), (feature, count)) for every distinct token of each feature."""
+) -> Iterator[tuple[tuple[str, bytes, str], int]]:
+    """((vocabulary, token, feature), count) for every distinct token of each feature."""
     for vocabulary, features in config.vocabularies().items():
         for name in features:
             values = pc.list_flatten(batch.column(batch.schema.get_field_index(name)))
@@ -219,7 +219,7 @@ def feature_token_counts(
             tokens = counted.field("values").to_pylist()
             counts = counted.field("counts").to_pylist()
             for token, count in zip(tokens, counts, strict=True):
-                yield (vocabulary, token), (name, count)
+                yield (vocabulary, token, name), count
 
 
 def _unseen(joined, thresholds: dict[str, int]):
@@ -259,8 +259,8 @@ class MeasureEvalSkew(beam.PTransform):
         eval_tokens = (
             eval_batches
             | "EvalTokenCounts" >> beam.FlatMap(feature_token_counts, self._config)
-            | "SumPerEvalToken" >> beam.CombinePerKey(lambda pairs: _sum_per_feature(pairs))
-            | "PerFeature" >> beam.FlatMapTuple(lambda key, per: [(key, p) for p in per.items()])
+            | "SumPerEvalToken" >> beam.CombinePerKey(sum)
+            | "KeyByToken" >> beam.MapTuple(lambda key, n: ((key[0], key[1]), (key[2], n)))
         )
         return (
             {"train": train_tokens, "eval": eval_tokens}
@@ -269,12 +269,3 @@ class MeasureEvalSkew(beam.PTransform):
             | "SumUnseen" >> beam.CombinePerKey(_sum_tuples)
             | "ListUnseen" >> beam.MapTuple(lambda key, sums: (key, list(sums)))
         )
-
-
-def _sum_per_feature(pairs) -> dict[str, int]:
-    """[(feature, count) or {feature: count}, ...] -> {feature: total}: a combiner's input and
-    its partial results alike."""
-    totals: Counter = Counter()
-    for pair in pairs:
-        totals.update(pair if isinstance(pair, dict) else {pair[0]: pair[1]})
-    return dict(totals)

@@ -27,8 +27,12 @@ DATA_DIR = "data"
 REJECTED_DIR = "rejected"
 WORK_DIR = ".work"
 TRAIN_PREFIX = "train"
+VALIDATION_PREFIX = "validation"
 EVAL_PREFIX = "eval"
-SPLITS = (TRAIN_PREFIX, EVAL_PREFIX)
+SPLITS = (TRAIN_PREFIX, VALIDATION_PREFIX, EVAL_PREFIX)
+REQUIRED_SPLITS = (TRAIN_PREFIX, EVAL_PREFIX)
+"""Splits every manifest lists; a manifest written before the validation split existed lists
+no validation shards, and reads as an empty validation split."""
 TFRECORD_SUFFIX = ".tfrecord.gz"
 MANIFEST_VERSION = 1
 
@@ -79,7 +83,8 @@ class Manifest:
       committed_at: when the commit was made (UTC, ISO 8601).
       files: every file of the run, by its '/'-separated path relative to OUTPUT, with its
         size in bytes.
-      data: per split ("train", "eval"), the relative paths of its TFRecord shards, sorted.
+      data: per split ("train", "validation", "eval"), the relative paths of its TFRecord
+        shards, sorted (an empty list for a split without shards).
     """
 
     output: str
@@ -117,8 +122,15 @@ class Manifest:
             raise ValueError("files missing")
         if not all(isinstance(k, str) and isinstance(v, int) for k, v in files.items()):
             raise ValueError("files must map relative paths to sizes")
-        if not isinstance(data, dict) or set(data) != set(SPLITS):
+        if (
+            not isinstance(data, dict)
+            or not set(REQUIRED_SPLITS) <= set(data)
+            or not set(data) <= set(SPLITS)
+        ):
             raise ValueError(f"data must list the shards of {', '.join(SPLITS)}")
+        if not all(isinstance(shards, list) for shards in data.values()):
+            raise ValueError("data must map each split to a list of shards")
+        data = {split: list(data.get(split, [])) for split in SPLITS}
         for split, shards in data.items():
             unlisted = [s for s in shards if s not in files]
             if unlisted:
@@ -195,7 +207,9 @@ def require_complete(pipeline_output: str) -> Manifest:
 
 
 def data_files(pipeline_output: str, split: str) -> list[str]:
-    """The transformed TFRecord files of a split ("train" or "eval") that the commit manifest
-    lists, sorted. Reads and checks the manifest: a stage that needs several lists should call
-    `require_complete` once and ask its `Manifest`."""
+    """The transformed TFRecord files of a split ("train", "validation" or "eval") that the
+    commit manifest lists, sorted; an empty list for a validation split the run did not write
+    (`[split] validation_fraction` 0, or an output from before the split existed). Reads and
+    checks the manifest: a stage that needs several lists should call `require_complete` once
+    and ask its `Manifest`."""
     return require_complete(pipeline_output).data_files(split)

@@ -23,7 +23,11 @@ else:  # Python 3.10, a Cloud TPU VM's Python
 
 INPUT_FORMATS = ("csv", "jsonl", "tfrecord", "parquet")
 LABEL_TYPES = ("binary", "regression")
-FEATURE_TYPES = ("categorical", "sequence", "numeric")
+FEATURE_TYPES = ("categorical", "sequence", "bag", "numeric")
+LIST_TYPES = ("sequence", "bag")
+"""Feature types whose cells hold a list of ids (a CSV cell split by list_delimiter, a JSON
+array, a repeated tf.Example feature): a sequence is ordered and cut to max_sequence_length,
+a bag is unordered and pooled whole by the table's combiner."""
 TRUNCATE_MODES = ("keep_first", "keep_last")
 COMBINERS = ("mean", "sum", "sqrtn")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
@@ -50,15 +54,20 @@ class InputConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """Train/eval split by a stable hash of one column, so a key's rows never straddle.
+    """Train/validation/eval split by a stable hash of one column, so a key's rows never
+    straddle two splits.
 
     Attributes:
-      eval_fraction: share of keys that go to eval, in [0, 1).
+      eval_fraction: share of keys that go to eval (reported on), in [0, 1).
       key: the column hashed; it need not be a feature.
+      validation_fraction: share of keys that go to validation (the trainer selects its best
+        checkpoint on it, so the eval figures are not judged on the split they were chosen
+        on), in [0, 1); eval_fraction + validation_fraction < 1.
     """
 
     eval_fraction: float = 0.1
     key: str = ""
+    validation_fraction: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +87,13 @@ class FeatureConfig:
 
     Attributes:
       name: the column name in the raw data.
-      type: categorical (one value a row), sequence (a list of values) or numeric.
+      type: categorical (one value a row), sequence (an ordered list of values), bag (an
+        unordered list of values, pooled whole by the table's combiner) or numeric.
       vocabulary: the vocabulary (and embedding table) it shares; defaults to its own name.
       truncate: for sequences, which end survives max_sequence_length.
       max_sequence_length: for sequences, a fixed length that overrides the measured one.
+      keep: keep the feature even when the planner would drop it because its eval values are
+        almost all unseen in training (see embedding.planner.UNSEEN_DROP_RATE).
     """
 
     name: str
@@ -89,6 +101,7 @@ class FeatureConfig:
     vocabulary: str | None = None
     truncate: str = "keep_last"
     max_sequence_length: int | None = None
+    keep: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +349,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 f"{source}: numeric feature {feature.name!r} cannot have a vocabulary; "
                 "remove feature.vocabulary or make it categorical"
             )
+        if feature.keep and feature.type == "numeric":
+            raise ConfigError(
+                f"{source}: {where}.keep is for features with a vocabulary; a numeric feature "
+                "is never dropped for unseen values"
+            )
         if feature.max_sequence_length is not None:
             if feature.type != "sequence":
                 raise ConfigError(
@@ -356,6 +374,14 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     split = _take(data.get("split", {}), SplitConfig, "split", source)
     if not 0.0 <= split.eval_fraction < 1.0:
         raise ConfigError(f"{source}: split.eval_fraction must be in [0, 1)")
+    if not 0.0 <= split.validation_fraction < 1.0:
+        raise ConfigError(f"{source}: split.validation_fraction must be in [0, 1)")
+    if split.eval_fraction + split.validation_fraction >= 1.0:
+        raise ConfigError(
+            f"{source}: split.eval_fraction + split.validation_fraction = "
+            f"{split.eval_fraction + split.validation_fraction:g} leaves no rows to train on; "
+            "their sum must be below 1"
+        )
     if not split.key:
         raise ConfigError(f"{source}: split.key must name the column rows are split by")
     if split.key == label.name:
@@ -449,7 +475,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuilds a `Config` from `Config.to_dict()` output (the pipeline's config.json)."""
     return Config(
         input=InputConfig(**data["input"]),
-        split=SplitConfig(**data["split"]),
+        split=SplitConfig(**data["split"]),  # a config.json without validation_fraction: 0
         label=LabelConfig(**data["label"]),
         features=tuple(FeatureConfig(**f) for f in data["features"]),
         vocabulary_defaults=VocabularyConfig(**data["vocabulary_defaults"]),

@@ -45,8 +45,10 @@ class FeaturePlan:
     Attributes:
       name: the feature.
       table: its table.
-      type: categorical or sequence.
-      max_sequence_length: L for a sequence, 0 otherwise.
+      type: categorical, sequence or bag.
+      max_sequence_length: L for a sequence, 0 otherwise (a bag is pooled in the lookup, as
+        a categorical is).
+      max_ids: for a bag, the most ids a row keeps (`common.statistics.bag_cap`); 0 otherwise.
       truncate: which end of a longer sequence survives.
       length_source: "coverage" (measured) or "config" (fixed by the user).
       padding_efficiency, truncated_fraction, dropped_id_fraction: the cost of L.
@@ -64,6 +66,7 @@ class FeaturePlan:
     dropped_id_fraction: float = 0.0
     longest: int = 0
     longest_padding_efficiency: float = 1.0
+    max_ids: int = 0
 
 
 @dataclasses.dataclass

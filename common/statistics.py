@@ -8,7 +8,7 @@ embedding planner reuses `coverage_length`, so the quantiles in stats.json and t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -160,3 +160,72 @@ def numeric_summary(count: int, total: int, total_sq: int, low: float, high: flo
         "min": low,
         "max": high,
     }
+
+
+def overlap_summary(sums: Sequence[float], tokens_a: int, tokens_b: int) -> dict[str, Any]:
+    """How much two vocabularies look like names of the same things, over their shared values.
+
+    Integer codes of unrelated things (ages 1..60 and item ids 1..2000) share many values by
+    accident, so the count of shared distinct values is no evidence. Two views of one
+    catalogue (the candidate item and the items of a history) put most of their TOKENS on
+    the shared values, on both sides, and rank those values alike (a popular item is popular
+    in both). This measures both.
+
+    Args:
+      sums: the `pipeline.measure.OVERLAP_FIELDS` sums: shared values, their tokens in a and
+        in b, and the sums of x, y, x*x, y*y, x*y with x, y the log frequencies in a and b.
+      tokens_a, tokens_b: all tokens of each vocabulary (training split).
+
+    Returns:
+      shared_values; token_share_a and token_share_b: the share of each vocabulary's tokens
+      that fall on shared values; log_frequency_correlation: the Pearson correlation of the
+      log frequencies over the shared values (0.0 when fewer than 3 values are shared or one
+      side's frequencies are all equal), rounded to 4 digits so that float sums taken in
+      another order give the same stats.json.
+    """
+    n, shared_a, shared_b, sx, sy, sxx, syy, sxy = sums
+    n = int(n)
+    correlation = 0.0
+    if n >= 3:
+        var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
+        if var_x > 1e-9 * n * n and var_y > 1e-9 * n * n:
+            correlation = (n * sxy - sx * sy) / math.sqrt(var_x * var_y)
+    return {
+        "shared_values": n,
+        "token_share_a": int(shared_a) / tokens_a if tokens_a else 0.0,
+        "token_share_b": int(shared_b) / tokens_b if tokens_b else 0.0,
+        "log_frequency_correlation": round(max(-1.0, min(1.0, correlation)), 4),
+    }
+
+
+def unseen_summary(tokens: int, unseen: int, below_threshold: int) -> dict[str, Any]:
+    """The eval split's tokens of one feature or vocabulary against the training split.
+
+    Args:
+      tokens: eval tokens.
+      unseen: of them, tokens of values the training split never holds.
+      below_threshold: of them, tokens of values seen fewer than frequency_threshold times in
+        training: out of the vocabulary (top_k can leave out more, among the rarest values).
+    """
+    return {
+        "tokens": tokens,
+        "unseen_rate": unseen / tokens if tokens else 0.0,
+        "oov_rate": below_threshold / tokens if tokens else 0.0,
+    }
+
+
+BAG_QUANTILE = 0.999
+BAG_CAP_FACTOR = 4
+"""A bag keeps every id up to its cap: the longest bag measured, unless that is more than
+BAG_CAP_FACTOR times the BAG_QUANTILE length, which a few outlying rows would otherwise set
+for every batch; then BAG_CAP_FACTOR times that quantile."""
+
+
+def bag_cap(histogram: Mapping[Any, int]) -> int:
+    """The most ids a bag keeps (see BAG_QUANTILE): 0 when every bag is empty."""
+    pairs = _histogram(histogram)
+    if not pairs:
+        return 0
+    longest = pairs[-1][0]
+    generous = BAG_CAP_FACTOR * max(coverage_length(histogram, BAG_QUANTILE), 1)
+    return min(longest, generous)

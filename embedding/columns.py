@@ -2,8 +2,11 @@
 
 One table per vocabulary: a table with several features becomes
 `tf.compat.v1.tpu.experimental.shared_embedding_columns`, a table with one feature an
-`embedding_column`. Ids are identity columns sized from the plan (vocabulary entries plus OOV
-buckets), so every column of a shared table has the same number of buckets by construction.
+`embedding_column`. A bag (an unordered list of ids) is a `categorical_column_with_identity`
+over its multi-valued sparse ids with `max_sequence_length` 0: the TPU pools its ids with the
+table's combiner in the lookup, as the CPU's `DenseFeatures` does. Ids are identity columns
+sized from the plan (vocabulary entries plus OOV buckets), so every column of a shared table
+has the same number of buckets by construction.
 
 The arguments are checked here before TensorFlow sees them, so a mistake is reported with the
 feature or table it concerns and the fix, instead of TensorFlow's positional message.

@@ -4,8 +4,12 @@ The plan decides, from what the pipeline measured:
 - one table per vocabulary, sized as vocabulary entries plus OOV buckets;
 - each sequence feature's `max_sequence_length`, the smallest L that covers
   `sequence.length_coverage` of the training sequences (an explicit per-feature value wins);
+- each bag's cap on ids (`common.statistics.bag_cap`: the longest bag measured, unless a few
+  outliers make it far longer than the 99.9% quantile); a bag is pooled in the lookup;
 - each table's dimension (`"auto"`: see `auto_dimension`);
-- which columns are dropped, and why;
+- which columns are dropped, and why: a constant, an always-empty list, or a feature whose eval
+  values the training split almost never holds (`UNSEEN_DROP_RATE`; `keep = true` keeps it);
+- which vocabularies look like names of the same things and could share a table (notes);
 - what the tables need on a TPU (`embedding.capacity`): bytes of weights and optimizer slots,
   activations a step moves, the share of each slice's HBM, the smallest slice that fits; and,
   with `fit`, what to shrink to fit a given slice.
@@ -28,8 +32,22 @@ from embedding.capacity import human_bytes
 ID_LIKE_RATIO = 0.5
 """A categorical whose distinct values reach this share of its rows is flagged as id-like."""
 
-SHARING_OVERLAP = 0.5
-"""Two vocabularies sharing this share of the smaller one's values are suggested for sharing."""
+SHARING_TOKEN_SHARE = 0.5
+SHARING_CORRELATION = 0.6
+SHARING_MIN_VALUES = 10
+"""Two vocabularies are suggested to share a table when at least SHARING_MIN_VALUES values
+are shared, the shared values hold at least SHARING_TOKEN_SHARE of the tokens of EACH
+vocabulary, and their log frequencies correlate over the shared values by at least
+SHARING_CORRELATION (a value frequent in one is frequent in the other). Integer codes of
+unrelated things (ages 1..60 and item ids) share values by accident: the ages put all their
+tokens on shared values, but the items few of theirs, and the frequencies do not agree."""
+
+UNSEEN_DROP_RATE = 0.9
+MIN_EVAL_TOKENS = 10
+"""A feature of whose eval tokens (at least MIN_EVAL_TOKENS) at least UNSEEN_DROP_RATE were
+never seen in training is dropped: outside training it looks up an untrained OOV row almost
+always, so what it learned cannot help new rows (the split key used as a feature: every eval
+user is new). `keep = true` in its [[feature]] keeps it."""
 
 
 def auto_dimension(buckets: int) -> int:
@@ -99,7 +117,24 @@ def make_plan(
         for name in names:
             feature = config.feature(name)
             plan = FeaturePlan(name=name, table=vocabulary, type=feature.type)
-            if feature.type == "sequence":
+            unseen = _unseen_in_training(stats, name)
+            if unseen is not None:
+                if not feature.keep:
+                    dropped[name] = unseen + "; set keep = true in its [[feature]] to keep it"
+                    continue
+                notes.append(f"{name}: kept (keep = true) although {unseen}")
+            if feature.type == "bag":
+                measured_bag = stats["bags"][name]
+                histogram = measured_bag["histogram"]
+                if int(measured_bag["max"]) == 0:
+                    dropped[name] = "every training bag is empty"
+                    continue
+                plan.max_ids = statistics.bag_cap(histogram)
+                plan.longest = int(measured_bag["max"])
+                plan.dropped_id_fraction = statistics.truncation(histogram, plan.max_ids)[
+                    "dropped_id_fraction"
+                ]
+            elif feature.type == "sequence":
                 histogram = stats["sequences"][name]["histogram"]
                 longest = int(stats["sequences"][name]["max"])
                 if longest == 0:
@@ -121,6 +156,13 @@ def make_plan(
                 plan.longest_padding_efficiency = statistics.truncation(histogram, longest)[
                     "padding_efficiency"
                 ]
+                notes.append(
+                    f"{name}: a sequence moves batch x {plan.max_sequence_length} x dim "
+                    "activations a step; if the model only pools it (the default model's "
+                    'masked mean does), type = "bag" pools it in the TPU lookup (batch x dim) '
+                    f"and keeps up to {statistics.bag_cap(histogram)} ids a row instead of "
+                    f"{plan.max_sequence_length}"
+                )
             elif len(names) == 1 and train_rows:
                 ratio = int(measured["distinct_values"]) / train_rows
                 if ratio >= ID_LIKE_RATIO:
@@ -153,21 +195,7 @@ def make_plan(
             dimension_source=source,
         )
 
-    for overlap in stats.get("vocabulary_overlaps", []):
-        a, b = overlap["vocabularies"]
-        if a not in stats["vocabularies"] or b not in stats["vocabularies"]:
-            continue
-        smaller = min(
-            int(stats["vocabularies"][a]["distinct_values"]),
-            int(stats["vocabularies"][b]["distinct_values"]),
-        )
-        share = int(overlap["shared_values"]) / smaller if smaller else 0.0
-        if share >= SHARING_OVERLAP:
-            notes.append(
-                f"vocabularies {a!r} and {b!r} share {overlap['shared_values']} values "
-                f"({share:.0%} of the smaller): if they name the same things, give their "
-                f'features the same `vocabulary = "..."` to share one table'
-            )
+    notes.extend(sharing_suggestions(stats))
 
     return EmbeddingPlan(
         tables=tables,
@@ -178,6 +206,50 @@ def make_plan(
         length_coverage=coverage,
         notes=notes,
     )
+
+
+def _unseen_in_training(stats: dict[str, Any], feature: str) -> str | None:
+    """Why `feature` is dropped for values unseen in training, or None if it is not.
+
+    Stats written before the eval split was measured have no `eval_skew`: nothing is dropped.
+    """
+    measured = stats.get("eval_skew", {}).get("features", {}).get(feature)
+    if not measured or int(measured["tokens"]) < MIN_EVAL_TOKENS:
+        return None
+    rate = float(measured["unseen_rate"])
+    if rate < UNSEEN_DROP_RATE:
+        return None
+    return (
+        f"{rate:.1%} of its {int(measured['tokens']):,} eval values never occur in training "
+        "(is it the split key, or an id unique to a row?): outside training it would look up "
+        "an untrained OOV row"
+    )
+
+
+def sharing_suggestions(stats: dict[str, Any]) -> list[str]:
+    """Notes suggesting a shared table for vocabularies that name the same things (see
+    SHARING_TOKEN_SHARE); overlaps measured before the evidence existed suggest nothing."""
+    notes = []
+    for overlap in stats.get("vocabulary_overlaps", []):
+        a, b = overlap["vocabularies"]
+        if "log_frequency_correlation" not in overlap:
+            continue
+        shared = int(overlap["shared_values"])
+        share_a, share_b = overlap["token_share_a"], overlap["token_share_b"]
+        correlation = overlap["log_frequency_correlation"]
+        if (
+            shared >= SHARING_MIN_VALUES
+            and min(share_a, share_b) >= SHARING_TOKEN_SHARE
+            and correlation >= SHARING_CORRELATION
+        ):
+            notes.append(
+                f"vocabularies {a!r} and {b!r} look like names of the same things: {shared:,} "
+                f"shared values hold {share_a:.0%} of {a!r}'s tokens and {share_b:.0%} of "
+                f"{b!r}'s, and their frequencies agree (correlation of log frequencies "
+                f'{correlation:.2f}); give their features the same `vocabulary = "..."` to '
+                "share one table"
+            )
+    return notes
 
 
 def format_plan(plan: EmbeddingPlan) -> str:
@@ -208,6 +280,15 @@ def format_plan(plan: EmbeddingPlan) -> str:
                 f"{f.truncated_fraction:>11.1%}{f.dropped_id_fraction:>13.1%}  "
                 f"{f.truncate.replace('keep_', '')}"
                 + ("  (fixed in config)" if f.length_source == "config" else "")
+            )
+    bags = [f for f in plan.features.values() if f.type == "bag"]
+    if bags:
+        lines.append("")
+        lines.append("Bags (pooled in the lookup, every id kept up to the cap)")
+        lines.append(f"  {'feature':<16}{'cap':>6}{'longest':>9}{'ids dropped':>13}")
+        for f in bags:
+            lines.append(
+                f"  {f.name:<16}{f.max_ids:>6}{f.longest:>9}{f.dropped_id_fraction:>13.2%}"
             )
     if plan.capacity:
         lines.append("")

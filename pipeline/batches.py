@@ -1,4 +1,5 @@
-"""Blocks of raw records -> Arrow record batches of the train and eval splits, and rejects.
+"""Blocks of raw records -> Arrow record batches of the train, validation and eval splits, and
+rejects.
 
 A block is a few thousand raw records of one file. CSV blocks take a vectorized path: the
 lines that are plainly well formed (no quote character, the header's number of fields) are
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from common.config import Config
+from common.config import LIST_TYPES, Config
 from pipeline import decode
 
 
@@ -32,6 +33,11 @@ class DecodedBlock:
     train: list[pa.RecordBatch] = dataclasses.field(default_factory=list)
     eval: list[pa.RecordBatch] = dataclasses.field(default_factory=list)
     rejected: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    validation: list[pa.RecordBatch] = dataclasses.field(default_factory=list)
+
+    def split(self, name: str) -> list[pa.RecordBatch]:
+        """The batches of split `name` (`decode.TRAIN`, `decode.VALIDATION`, `decode.EVAL`)."""
+        return getattr(self, name)
 
 
 class _NotVectorizable(Exception):
@@ -97,7 +103,9 @@ class BlockDecoder:
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             )
-        self._eval_threshold = decode.eval_threshold(config.split.eval_fraction)
+        self._thresholds = decode.split_thresholds(
+            config.split.eval_fraction, config.split.validation_fraction
+        )
 
     def decode(self, records: Sequence[Any]) -> DecodedBlock:
         """Decodes a block: CSV lines (bytes, no newline), JSON lines, serialized tf.Examples
@@ -137,17 +145,17 @@ class BlockDecoder:
 
     def _try_plain(self, text: bytes, lines: int, block: DecodedBlock) -> bool:
         try:
-            train, eval_ = self._decode_plain_csv(text, lines)
+            batches = self._decode_plain_csv(text, lines)
         except _NotVectorizable:
             return False
-        block.train.append(train)
-        block.eval.append(eval_)
+        for split, batch in batches.items():
+            block.split(split).append(batch)
         return True
 
     @staticmethod
     def _drop_empty(block: DecodedBlock) -> DecodedBlock:
-        block.train = [b for b in block.train if b.num_rows]
-        block.eval = [b for b in block.eval if b.num_rows]
+        for split in decode.SPLITS:
+            block.split(split)[:] = [b for b in block.split(split) if b.num_rows]
         return block
 
     def _decode_rows(self, records: Sequence[Any], indices, block: DecodedBlock) -> None:
@@ -158,7 +166,7 @@ class BlockDecoder:
             "tfrecord": self._rows.decode_example,
             "parquet": self._rows.decode_mapping,
         }[self._format]
-        splits: dict[str, list] = {decode.TRAIN: [], decode.EVAL: []}
+        splits: dict[str, list] = {split: [] for split in decode.SPLITS}
         for i in indices:
             try:
                 split, values = decode_row(records[i])
@@ -168,11 +176,11 @@ class BlockDecoder:
             splits[split].append(values)
         for split, rows in splits.items():
             if rows:
-                batches = block.train if split == decode.TRAIN else block.eval
-                batches.append(decode.to_record_batch(rows, self._schema))
+                block.split(split).append(decode.to_record_batch(rows, self._schema))
 
-    def _decode_plain_csv(self, text: bytes, lines: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        """`lines` lines without quotes, joined by newlines, parsed in one go."""
+    def _decode_plain_csv(self, text: bytes, lines: int) -> dict[str, pa.RecordBatch]:
+        """`lines` lines without quotes, joined by newlines, parsed in one go; the batch of
+        each split."""
         text += b"\n"
         if b"\0" in text or b"\r" in text:
             raise _NotVectorizable  # Python's csv module rejects both; pyarrow would not
@@ -194,12 +202,12 @@ class BlockDecoder:
         if table.num_rows != lines:
             raise _NotVectorizable
         table = table.combine_chunks()
-        is_eval = self._eval_mask(table.column(self._config.split.key).chunk(0))
+        hashes = self._hashes(table.column(self._config.split.key).chunk(0))
         arrays = []
         for field in self._schema:
             column = table.column(field.name).chunk(0)
             kind = self._kinds[field.name]
-            if kind == "sequence":
+            if kind in LIST_TYPES:
                 arrays.append(self._sequences(column))
             elif kind == "categorical":
                 if pc.any(pc.equal(column, "")).as_py():
@@ -215,8 +223,14 @@ class BlockDecoder:
                     raise _NotVectorizable
                 arrays.append(_one_value_lists(numbers, pa.float32()))
         batch = pa.RecordBatch.from_arrays(arrays, schema=self._schema)
-        mask = pa.array(is_eval)
-        return batch.filter(pc.invert(mask)), batch.filter(mask)
+        to_eval, to_validation = (np.uint64(t) for t in self._thresholds)
+        is_eval = hashes < to_eval
+        is_validation = ~is_eval & (hashes < to_validation)
+        return {
+            decode.TRAIN: batch.filter(pa.array(~is_eval & ~is_validation)),
+            decode.VALIDATION: batch.filter(pa.array(is_validation)),
+            decode.EVAL: batch.filter(pa.array(is_eval)),
+        }
 
     def _sequences(self, column: pa.Array) -> pa.LargeListArray:
         """Cells split by the list delimiter, empty tokens dropped (as the row path does)."""
@@ -230,11 +244,11 @@ class BlockDecoder:
         values = tokens.filter(keep).cast(pa.large_binary())
         return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
-    def _eval_mask(self, keys: pa.Array) -> np.ndarray:
-        """True where the row's split key hashes into eval."""
+    def _hashes(self, keys: pa.Array) -> np.ndarray:
+        """The split hash of every row's key (`decode.split_hashes`)."""
         if pc.any(pc.equal(keys, "")).as_py():
             raise _NotVectorizable
-        return decode.split_hashes(keys) < np.uint64(self._eval_threshold)
+        return decode.split_hashes(keys)
 
 
 def _text(record: bytes) -> str:

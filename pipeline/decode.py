@@ -1,10 +1,10 @@
 """Parsing raw rows of every input format: validate, split, batch into Arrow record batches.
 
-Every row either becomes a row of the train or eval split or is rejected with a reason; none
-is dropped silently. The rules are the same whatever the format: a categorical needs one
-value, a number must parse, a sequence is a list (a CSV cell split by `list_delimiter`, a JSON
-array, a repeated tf.Example feature, a Parquet list). Ids are kept as text, so the integer 42
-and the string "42" are the same id in every format.
+Every row either becomes a row of the train, validation or eval split or is rejected with a
+reason; none is dropped silently. The rules are the same whatever the format: a categorical
+needs one value, a number must parse, a sequence or a bag is a list (a CSV cell split by
+`list_delimiter`, a JSON array, a repeated tf.Example feature, a Parquet list). Ids are kept
+as text, so the integer 42 and the string "42" are the same id in every format.
 
 Plain Python plus pyarrow (TensorFlow's Example proto is imported only to read TFRecords), so
 the row rules are tested in milliseconds and run unchanged inside Beam's workers.
@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from common.config import Config
+from common.config import LIST_TYPES, Config
 
 TRAIN = "train"
+VALIDATION = "validation"
 EVAL = "eval"
+SPLITS = (TRAIN, VALIDATION, EVAL)
 _MISSING = object()
 
 
@@ -88,9 +90,24 @@ def eval_threshold(eval_fraction: float) -> int:
     return min(int(eval_fraction * 2.0**64), _MASK)
 
 
-def split_of(key: str, eval_fraction: float) -> str:
-    """Train or eval, from a stable hash of the split key: every row of a key goes one way."""
-    return EVAL if split_hash(key) < eval_threshold(eval_fraction) else TRAIN
+def split_thresholds(eval_fraction: float, validation_fraction: float = 0.0) -> tuple[int, int]:
+    """(eval, validation) thresholds on `split_hash`: below the first a key goes to eval,
+    below the second (and not below the first) to validation, else to train.
+
+    Eval takes the lowest hashes whatever the validation share, so adding a validation split
+    takes its keys from train and leaves the eval split as it was.
+    """
+    return eval_threshold(eval_fraction), eval_threshold(eval_fraction + validation_fraction)
+
+
+def split_of(key: str, eval_fraction: float, validation_fraction: float = 0.0) -> str:
+    """Train, validation or eval, from a stable hash of the split key: every row of a key goes
+    one way."""
+    h = split_hash(key)
+    to_eval, to_validation = split_thresholds(eval_fraction, validation_fraction)
+    if h < to_eval:
+        return EVAL
+    return VALIDATION if h < to_validation else TRAIN
 
 
 def _text(value: Any, what: str) -> str:
@@ -150,7 +167,8 @@ class RowDecoder:
     """Turns one raw row, in any format, into (split, values) following the config.
 
     `values` maps each raw column the model uses (features and label) to a list: one bytes
-    value for a categorical, the tokens for a sequence, one float for a number or the label.
+    value for a categorical, the tokens for a sequence or a bag, one float for a number or the
+    label.
 
     Args:
       config: the validated feature config.
@@ -160,12 +178,12 @@ class RowDecoder:
     def __init__(self, config: Config, header: Sequence[str] | None = None):
         self._config = config
         self._list_delimiter = config.input.list_delimiter
-        self._eval_fraction = config.split.eval_fraction
+        self._fractions = (config.split.eval_fraction, config.split.validation_fraction)
         self._binary = config.label.type == "binary"
         self._key = config.split.key
         self._columns = [(f.name, f.type) for f in config.features]
         self._columns.append((config.label.name, "label"))
-        self._sequence_names = {name for name, kind in self._columns if kind == "sequence"}
+        self._sequence_names = {name for name, kind in self._columns if kind in LIST_TYPES}
         self._header = list(header) if header is not None else None
         if self._header is not None:
             self._index = {name: i for i, name in enumerate(self._header)}
@@ -200,7 +218,7 @@ class RowDecoder:
         values: dict[str, list[Any]] = {}
         for name, kind in self._columns:
             raw = get(name)
-            if kind == "sequence":
+            if kind in LIST_TYPES:
                 values[name] = self._sequence(raw, name)
             elif kind == "categorical":
                 values[name] = self._categorical(raw, name)
@@ -214,7 +232,7 @@ class RowDecoder:
         key = get(self._key)
         if key is _MISSING or key is None or key == "" or isinstance(key, list | dict):
             raise RowError(f"missing value for split key {self._key}")
-        return split_of(_text(key, self._key), self._eval_fraction), values
+        return split_of(_text(key, self._key), *self._fractions), values
 
     def decode_csv(self, line: str) -> tuple[str, dict[str, list[Any]]]:
         if not line.strip():
@@ -274,7 +292,7 @@ class RowDecoder:
         except Exception as e:  # the proto library raises its own DecodeError
             raise RowError(f"not a tf.Example: {e}") from None
         features = example.features.feature
-        sequences = {name for name, kind in self._columns if kind == "sequence"}
+        sequences = self._sequence_names
 
         def get(name):
             if name not in features:

@@ -1,9 +1,10 @@
 """Decoding blocks of raw records in Beam: the `DecodeBlocks` DoFn.
 
 A block (source file, [record, ...]) from `pipeline.sources` becomes record batches of the
-train split (the main output), of the eval split (tagged `eval`), and rejected rows with
-their reasons (tagged `rejected`). The decoding itself is `pipeline.batches.BlockDecoder`;
-this module adds what Beam needs: counters, progress logs and the rejected rows' records.
+train split (the main output), of the validation and eval splits (tagged `validation` and
+`eval`), and rejected rows with their reasons (tagged `rejected`). The decoding itself is
+`pipeline.batches.BlockDecoder`; this module adds what Beam needs: counters, progress logs
+and the rejected rows' records.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _shown(record: Any, fmt: str) -> str:
 
 
 class DecodeBlocks(beam.DoFn):
-    """(file, records) -> train record batches, and tagged eval batches and rejected rows.
+    """(file, records) -> train record batches, and tagged validation and eval batches and
+    rejected rows.
 
     Args:
       config, header, schema: as `pipeline.batches.BlockDecoder` takes them.
@@ -56,6 +58,7 @@ class DecodeBlocks(beam.DoFn):
         self._rejected = beam.metrics.Metrics.counter("pipeline", "rows_rejected")
         self._train = beam.metrics.Metrics.counter("pipeline", "rows_train")
         self._eval = beam.metrics.Metrics.counter("pipeline", "rows_eval")
+        self._validation = beam.metrics.Metrics.counter("pipeline", "rows_validation")
 
     def setup(self):
         from pipeline.batches import BlockDecoder
@@ -76,13 +79,15 @@ class DecodeBlocks(beam.DoFn):
             )
         block = self._decoder.decode(records)
         yield from block.train
-        for batch in block.eval:
-            yield beam.pvalue.TaggedOutput(decode.EVAL, batch)
+        for split in (decode.VALIDATION, decode.EVAL):
+            for batch in block.split(split):
+                yield beam.pvalue.TaggedOutput(split, batch)
         if not self._counted:
             return
         self._rows.inc(len(records))
         self._train.inc(sum(batch.num_rows for batch in block.train))
         self._eval.inc(sum(batch.num_rows for batch in block.eval))
+        self._validation.inc(sum(batch.num_rows for batch in block.validation))
         for index, reason in block.rejected:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(

@@ -1,9 +1,9 @@
 """The raw and transformed feature specs, derived from the config in one place.
 
 Raw record batches (what the reader produces and tf.Transform consumes) hold every column as
-an Arrow list, the layout tfx_bsl's tf.Example decoder produces: categorical and sequence
+an Arrow list, the layout tfx_bsl's tf.Example decoder produces: categorical, sequence and bag
 values as `large_list<large_binary>`, numbers as `large_list<float32>`. A categorical or
-numeric column holds exactly one value a row; a sequence any number, zero included.
+numeric column holds exactly one value a row; a sequence or a bag any number, zero included.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.tfxio import tensor_adapter, tf_example_record
 
-from common.config import Config
+from common.config import LIST_TYPES, Config
 
 
 def raw_feature_spec(config: Config, with_label: bool = True) -> dict[str, tf.io.FixedLenFeature]:
@@ -21,7 +21,7 @@ def raw_feature_spec(config: Config, with_label: bool = True) -> dict[str, tf.io
     for feature in config.features:
         if feature.type == "categorical":
             spec[feature.name] = tf.io.FixedLenFeature([], tf.string)
-        elif feature.type == "sequence":
+        elif feature.type in LIST_TYPES:
             spec[feature.name] = tf.io.VarLenFeature(tf.string)
         else:
             spec[feature.name] = tf.io.FixedLenFeature([], tf.float32)

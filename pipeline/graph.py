@@ -1,11 +1,12 @@
 """The measuring and transforming Beam graph, the same on the DirectRunner and on Dataflow.
 
-Read blocks of raw records -> decode them into Arrow record batches (train, eval, rejected)
--> measure (exact length histograms, token frequencies, moments) and analyze (tf.Transform
-vocabularies, z-score moments); then a second read and decode of the same input -> transform
-with the analysis' transform_fn -> tf.Examples -> TFRecords. Beam elements are blocks and
-record batches, never single rows; a row is parsed on its own in Python only when a
-vectorized check refused its block (see pipeline/batches.py).
+Read blocks of raw records -> decode them into Arrow record batches (train, validation, eval,
+rejected) -> measure (exact length histograms, token frequencies, moments, the eval split's
+skew from train) and analyze (tf.Transform vocabularies, z-score moments); then a second
+read and decode of the same input -> transform with the analysis' transform_fn ->
+tf.Examples -> TFRecords. Beam elements are blocks and record batches, never single rows; a
+row is parsed on its own in Python only when a vectorized check refused its block (see
+pipeline/batches.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ DEFAULT_BATCH_SIZE = 8192
 def _write_json(value: Any, path: str) -> None:
     with FileSystems.create(path) as f:
         f.write(json.dumps(value, sort_keys=True).encode("utf-8"))
+
+
+def _written_splits(config: Config) -> list[tuple[str, str]]:
+    """(step label, split) of each split written to OUTPUT/data; the validation split only
+    when the config asks for one, so an output without it lists no validation shards."""
+    splits = [("Train", decode.TRAIN), ("Eval", decode.EVAL)]
+    if config.split.validation_fraction > 0:
+        splits.insert(1, ("Validation", decode.VALIDATION))
+    return splits
 
 
 def _single(label: str, key: str):
@@ -105,7 +115,7 @@ def build(
         blocks = p | f"ReadRaw{suffix}" >> read
         rows = blocks | f"Decode{suffix}" >> beam.ParDo(
             DecodeBlocks(config, header, schema, counted)
-        ).with_outputs(REJECTED, decode.EVAL, main=decode.TRAIN)
+        ).with_outputs(REJECTED, decode.VALIDATION, decode.EVAL, main=decode.TRAIN)
         return blocks, rows
 
     # The input is read twice: once to measure and analyze, once, after the analysis, to
@@ -129,7 +139,7 @@ def build(
         transformed = {
             name: ((again[split], adapter_config), transform_fn)
             | f"Transform{name}" >> tft_beam.TransformDataset(output_record_batches=True)
-            for name, split in (("Train", decode.TRAIN), ("Eval", decode.EVAL))
+            for name, split in _written_splits(config)
         }
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
 
@@ -192,6 +202,17 @@ def build(
         counted["overlaps"]
         | "ListOverlaps" >> beam.combiners.ToList()
         | _single("KeyOverlaps", "overlaps"),
+        rows[decode.VALIDATION]
+        | "ValidationRows" >> beam.Map(lambda batch: batch.num_rows)
+        | "CountValidation" >> beam.CombineGlobally(sum)
+        | _single("KeyValidation", "validation"),
+        eval_
+        | "MeasureEval" >> beam.CombineGlobally(measure.MeasureBatches(config))
+        | _single("KeyEvalMeasured", "eval_measured"),
+        (counted["per_token"], eval_)
+        | "MeasureEvalSkew" >> measure.MeasureEvalSkew(config)
+        | "ListEvalSkew" >> beam.combiners.ToList()
+        | _single("KeyEvalSkew", "eval_skew"),
     ]
     _ = (
         measurements

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from common.config import Config
+from common.config import LIST_TYPES, Config
 from pipeline import decode
 
 LOG = logging.getLogger("pipeline")
@@ -104,11 +104,13 @@ def _first_example_keys(path: str, compression: str) -> list[str] | None:
 
 
 def _scalar_columns(config: Config) -> list[str]:
-    """Columns every record must carry (a sequence column may be absent: it is empty)."""
+    """Columns every record must carry (a sequence or bag column may be absent: it is empty)."""
     return [
         c
         for c in config.columns()
-        if c == config.label.name or c == config.split.key or config.feature(c).type != "sequence"
+        if c == config.label.name
+        or c == config.split.key
+        or config.feature(c).type not in LIST_TYPES
     ]
 
 

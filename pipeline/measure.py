@@ -6,6 +6,7 @@ per-batch token counts), so the per-row Python cost stays in parsing alone.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import statistics
-from common.config import Config
+from common.config import LIST_TYPES, Config
 
 
 def _empty() -> dict[str, Any]:
@@ -24,12 +25,13 @@ def _empty() -> dict[str, Any]:
 
 
 def measure_batch(batch: pa.RecordBatch, config: Config) -> dict[str, Any]:
-    """Row count, per-sequence length counts and per-numeric moments of one batch."""
+    """Row count, per-sequence (and per-bag) length counts and per-numeric moments of one
+    batch."""
     result = _empty()
     result["rows"] = batch.num_rows
     for feature in config.features:
         column = batch.column(batch.schema.get_field_index(feature.name))
-        if feature.type == "sequence":
+        if feature.type in LIST_TYPES:
             lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
             counts = np.bincount(lengths.astype(np.int64)) if len(lengths) else []
             result["lengths"][feature.name] = Counter(
@@ -129,13 +131,37 @@ def token_counts(batch: pa.RecordBatch, config: Config) -> Iterator[tuple[tuple[
             yield (vocabulary, token), count
 
 
-def _shared_pairs(token_vocabularies):
-    """(token, [vocabularies holding it]) -> one (a, b) per pair of those vocabularies."""
-    _, vocabularies = token_vocabularies
-    names = sorted(set(vocabularies))
+OVERLAP_FIELDS = (
+    "shared_values",
+    "tokens_a",
+    "tokens_b",
+    "sum_x",
+    "sum_y",
+    "sum_xx",
+    "sum_yy",
+    "sum_xy",
+)
+"""What `CountFrequencies` sums over the values two vocabularies share: their number, the
+tokens (occurrences) of those values in each vocabulary, and the sums that give the Pearson
+correlation of x = log(frequency in a) and y = log(frequency in b) over them
+(`common.statistics.overlap_summary`). Sums combine in any order and have a constant size
+however many values are shared, so the measurement scales like the rest."""
+
+
+def _shared_pairs(token_counts):
+    """(token, [(vocabulary, count), ...]) -> ((a, b), OVERLAP_FIELDS figures of this token)
+    for each pair of vocabularies holding it."""
+    _, held = token_counts
+    counts = dict(held)
+    names = sorted(counts)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            yield (a, b)
+            x, y = math.log(counts[a]), math.log(counts[b])
+            yield (a, b), (1, counts[a], counts[b], x, y, x * x, y * y, x * y)
+
+
+def _sum_tuples(tuples):
+    return tuple(sum(column) for column in zip(*tuples, strict=True)) if tuples else ()
 
 
 class CountFrequencies(beam.PTransform):
@@ -143,7 +169,9 @@ class CountFrequencies(beam.PTransform):
 
     Outputs a dict of PCollections:
       frequencies: (vocabulary, [(frequency, distinct values seen that often), ...]).
-      overlaps: ((vocabulary a, vocabulary b), number of distinct values both hold).
+      overlaps: ((vocabulary a, vocabulary b), [the OVERLAP_FIELDS sums over the values both
+        hold]).
+      per_token: ((vocabulary, token), count), every distinct token.
     """
 
     def __init__(self, config: Config):
@@ -169,9 +197,75 @@ class CountFrequencies(beam.PTransform):
         else:
             overlaps = (
                 per_token
-                | "KeyByToken" >> beam.Map(lambda kv: (kv[0][1], kv[0][0]))
+                | "KeyByToken" >> beam.Map(lambda kv: (kv[0][1], (kv[0][0], kv[1])))
                 | "GroupVocabularies" >> beam.GroupByKey()
                 | "SharedPairs" >> beam.FlatMap(_shared_pairs)
-                | "CountShared" >> beam.combiners.Count.PerElement()
+                | "SumShared" >> beam.CombinePerKey(_sum_tuples)
+                | "ListSums" >> beam.MapTuple(lambda pair, sums: (pair, list(sums)))
             )
-        return {"frequencies": frequencies, "overlaps": overlaps}
+        return {"frequencies": frequencies, "overlaps": overlaps, "per_token": per_token}
+
+
+def feature_token_counts(
+    batch: pa.RecordBatch, config: Config
+) -> Iterator[tuple[tuple[str, bytes, str], int]]:
+    """((vocabulary, token, feature), count) for every distinct token of each feature."""
+    for vocabulary, features in config.vocabularies().items():
+        for name in features:
+            values = pc.list_flatten(batch.column(batch.schema.get_field_index(name)))
+            if len(values) == 0:
+                continue
+            counted = pc.value_counts(values)
+            tokens = counted.field("values").to_pylist()
+            counts = counted.field("counts").to_pylist()
+            for token, count in zip(tokens, counts, strict=True):
+                yield (vocabulary, token, name), count
+
+
+def _unseen(joined, thresholds: dict[str, int]):
+    """((vocabulary, token), {"train": [count], "eval": [(feature, count), ...]}) ->
+    ((vocabulary, feature), (eval tokens, of them unseen in training, of them seen fewer
+    than the vocabulary's frequency_threshold times))."""
+    (vocabulary, _), grouped = joined
+    train = sum(grouped["train"])
+    for feature, count in grouped["eval"]:
+        yield (
+            (vocabulary, feature),
+            (count, count if train == 0 else 0, count if train < thresholds[vocabulary] else 0),
+        )
+
+
+class MeasureEvalSkew(beam.PTransform):
+    """(training tokens, eval record batches) -> per feature how many of its eval tokens the
+    training split never saw.
+
+    The input is a pair: `CountFrequencies(...)["per_token"]` over the training split, and the
+    eval split's record batches. Output: ((vocabulary, feature), [eval tokens, unseen in
+    training, seen fewer than frequency_threshold times in training]). A feature whose eval
+    values are almost all unseen (the split key used as a feature: every eval user is new)
+    only ever looks up its OOV row outside training; the planner drops it.
+    """
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self._config = config
+
+    def expand(self, inputs):
+        train_tokens, eval_batches = inputs
+        thresholds = {
+            name: self._config.vocabulary_config(name).frequency_threshold
+            for name in self._config.vocabularies()
+        }
+        eval_tokens = (
+            eval_batches
+            | "EvalTokenCounts" >> beam.FlatMap(feature_token_counts, self._config)
+            | "SumPerEvalToken" >> beam.CombinePerKey(sum)
+            | "KeyByToken" >> beam.MapTuple(lambda key, n: ((key[0], key[1]), (key[2], n)))
+        )
+        return (
+            {"train": train_tokens, "eval": eval_tokens}
+            | "JoinTrainTokens" >> beam.CoGroupByKey()
+            | "Unseen" >> beam.FlatMap(_unseen, thresholds)
+            | "SumUnseen" >> beam.CombinePerKey(_sum_tuples)
+            | "ListUnseen" >> beam.MapTuple(lambda key, sums: (key, list(sums)))
+        )

@@ -1,9 +1,9 @@
 """The tf.Transform `preprocessing_fn`: shared vocabularies, ids, z-scored numbers.
 
-Features that name the same vocabulary are counted together (one vocabulary file, named after
-the vocabulary) and mapped through it, so they index one embedding table. Ids keep their
-sequence structure: a sequence stays a SparseTensor of int64 ids, never padded with 0 (id 0
-is the most frequent value).
+Features (categorical, sequence or bag) that name the same vocabulary are counted together
+(one vocabulary file, named after the vocabulary) and mapped through it, so they index one
+embedding table. Ids keep their list structure: a sequence or a bag stays a SparseTensor of
+int64 ids, never padded with 0 (id 0 is the most frequent value).
 """
 
 from __future__ import annotations

@@ -191,8 +191,10 @@ def render(
         "td:first-child,th:first-child{text-align:left}h2{margin-top:1.6em}</style>",
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>Rows</h2><table><tr><th>read</th><th>train</th><th>eval</th><th>rejected</th></tr>",
-        f"<tr><td>{rows['read']:,}</td><td>{rows['train']:,}</td><td>{rows['eval']:,}</td>"
+        "<h2>Rows</h2><table><tr><th>read</th><th>train</th><th>validation</th><th>eval</th>"
+        "<th>rejected</th></tr>",
+        f"<tr><td>{rows['read']:,}</td><td>{rows['train']:,}</td>"
+        f"<td>{rows.get('validation', 0):,}</td><td>{rows['eval']:,}</td>"
         f"<td>{rows['rejected']:,}</td></tr></table>",
     ]
     reasons = stats.get("rejected_reasons", {})
@@ -216,6 +218,36 @@ def render(
             f"{cost['dropped_id_fraction']:.1%} of ids dropped.</p>",
             length_histogram_svg(summary["histogram"], chosen),
         ]
+
+    bags = stats.get("bags", {})
+    if bags:
+        parts.append("<h2>Bags (training split; pooled, every id kept up to the cap)</h2>")
+    for name, summary in bags.items():
+        cap = statistics.bag_cap(summary["histogram"])
+        cost = statistics.truncation(summary["histogram"], cap)
+        parts += [
+            f"<h3>{html.escape(name)}</h3>",
+            f"<p>{summary['count']:,} bags, {summary['empty']:,} empty, mean "
+            f"{summary['mean']:.1f} ids, longest {summary['max']:,}; cap {cap}: "
+            f"{cost['dropped_id_fraction']:.2%} of ids dropped.</p>",
+            length_histogram_svg(summary["histogram"], cap).replace(
+                "max_sequence_length =", "cap ="
+            ),
+        ]
+
+    skew = stats.get("eval_skew", {}).get("features", {})
+    if any(f["tokens"] for f in skew.values()):
+        parts.append(
+            "<h2>Eval split against training</h2><table><tr><th>feature</th>"
+            "<th>eval tokens</th><th>never seen in training</th>"
+            "<th>below frequency_threshold</th></tr>"
+        )
+        for name, f in skew.items():
+            parts.append(
+                f"<tr><td>{html.escape(name)}</td><td>{f['tokens']:,}</td>"
+                f"<td>{f['unseen_rate']:.1%}</td><td>{f['oov_rate']:.1%}</td></tr>"
+            )
+        parts.append("</table>")
 
     parts.append("<h2>Vocabularies</h2>")
     for name, vocab in stats["vocabularies"].items():

@@ -14,7 +14,8 @@ On Dataflow, the same command with Beam's options (they pass through untouched):
         --temp_location gs://BUCKET/tmp --setup_file ./setup.py
 
 OUTPUT receives the tf.Transform artifacts (transform_fn/, transformed_metadata/), the
-transformed tf.Examples (data/train-*.tfrecord.gz, data/eval-*.tfrecord.gz), every unusable
+transformed tf.Examples (data/train-*.tfrecord.gz, data/eval-*.tfrecord.gz and, with a
+`[split] validation_fraction`, data/validation-*.tfrecord.gz), every unusable
 row with its reason (rejected/), stats.json, report.html, the resolved config.json and, last,
 _SUCCESS, the manifest of the run's files. The run writes into OUTPUT.incomplete-<run id>
 beside OUTPUT and is committed when everything is written (pipeline/commit.py).
@@ -41,7 +42,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from common import artifacts, statistics
-from common.config import Config, ConfigError, load_config
+from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
 from pipeline.input_checks import (
@@ -68,15 +69,18 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
         "rows": {
             "read": measured["read"],
             "train": train["rows"],
+            "validation": measured.get("validation", 0),
             "eval": measured["eval"],
             "rejected": measured["rejected"],
         },
         "rejected_reasons": dict(sorted(measured["reasons"], key=lambda r: (-r[1], r[0]))),
         "vocabularies": {},
         "sequences": {},
+        "bags": {},
         "numeric": {},
         "label": {"name": config.label.name, "type": config.label.type},
     }
+    skew = {tuple(key): sums for key, sums in measured.get("eval_skew", [])}
     for vocabulary, names in config.vocabularies().items():
         settings = config.vocabulary_config(vocabulary)
         summary = statistics.vocabulary_summary(
@@ -90,6 +94,9 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
                 size,
                 summary["expected_size"],
             )
+        unseen = [skew.get((vocabulary, name), [0, 0, 0]) for name in names]
+        totals = (sum(column) for column in zip(*unseen, strict=True))
+        eval_summary = statistics.unseen_summary(*totals)
         stats["vocabularies"][vocabulary] = {
             "features": names,
             "size": size,
@@ -100,18 +107,40 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
             "coverage": summary["coverage"],
             "top_k": settings.top_k,
             "frequency_threshold": settings.frequency_threshold,
+            "eval_tokens": eval_summary["tokens"],
+            "eval_unseen_rate": eval_summary["unseen_rate"],
+            "eval_oov_rate": eval_summary["oov_rate"],
         }
     stats["vocabulary_overlaps"] = [
-        {"vocabularies": list(pair), "shared_values": count}
-        for pair, count in sorted(measured["overlaps"], key=lambda o: tuple(o[0]))
+        {
+            "vocabularies": list(pair),
+            **statistics.overlap_summary(
+                sums,
+                stats["vocabularies"][pair[0]]["tokens"],
+                stats["vocabularies"][pair[1]]["tokens"],
+            ),
+        }
+        for pair, sums in sorted(measured["overlaps"], key=lambda o: tuple(o[0]))
     ]
+    evaluated = measured.get("eval_measured", {"lengths": {}})
+    stats["eval_skew"] = {"features": {}, "lengths": {}}
     for feature in config.features:
-        if feature.type == "sequence":
+        if feature.type in LIST_TYPES:
             histogram = train["lengths"].get(feature.name, {})
-            stats["sequences"][feature.name] = statistics.sequence_summary(histogram)
+            kind = "sequences" if feature.type == "sequence" else "bags"
+            stats[kind][feature.name] = statistics.sequence_summary(histogram)
+            stats["eval_skew"]["lengths"][feature.name] = statistics.sequence_summary(
+                evaluated["lengths"].get(feature.name, {})
+            )
         elif feature.type == "numeric":
             moments = train["numeric"].get(feature.name, [0, 0, 0, 0.0, 0.0])
             stats["numeric"][feature.name] = statistics.numeric_summary(*moments)
+        if feature.type != "numeric":
+            vocabulary = config.vocabulary_of(feature)
+            stats["eval_skew"]["features"][feature.name] = {
+                "vocabulary": vocabulary,
+                **statistics.unseen_summary(*skew.get((vocabulary, feature.name), [0, 0, 0])),
+            }
     return stats
 
 
@@ -291,13 +320,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         rows = stats["rows"]
         LOG.info(
-            "Rows: %d read, %d train, %d eval, %d rejected",
+            "Rows: %d read, %d train, %d validation, %d eval, %d rejected",
             rows["read"],
             rows["train"],
+            rows["validation"],
             rows["eval"],
             rows["rejected"],
         )
-        if rows["read"] != rows["train"] + rows["eval"] + rows["rejected"]:
+        if rows["read"] != rows["train"] + rows["validation"] + rows["eval"] + rows["rejected"]:
             raise RuntimeError(f"rows do not add up: {rows}")
         check_written(rows, json.loads(artifacts.read_text(work_dir, WRITTEN)))
         check_rejected(

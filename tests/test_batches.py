@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from common.config import parse_config
-from pipeline import features
+from pipeline import decode, features
 from pipeline.batches import BlockDecoder, _NotVectorizable
 
 CONFIG = parse_config(
@@ -75,7 +75,7 @@ def test_vectorized_and_row_paths_agree_on_good_rows():
     vectorized = decoder._decode_plain_csv(
         b"\n".join(line.rstrip(b"\r") for line in GOOD * 40), 200
     )  # raises if the block would fall back to the row path
-    assert sum(batch.num_rows for batch in vectorized) == 200
+    assert sum(batch.num_rows for batch in vectorized.values()) == 200
     fast = _decode(GOOD * 40)
     slow = _decode(GOOD * 40, vectorized=False)
     assert fast == slow
@@ -115,6 +115,40 @@ def test_every_bad_row_at_once():
         "fit on one line",
     }
     assert len(train) + len(eval_) == len(GOOD) + 2
+
+
+def test_both_paths_split_rows_three_ways_alike():
+    config = parse_config(
+        {
+            "split": {"key": "user_id", "eval_fraction": 0.3, "validation_fraction": 0.3},
+            "label": {"name": "clicked"},
+            "feature": [
+                {"name": "item_id", "type": "categorical"},
+                {"name": "history", "type": "bag", "vocabulary": "item_id"},
+                {"name": "price", "type": "numeric"},
+            ],
+        }
+    )
+    schema = features.tensor_adapter_config(config).arrow_schema
+    lines = [f"u{i},i{i % 7},i1 i{i % 3},{i},{i % 2},x".encode() for i in range(300)]
+    fast = BlockDecoder(config, HEADER[:3] + ["price", "clicked", "ignored"], schema)
+    slow = BlockDecoder(config, HEADER[:3] + ["price", "clicked", "ignored"], schema)
+    slow._decode_plain_csv = _row_path_only
+    fast_block, slow_block = fast.decode(lines), slow.decode(lines)
+    sizes = {}
+    for split in ("train", "validation", "eval"):
+        got = fast_block.split(split)
+        assert _table_rows(got, schema) == _table_rows(slow_block.split(split), schema)
+        sizes[split] = sum(b.num_rows for b in got)
+    assert sum(sizes.values()) == 300 and min(sizes.values()) > 50
+    # A key's rows go where split_of sends the key.
+    users = pa.Table.from_batches(fast_block.validation, schema=schema).column("price")
+    assert {decode.split_of(f"u{int(p[0])}", 0.3, 0.3) for p in users.to_pylist()} == {"validation"}
+
+
+def _table_rows(batches, schema):
+    table = pa.Table.from_batches(batches, schema=schema)
+    return sorted(tuple(map(str, row.values())) for row in table.to_pylist())
 
 
 def _outcomes(lines, block):

@@ -1,5 +1,6 @@
 """The plan -> TPU columns: the configs a TPU would receive, and clear errors before TF's."""
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_estimator.python.estimator.tpu import _tpu_estimator_embedding
@@ -13,7 +14,7 @@ from embedding.columns import (
     optimization_parameters,
 )
 from embedding.planner import make_plan
-from tests.test_planner import config, stats
+from tests.test_planner import config, stats, vocab
 
 
 def plan():
@@ -98,3 +99,39 @@ def test_column_errors_name_the_table_or_feature(change, message):
 
 def test_good_arguments_pass():
     check_column_arguments(**GOOD, initializer=tf.compat.v1.zeros_initializer())
+
+
+def test_a_bag_is_pooled_by_the_tpu_lookup_with_max_sequence_length_0():
+    cfg = config(
+        feature=[
+            {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+            {"name": "history", "type": "sequence", "vocabulary": "items"},
+            {"name": "genres", "type": "bag"},
+        ],
+        embedding={"combiner": "sqrtn"},
+    )
+    measured = stats()
+    measured["vocabularies"]["genres"] = vocab(19)
+    measured["bags"] = {"genres": {"histogram": {"1": 5, "3": 4}, "max": 3}}
+    the_plan = make_plan(measured, cfg)
+    columns = create_feature_columns(the_plan)
+    tables, features = _tpu_estimator_embedding.get_configs_from_feature_columns(columns.all)
+    assert features["genres"].max_sequence_length == 0
+    assert features["history"].max_sequence_length == 5
+    genres_table = tables[features["genres"].table_id]
+    assert genres_table.vocabulary_size == 21 and genres_table.combiner == "sqrtn"
+    assert "genres" in [c.categorical_column.name for c in columns.dense]
+    assert "genres" not in columns.sequence
+    # The CPU path pools several ids a row with the combiner, as the TPU's lookup does.
+    layer = tf.compat.v1.keras.layers.DenseFeatures(
+        [c for c in columns.dense if c.categorical_column.name == "genres"]
+    )
+    ids = tf.SparseTensor(
+        [[0, 0], [0, 1], [0, 2], [1, 0]], tf.constant([1, 2, 3, 4], tf.int64), [2, 3]
+    )
+    pooled = layer({"genres": ids})
+    assert pooled.shape == (2, the_plan.tables["genres"].dimension)
+    table = next(v for v in layer.variables if "embedding_weights" in v.name).numpy()
+    expected = table[[1, 2, 3]].sum(axis=0) / np.sqrt(3)
+    np.testing.assert_allclose(pooled.numpy()[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(pooled.numpy()[1], table[4], rtol=1e-5)

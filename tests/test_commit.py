@@ -21,7 +21,7 @@ from pipeline import commit
 from pipeline.input_checks import InputError
 
 
-def _stage(run: commit.Run, train_shards: int, tag: str) -> None:
+def _stage(run: commit.Run, train_shards: int, tag: str, validation_shards: int = 0) -> None:
     """Writes what a pipeline run writes into its staging prefix (`tag` marks its bytes)."""
     files = {
         "transform_fn/saved_model.pb": f"graph {tag}",
@@ -36,6 +36,8 @@ def _stage(run: commit.Run, train_shards: int, tag: str) -> None:
     }
     for i in range(train_shards):
         files[f"data/train-{i:05d}-of-{train_shards:05d}.tfrecord.gz"] = f"train {i} {tag}"
+    for i in range(validation_shards):
+        files[f"data/validation-{i:05d}-of-{validation_shards:05d}.tfrecord.gz"] = f"v {i}"
     for relative, text in files.items():
         storage.write_text(storage.join(run.staging, *relative.split("/")), text)
 
@@ -267,3 +269,30 @@ def test_a_failed_overwrite_leaves_the_real_output_committed_and_readable(
     assert load_or_make_plan(output) == small_pipeline_output["plan"]
     records = tf.data.TFRecordDataset(files_before, compression_type="GZIP")
     assert sum(1 for _ in records) == small_pipeline_output["stats"]["rows"]["train"]
+
+
+def test_the_validation_split_is_committed_and_read_like_the_others(tmp_path):
+    output = str(tmp_path / "out")
+    run = commit.begin(output, overwrite=False)
+    _stage(run, train_shards=2, tag="first", validation_shards=2)
+    manifest = commit.commit(run, overwrite=False)
+    validation = artifacts.data_files(output, "validation")
+    assert [os.path.basename(f) for f in validation] == [
+        f"validation-{run.run_id}-0000{i}-of-00002.tfrecord.gz" for i in range(2)
+    ]
+    assert validation == manifest.data_files("validation")
+    assert not set(validation) & set(manifest.data_files("train") + manifest.data_files("eval"))
+    # A manifest written before the split existed lists none: read as an empty split.
+    success = storage.join(output, artifacts.SUCCESS)
+    old = json.loads(storage.read_text(success))
+    old["data"].pop("validation")
+    for shard in manifest.data["validation"]:
+        old["files"].pop(shard)
+        storage.delete_files([storage.join(output, shard)])
+    storage.write_text(success, json.dumps(old))
+    assert artifacts.data_files(output, "validation") == []
+    assert len(artifacts.data_files(output, "train")) == 2
+    old["data"]["test"] = []
+    storage.write_text(success, json.dumps(old))
+    with pytest.raises(artifacts.PipelineOutputError, match="train, validation, eval"):
+        artifacts.data_files(output, "train")

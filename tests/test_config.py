@@ -214,3 +214,47 @@ def test_shrinkable_marks_one_vocabulary_and_survives_config_json(write_config):
     assert config.vocabulary_config("item").shrinkable is True
     assert config.vocabulary_config("region").shrinkable is False  # the default
     assert config_from_dict(config.to_dict()).vocabulary_config("item").shrinkable is True
+
+
+def test_validation_fraction_is_validated_with_the_eval_fraction():
+    config = parse_config(with_changes(split={"key": "user_id", "validation_fraction": 0.2}))
+    assert (config.split.eval_fraction, config.split.validation_fraction) == (0.1, 0.2)
+    assert parse_config(with_changes()).split.validation_fraction == 0.0
+    assert config_from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="split.validation_fraction must be in"):
+        parse_config(with_changes(split={"key": "user_id", "validation_fraction": -0.1}))
+    with pytest.raises(ConfigError, match="must be a number"):
+        parse_config(with_changes(split={"key": "user_id", "validation_fraction": "0.1"}))
+    with pytest.raises(ConfigError, match="eval_fraction \\+ split.validation_fraction = 1 "):
+        parse_config(
+            with_changes(split={"key": "user_id", "eval_fraction": 0.5, "validation_fraction": 0.5})
+        )
+
+
+def test_a_config_json_from_before_the_new_keys_still_loads():
+    data = parse_config(with_changes()).to_dict()
+    del data["split"]["validation_fraction"]
+    for feature in data["features"]:
+        del feature["keep"]
+    config = config_from_dict(data)
+    assert config.split.validation_fraction == 0.0
+    assert not any(f.keep for f in config.features)
+
+
+def test_bag_and_keep():
+    features = MINIMAL["feature"] + [
+        {"name": "genres", "type": "bag"},
+        {"name": "user_id", "type": "categorical", "keep": True},
+    ]
+    config = parse_config(with_changes(feature=features))
+    assert config.feature("genres").type == "bag"
+    assert config.vocabularies()["genres"] == ["genres"]
+    assert config.feature("user_id").keep and not config.feature("genres").keep
+    with pytest.raises(ConfigError, match="max_sequence_length is only for sequence features"):
+        parse_config(
+            with_changes(feature=[{"name": "genres", "type": "bag", "max_sequence_length": 3}])
+        )
+    with pytest.raises(ConfigError, match="'price'\\).keep is for features with a vocabulary"):
+        parse_config(with_changes(feature=[{"name": "price", "type": "numeric", "keep": True}]))
+    with pytest.raises(ConfigError, match="keep must be true or false"):
+        parse_config(with_changes(feature=[{"name": "g", "type": "bag", "keep": "yes"}]))

@@ -6,6 +6,7 @@ from common.config import parse_config
 from pipeline.decode import (
     EVAL,
     TRAIN,
+    VALIDATION,
     CsvRowDecoder,
     RowDecoder,
     RowError,
@@ -93,6 +94,40 @@ def test_split_is_stable_and_near_the_fraction():
     share = splits.count(EVAL) / len(keys)
     assert 0.22 < share < 0.28
     assert all(split_of(k, 0.0) == TRAIN for k in keys[:100])
+
+
+def test_validation_takes_its_keys_from_train_and_leaves_eval_as_it_was():
+    keys = [f"user{i}" for i in range(4000)]
+    before = [split_of(k, 0.25) for k in keys]
+    after = [split_of(k, 0.25, 0.15) for k in keys]
+    assert 0.12 < after.count(VALIDATION) / len(keys) < 0.18
+    assert [k for k, s in zip(keys, after, strict=True) if s == EVAL] == [
+        k for k, s in zip(keys, before, strict=True) if s == EVAL
+    ]
+    assert all(b == TRAIN for b, a in zip(before, after, strict=True) if a == VALIDATION)
+    assert VALIDATION not in {split_of(k, 0.25, 0.0) for k in keys}
+
+
+def test_bag_cells_are_lists_in_every_format():
+    config = parse_config(
+        {
+            "split": {"key": "user_id"},
+            "label": {"name": "clicked"},
+            "feature": [{"name": "genres", "type": "bag"}],
+        }
+    )
+    csv_row = CsvRowDecoder(config, ["user_id", "genres", "clicked"]).decode("u1,a b  c,1")
+    assert csv_row[1]["genres"] == [b"a", b"b", b"c"]
+    rows = RowDecoder(config)
+    assert rows.decode_json('{"user_id": "u", "genres": ["a", 7], "clicked": 0}')[1] == {
+        "genres": [b"a", b"7"],
+        "clicked": [0.0],
+    }
+    assert rows.decode_mapping({"user_id": "u", "clicked": 0})[1]["genres"] == []
+    record = _example(user_id=[b"u"], genres=[b"x", b"y"], clicked=[1])
+    assert rows.decode_example(record)[1]["genres"] == [b"x", b"y"]
+    with pytest.raises(RowError, match="genres: expected a list of ids"):
+        rows.decode_json('{"user_id": "u", "genres": "a", "clicked": 0}')
 
 
 def test_vectorized_split_hashes_equal_the_row_hash():

@@ -69,3 +69,15 @@ def test_an_empty_batch():
     prepared = keep_and_truncate(_parsed([[], []]), tf.zeros([0], tf.bool), 4, "keep_last")
     assert prepared.values.shape[0] == 0
     assert prepared.dense_shape.numpy().tolist() == [2, 0]
+
+
+def test_a_bag_keeps_its_ids_up_to_the_planned_cap_only():
+    plan = SimpleNamespace(
+        features={
+            "genres": SimpleNamespace(type="bag", max_sequence_length=0, max_ids=3, truncate="x")
+        },
+        numeric_features=[],
+    )
+    rows = [[4, 1, -1, 2, 7], [], [5], [3, 3]]
+    prepared = prepare_features({"genres": _parsed(rows)}, plan)
+    assert _rows(prepared["genres"], 4) == [[4, 1, 2], [], [5], [3, 3]]

@@ -1,26 +1,30 @@
 """The Beam measurement transforms on hand-made record batches (TestPipeline + assert_that)."""
 
+import math
+
 import apache_beam as beam
+import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from common import statistics
 from common.config import parse_config
+from embedding.planner import sharing_suggestions
 from pipeline import features
 from pipeline.decode import CsvRowDecoder, to_record_batch
-from pipeline.measure import CountFrequencies, MeasureBatches
+from pipeline.measure import CountFrequencies, MeasureBatches, MeasureEvalSkew
 
-CONFIG = parse_config(
-    {
-        "split": {"key": "u"},
-        "label": {"name": "y"},
-        "feature": [
-            {"name": "item", "type": "categorical", "vocabulary": "items"},
-            {"name": "history", "type": "sequence", "vocabulary": "items"},
-            {"name": "tags", "type": "sequence"},
-            {"name": "price", "type": "numeric"},
-        ],
-    }
-)
+CONFIG_DATA = {
+    "split": {"key": "u"},
+    "label": {"name": "y"},
+    "feature": [
+        {"name": "item", "type": "categorical", "vocabulary": "items"},
+        {"name": "history", "type": "sequence", "vocabulary": "items"},
+        {"name": "tags", "type": "sequence"},
+        {"name": "price", "type": "numeric"},
+    ],
+}
+CONFIG = parse_config(CONFIG_DATA)
 HEADER = ["u", "item", "history", "tags", "price", "y"]
 
 
@@ -46,7 +50,13 @@ def test_frequencies_and_overlaps():
             equal_to([("items", [(1, 1), (2, 1), (5, 1)]), ("tags", [(1, 1), (2, 1)])]),
             label="CheckFrequencies",
         )
-        assert_that(counted["overlaps"], equal_to([(("items", "tags"), 1)]), label="CheckOverlaps")
+        # 'a' is shared: 5 tokens in items, 1 in tags; x = log 5, y = log 1 = 0.
+        five = math.log(5)
+        assert_that(
+            counted["overlaps"],
+            equal_to([(("items", "tags"), [1, 5, 1, five, 0.0, five * five, 0.0, 0.0])]),
+            label="CheckOverlaps",
+        )
 
 
 def test_lengths_rows_and_numeric_moments():
@@ -67,3 +77,113 @@ def test_lengths_rows_and_numeric_moments():
                 ]
             ),
         )
+
+
+def test_eval_tokens_unseen_in_training_are_counted_per_feature():
+    config = parse_config({**CONFIG_DATA, "vocabulary": {"tags": {"frequency_threshold": 2}}})
+    # Training tokens: items a x5, b x2, c x1; tags a x1, x x2 (see BATCHES).
+    eval_batches = [batch(["u4,a,c d d,x a z,2,1"]), batch(["u5,e,,x,1,0"])]
+    with TestPipeline() as p:
+        train_tokens = p | "Train" >> beam.Create(BATCHES) | CountFrequencies(config)
+        evaluated = p | "Eval" >> beam.Create(eval_batches)
+        skew = (train_tokens["per_token"], evaluated) | MeasureEvalSkew(config)
+        # item: a (seen), e (unseen). history: c (seen once), d d (unseen).
+        # tags: x (seen twice), a (seen once: below the threshold 2), z (unseen), x.
+        assert_that(
+            skew,
+            equal_to(
+                [
+                    (("items", "item"), [2, 1, 1]),
+                    (("items", "history"), [3, 2, 2]),
+                    (("tags", "tags"), [4, 1, 2]),
+                ]
+            ),
+        )
+
+
+def _zipf(rng, n, size):
+    p = 1.0 / np.arange(1, n + 1)
+    return rng.choice(n, size=size, p=p / p.sum()) + 1
+
+
+def _judge(overlaps, frequencies):
+    """The planner's sharing suggestions from the measured overlaps and frequencies."""
+    tokens = {v: sum(f * n for f, n in pairs) for v, pairs in frequencies}
+    stats = {
+        "vocabulary_overlaps": [
+            {
+                "vocabularies": list(pair),
+                **statistics.overlap_summary(sums, *(tokens[v] for v in pair)),
+            }
+            for pair, sums in overlaps
+        ]
+    }
+    return sharing_suggestions(stats)
+
+
+def _check_suggestions(columns, types, vocabularies, check):
+    """Measures record batches of `columns` (name -> list of id lists) with CountFrequencies
+    in Beam and calls `check` with the planner's sharing suggestions."""
+    config = parse_config(
+        {
+            "split": {"key": "u"},
+            "label": {"name": "y"},
+            "feature": [
+                {"name": name, "type": types[name], "vocabulary": vocabularies[name]}
+                for name in columns
+            ],
+        }
+    )
+    schema = features.tensor_adapter_config(config).arrow_schema
+    rows = [
+        {
+            **{name: [str(v).encode() for v in values[i]] for name, values in columns.items()},
+            "y": [0.0],
+        }
+        for i in range(len(next(iter(columns.values()))))
+    ]
+    batches = [to_record_batch(rows[i : i + 500], schema) for i in range(0, len(rows), 500)]
+    with TestPipeline() as p:
+        counted = p | beam.Create(batches) | CountFrequencies(config)
+        overlaps = counted["overlaps"] | "Overlaps" >> beam.combiners.ToList()
+        frequencies = counted["frequencies"] | "Frequencies" >> beam.combiners.ToList()
+        notes = overlaps | beam.Map(_judge, beam.pvalue.AsSingleton(frequencies))
+        assert_that(notes, lambda actual: check(actual[0]))
+
+
+def test_unrelated_integer_codes_get_no_sharing_suggestion():
+    # Ages 1..60 and user ids 1..900 are all item ids too, and the popular items have low
+    # ids, so the shared values hold all the ages' tokens and over half the items'; by
+    # frequencies the columns have nothing in common.
+    rng = np.random.default_rng(5)
+    rows = 3000
+    columns = {
+        "age": [[v] for v in rng.integers(1, 61, rows)],
+        "user": [[v] for v in rng.integers(1, 901, rows)],
+        "item": [[v] for v in _zipf(rng, 2000, rows)],
+    }
+    types = dict.fromkeys(columns, "categorical")
+    _check_suggestions(columns, types, {name: name for name in columns}, _no_notes)
+
+
+def test_two_views_of_one_catalogue_get_a_sharing_suggestion():
+    rng = np.random.default_rng(6)
+    rows = 3000
+    catalogue = rng.permutation(2000) + 1  # popularity unrelated to the id's number
+    columns = {
+        "item": [[catalogue[v - 1]] for v in _zipf(rng, 2000, rows)],
+        "history": [list(catalogue[_zipf(rng, 2000, 5) - 1]) for _ in range(rows)],
+    }
+    types = {"item": "categorical", "history": "sequence"}
+    _check_suggestions(
+        columns, types, {"item": "items", "history": "history_items"}, _one_shared_catalogue
+    )
+
+
+def _no_notes(notes):
+    assert notes == []
+
+
+def _one_shared_catalogue(notes):
+    assert len(notes) == 1
+    assert "'history_items' and 'items' look like names of the same things" in notes[0]

@@ -89,6 +89,7 @@ def test_every_format_gives_the_same_measurements(rows, tmp_path):
     assert csv_stats["rows"] == {
         "read": ROWS,
         "train": csv_stats["rows"]["train"],
+        "validation": 0,
         "eval": ROWS - csv_stats["rows"]["train"],
         "rejected": 0,
     }

@@ -119,7 +119,7 @@ def test_one_value_vocabulary_is_dropped():
 def test_id_like_feature_is_flagged():
     plan = make_plan(stats(user_distinct=90, rows=100), config())
     assert any(note.startswith("user_id:") and "id-like" in note for note in plan.notes)
-    assert not make_plan(stats(user_distinct=20), config()).notes
+    assert not any("id-like" in note for note in make_plan(stats(user_distinct=20), config()).notes)
 
 
 def test_dimension_rules():
@@ -170,20 +170,95 @@ def test_planning_takes_milliseconds():
     assert (time.perf_counter() - started) / 100 < 0.01
 
 
-def test_overlapping_vocabularies_are_suggested_for_sharing():
+def _overlap(shared, share_a, share_b, correlation):
+    return {
+        "vocabularies": ["clicked_items", "items"],
+        "shared_values": shared,
+        "token_share_a": share_a,
+        "token_share_b": share_b,
+        "log_frequency_correlation": correlation,
+    }
+
+
+@pytest.mark.parametrize(
+    ("overlap", "suggested"),
+    [
+        (_overlap(200, 0.9, 0.8, 0.7), True),
+        (_overlap(200, 1.0, 0.4, 0.9), False),  # ages 1..60 among item ids: few item tokens
+        (_overlap(200, 0.9, 0.8, 0.1), False),  # user ids among item ids: no agreement
+        (_overlap(5, 0.9, 0.8, 0.9), False),  # too few shared values to judge
+        ({"vocabularies": ["clicked_items", "items"], "shared_values": 400}, False),  # old stats
+    ],
+)
+def test_sharing_is_suggested_on_token_and_frequency_evidence(overlap, suggested):
     measured = stats()
     measured["vocabularies"]["clicked_items"] = vocab(400, 400)
+    measured["sequences"]["clicked_items"] = sequence({"3": 10})
+    measured["vocabulary_overlaps"] = [overlap]
     cfg = config(
         feature=[
             {"name": "item_id", "type": "categorical", "vocabulary": "items"},
             {"name": "clicked_items", "type": "sequence"},
         ]
     )
-    measured["sequences"]["clicked_items"] = sequence({"3": 10})
-    measured["vocabulary_overlaps"] = [
-        {"vocabularies": ["clicked_items", "items"], "shared_values": 200},
-    ]
-    notes = make_plan(measured, cfg).notes
-    assert any("'clicked_items' and 'items' share 200 values (50%" in n for n in notes)
-    measured["vocabulary_overlaps"][0]["shared_values"] = 199
-    assert not any("share" in n for n in make_plan(measured, cfg).notes)
+    notes = [n for n in make_plan(measured, cfg).notes if "same things" in n]
+    assert bool(notes) == suggested
+    if suggested:
+        assert "'clicked_items' and 'items'" in notes[0] and "90% of 'clicked_items'" in notes[0]
+
+
+def _with_eval(measured, feature, tokens, unseen_rate):
+    skew = measured.setdefault("eval_skew", {"features": {}, "lengths": {}})
+    skew["features"][feature] = {"tokens": tokens, "unseen_rate": unseen_rate, "oov_rate": 0.0}
+    return measured
+
+
+def test_a_feature_whose_eval_values_training_never_saw_is_dropped_with_its_reason():
+    measured = _with_eval(stats(), "user_id", 50, 1.0)
+    _with_eval(measured, "item_id", 50, 0.3)
+    plan = make_plan(measured, config())
+    assert "user_id" not in plan.features and "user_id" not in plan.tables
+    assert plan.dropped["user_id"].startswith("100.0% of its 50 eval values never occur")
+    assert "keep = true" in plan.dropped["user_id"]
+    assert "item_id" in plan.features
+    assert "user_id: " in format_plan(plan)
+    # Kept on request, with a note; and not judged on too few eval tokens.
+    kept = config(
+        feature=[{"name": "user_id", "type": "categorical", "keep": True}, *config_features()]
+    )
+    plan = make_plan(measured, kept)
+    assert "user_id" in plan.features
+    assert any(n.startswith("user_id: kept (keep = true) although 100.0%") for n in plan.notes)
+    assert "user_id" in make_plan(_with_eval(stats(), "user_id", 9, 1.0), config()).features
+
+
+def config_features():
+    return [{"name": "item_id", "type": "categorical", "vocabulary": "items"}]
+
+
+def test_a_bag_keeps_all_ids_up_to_a_generous_cap_and_is_pooled():
+    cfg = config(
+        feature=[
+            {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+            {"name": "genres", "type": "bag", "vocabulary": "items"},
+        ]
+    )
+    measured = stats()
+    measured["bags"] = {"genres": sequence({"1": 500, "3": 400, "6": 100})}
+    genres = make_plan(measured, cfg).features["genres"]
+    assert (genres.type, genres.max_sequence_length, genres.max_ids) == ("bag", 0, 6)
+    assert genres.dropped_id_fraction == 0.0
+    # One outlier far beyond the 99.9% quantile does not set the cap for every batch.
+    measured["bags"] = {"genres": sequence({"1": 5000, "3": 4000, "6": 1000, "500": 1})}
+    genres = make_plan(measured, cfg).features["genres"]
+    assert genres.max_ids == 24 and genres.longest == 500
+    assert genres.dropped_id_fraction == pytest.approx(476 / (5000 + 12000 + 6000 + 500))
+    assert "genres" in format_plan(make_plan(measured, cfg))
+    measured["bags"] = {"genres": sequence({"0": 10})}
+    assert make_plan(measured, cfg).dropped["genres"] == "every training bag is empty"
+
+
+def test_a_sequence_the_model_only_pools_is_pointed_at_bags():
+    notes = make_plan(stats(), config()).notes
+    assert any(n.startswith("history: a sequence moves batch x 5 x dim") for n in notes)
+    assert any('type = "bag"' in n and "up to 400 ids" in n for n in notes)

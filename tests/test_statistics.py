@@ -2,10 +2,13 @@ import pytest
 
 from common.statistics import (
     SUM_SCALE_BITS,
+    bag_cap,
     coverage_length,
     numeric_summary,
+    overlap_summary,
     sequence_summary,
     truncation,
+    unseen_summary,
     vocabulary_summary,
 )
 
@@ -97,3 +100,44 @@ def test_exact_sums_do_not_depend_on_order_or_grouping():
     assert summary["mean"] == float(small.astype(np.float64).sum() / 3)
     # Float summation of the same values in two orders differs; the exact sums do not.
     assert float(np.sum(values.astype(np.float64))) != float(np.sum(shuffled.astype(np.float64)))
+
+
+def _overlap_sums(pairs):
+    """The OVERLAP_FIELDS sums of (frequency in a, frequency in b) pairs, as Beam adds them."""
+    import math
+
+    sums = [0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    for fa, fb in pairs:
+        x, y = math.log(fa), math.log(fb)
+        for i, v in enumerate((1, fa, fb, x, y, x * x, y * y, x * y)):
+            sums[i] += v
+    return sums
+
+
+def test_overlap_summary_against_numpy():
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    pairs = [(int(a), int(a * rng.integers(1, 4))) for a in rng.integers(1, 50, 300)]
+    summary = overlap_summary(_overlap_sums(pairs), 20_000, 50_000)
+    x, y = np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs])
+    assert summary["shared_values"] == 300
+    assert summary["token_share_a"] == sum(p[0] for p in pairs) / 20_000
+    assert summary["token_share_b"] == sum(p[1] for p in pairs) / 50_000
+    assert summary["log_frequency_correlation"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-4)
+    # No spread on one side, or too few values: no evidence of agreement.
+    assert (
+        overlap_summary(_overlap_sums([(1, 5), (1, 7), (1, 9)]), 3, 21)["log_frequency_correlation"]
+        == 0.0
+    )
+    assert (
+        overlap_summary(_overlap_sums([(1, 5), (2, 7)]), 3, 12)["log_frequency_correlation"] == 0.0
+    )
+
+
+def test_unseen_summary_and_bag_cap():
+    assert unseen_summary(200, 50, 60) == {"tokens": 200, "unseen_rate": 0.25, "oov_rate": 0.3}
+    assert unseen_summary(0, 0, 0)["unseen_rate"] == 0.0
+    assert bag_cap({}) == 0 and bag_cap({"0": 5}) == 0
+    assert bag_cap({"2": 10, "7": 1}) == 7  # the longest, when not an outlier
+    assert bag_cap({"2": 9999, "100": 1}) == 8  # 4 x the 99.9% quantile

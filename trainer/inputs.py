@@ -82,10 +82,14 @@ def prepare_features(features: dict, plan: EmbeddingPlan) -> dict:
         ids = features[name]
         if not isinstance(ids, tf.SparseTensor):
             ids = _one_id_a_row(ids)
-        length = feature.max_sequence_length if feature.type == "sequence" else None
-        prepared[name] = keep_and_truncate(
-            ids, tf.math.greater_equal(ids.values, 0), length, feature.truncate
-        )
+        length, end = None, feature.truncate
+        if feature.type == "sequence":
+            length = feature.max_sequence_length
+        elif feature.type == "bag" and feature.max_ids:
+            # A bag is unordered: its cap bounds a row's ids (the plan's measured cap, met by
+            # almost every row), it does not pick an end of an ordered history.
+            length, end = feature.max_ids, "keep_first"
+        prepared[name] = keep_and_truncate(ids, tf.math.greater_equal(ids.values, 0), length, end)
     for name in plan.numeric_features:
         prepared[name] = tf.reshape(tf.cast(features[name], tf.float32), [-1])
     return prepared

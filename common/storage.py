@@ -92,6 +92,15 @@ def list_files(path: str) -> dict[str, int]:
     return dict(sorted(files.items()))
 
 
+def is_file(path: str) -> bool:
+    """Whether a file (an object) is named exactly `path`: not a directory, not a prefix."""
+    if not is_remote(path):
+        import os
+
+        return os.path.isfile(path)
+    return _filesystems().exists(path)
+
+
 def exists(path: str) -> bool:
     """Whether a file is named `path` or any file lies under `path/` (a "directory").
 

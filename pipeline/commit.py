@@ -80,12 +80,72 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-def check_output(output: str, overwrite: bool) -> None:
+OWN_TOP_LEVEL = frozenset(
+    {
+        artifacts.SUCCESS,
+        artifacts.STATS,
+        artifacts.CONFIG,
+        artifacts.PLAN,
+        artifacts.REPORT,
+        artifacts.DATA_DIR,
+        artifacts.REJECTED_DIR,
+        artifacts.WORK_DIR,
+        "transform_fn",
+        "transformed_metadata",
+        "metadata",
+    }
+)
+"""The top-level names a pipeline run (and the planner) writes into OUTPUT: --overwrite
+replaces an OUTPUT that holds nothing else, and refuses any other."""
+
+
+def normalize_output(output: str) -> str:
+    """OUTPUT without a trailing separator; a local path made absolute with its links
+    resolved, so that the staging prefix is really beside it (`.` or a link to a directory
+    would otherwise put it inside, or make the old tree undeletable)."""
+    if storage.is_remote(output):
+        return output.rstrip("/")
+    import os
+
+    return os.path.realpath(os.path.abspath(output))
+
+
+def _check_replaceable(output: str, inputs: list[str]) -> None:
+    """Refuses to replace an OUTPUT that is not a pipeline output or holds the inputs."""
+    present = storage.list_files(output)
+    foreign = sorted(f for f in present if f.split("/", 1)[0] not in OWN_TOP_LEVEL)
+    if foreign or storage.is_file(output):
+        shown = foreign[0] if foreign else f"{output} is a file, not a folder"
+        raise InputError(
+            f"--output {output} holds files a pipeline run does not write (first: {shown}): "
+            "--overwrite replaces only a pipeline output; choose another --output"
+        )
+    prefix = storage.join(output, "")
+    inside = [path for path in inputs if normalize_output(path).startswith(prefix)]
+    if inside:
+        raise InputError(
+            f"--output {output} holds the input {inside[0]}: replacing it would delete the "
+            "data being read; choose another --output"
+        )
+
+
+def _check_writable(staging: str) -> None:
+    """Writes and deletes one small file where the run will stage, before Beam starts."""
+    probe = storage.join(staging, artifacts.WORK_DIR, "probe")
+    try:
+        storage.write_text(probe, "")
+        storage.delete_tree(staging)
+    except Exception as e:
+        raise InputError(f"--output: cannot write beside it, at {staging}: {e}") from None
+
+
+def check_output(output: str, overwrite: bool, inputs: list[str] | None = None) -> None:
     """Refuses an unusable OUTPUT, or an existing one without --overwrite.
 
     Raises:
       InputError: OUTPUT has glob characters, is a bucket's root, or exists (a file or any
-        object under `OUTPUT/`) and `overwrite` is False.
+        object under `OUTPUT/`) and `overwrite` is False, or with `overwrite` holds files a
+        pipeline run does not write or one of the `inputs`.
     """
     if any(c in output for c in storage.GLOB_CHARACTERS):
         raise InputError(f"--output {output}: choose a name without *, ? or [")
@@ -94,20 +154,29 @@ def check_output(output: str, overwrite: bool) -> None:
             f"--output {output}: give a folder inside the bucket, such as {output}/clicks "
             "(the run is staged beside OUTPUT)"
         )
-    if storage.exists(output) and not overwrite:
-        raise InputError(f"--output {output} already exists; pass --overwrite to replace it")
+    if storage.exists(output):
+        if not overwrite:
+            raise InputError(f"--output {output} already exists; pass --overwrite to replace it")
+        _check_replaceable(output, inputs or [])
 
 
-def begin(output: str, overwrite: bool) -> Run:
+def begin(output: str, overwrite: bool, inputs: list[str] | None = None) -> Run:
     """Checks OUTPUT (before Beam starts) and names the run and its staging prefix.
 
+    Args:
+      output: --output.
+      overwrite: --overwrite.
+      inputs: the input files, which OUTPUT must not hold.
+
     Raises:
-      InputError: see `check_output`.
+      InputError: see `check_output`; or nothing can be written beside OUTPUT.
     """
-    output = output.rstrip("/")
-    check_output(output, overwrite)
+    output = normalize_output(output)
+    check_output(output, overwrite, inputs)
     run_id = new_run_id()
-    return Run(output=output, run_id=run_id, staging=f"{output}{STAGING_MARK}{run_id}")
+    staging = f"{output}{STAGING_MARK}{run_id}"
+    _check_writable(staging)
+    return Run(output=output, run_id=run_id, staging=staging)
 
 
 def _committed_name(run_id: str):

@@ -265,7 +265,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output = args.output.rstrip("/")
     options = PipelineOptions(beam_args, save_main_session=False)
     dry_run = bool(options.view_as(TestOptions).dry_run)
-    this_run = None if dry_run else commit.begin(output, args.overwrite)
+    this_run = None if dry_run else commit.begin(output, args.overwrite, [f.path for f in files])
 
     import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io

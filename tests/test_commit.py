@@ -296,3 +296,45 @@ def test_the_validation_split_is_committed_and_read_like_the_others(tmp_path):
     storage.write_text(success, json.dumps(old))
     with pytest.raises(artifacts.PipelineOutputError, match="train, validation, eval"):
         artifacts.data_files(output, "train")
+
+
+def test_overwrite_replaces_only_a_pipeline_output_and_never_its_inputs(tmp_path):
+    # --overwrite once deleted whatever directory it was given, the run's own input included.
+    precious = tmp_path / "danger"
+    (precious / "thesis").mkdir(parents=True)
+    (precious / "thesis" / "chapter1.txt").write_text("years of work")
+    data = precious / "clicks.csv"
+    data.write_text("user_id,item_id\n")
+    with pytest.raises(InputError, match=r"holds files a pipeline run does not write"):
+        commit.begin(str(precious), overwrite=True, inputs=[str(data)])
+    assert (precious / "thesis" / "chapter1.txt").read_text() == "years of work"
+    # An output folder that holds only what a run writes, and the input: refused too.
+    output = tmp_path / "out"
+    (output / "data").mkdir(parents=True)
+    inside = output / "data" / "raw.csv"
+    inside.write_text("x\n")
+    with pytest.raises(InputError, match=r"holds the input .*raw\.csv"):
+        commit.begin(str(output), overwrite=True, inputs=[str(inside)])
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        commit.begin(str(a_file), overwrite=True, inputs=[])
+
+
+def test_output_is_resolved_so_staging_lies_beside_it(tmp_path, monkeypatch):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    run = commit.begin(str(link), overwrite=True, inputs=[])
+    assert run.output == str(real)
+    assert run.staging.startswith(str(real) + commit.STAGING_MARK)
+    monkeypatch.chdir(real)
+    assert commit.begin(".", overwrite=True, inputs=[]).output == str(real)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_beam(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="cannot write beside it"):
+        commit.begin(str(blocker / "out"), overwrite=False, inputs=[])

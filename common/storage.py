@@ -125,6 +125,17 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def sha256(path: str) -> str:
+    """The SHA-256 of the file `path`, read in blocks of 8 MiB (files of any size)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with _filesystems().open(path, compression_type=_uncompressed()) as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_text(path: str) -> str:
     """The contents of the UTF-8 text file `path`."""
     return read_bytes(path).decode("utf-8")

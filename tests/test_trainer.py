@@ -354,3 +354,44 @@ def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
     written = json.loads((tmp_path / "model" / "eval_metrics.json").read_text())
     assert written == {"examples": 0, "global_step": 3}
     assert "auc" not in metrics and "loss" not in metrics
+
+
+def test_a_checkpoint_trained_on_other_vocabularies_is_refused(trained, tmp_path):
+    # Same table shapes, other id -> row mapping: resuming would train the rows of one run's
+    # values as if they were another's.
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+
+    def other_vocabulary(config):
+        config["vocabulary_fingerprints"]["items"] = "0" * 64
+        config["pipeline_run_id"] = "20260101T000000Z-00000000"
+
+    _edit_json(model_dir / "training_config.json", other_vocabulary)
+    with pytest.raises(
+        task.TrainerError, match=r"vocabulary 'items' holds other values .*20260101T000000Z"
+    ):
+        task.train_and_evaluate(_args(trained["output"], model_dir, "--train-steps", "40"))
+
+
+def test_nothing_is_exported_when_the_pipeline_output_is_recommitted_meanwhile(
+    small_pipeline_output, tmp_path, monkeypatch
+):
+    # A rerun of the pipeline that commits while the trainer runs: the export would pair the
+    # tables with the new run's vocabularies.
+    from trainer import checks
+
+    output = tmp_path / "output"
+    shutil.copytree(small_pipeline_output["output"], output)
+    real_export = tf.compat.v1.estimator.tpu.TPUEstimator.export_saved_model
+
+    def recommit_during_export(self, *args, **kwargs):
+        path = real_export(self, *args, **kwargs)
+        _edit_json(output / artifacts.SUCCESS, lambda m: m.update(run_id="another-run"))
+        return path
+
+    monkeypatch.setattr(
+        tf.compat.v1.estimator.tpu.TPUEstimator, "export_saved_model", recommit_during_export
+    )
+    with pytest.raises(checks.TrainerError, match=r"recommitted while training .*another-run"):
+        task.train_and_evaluate(_args(str(output), tmp_path / "m", "--train-steps", "2"))
+    assert not glob.glob(str(tmp_path / "m" / "export" / "*"))

@@ -14,6 +14,8 @@ from common.config import Config
 from common.plan import EmbeddingPlan, read_plan
 
 TRAINING_CONFIG = "training_config.json"
+FINGERPRINTS = "vocabulary_fingerprints"
+"""The key of training_config.json that keeps each table's vocabulary fingerprint."""
 MODEL_SHAPING_FLAGS = ("hidden_units", "optimizer")
 """Trainer flags that change the model's variables: a checkpoint of other values cannot
 resume (other layer shapes, other optimizer slots)."""
@@ -110,16 +112,55 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     ]
 
 
+def vocabulary_fingerprints(plan: EmbeddingPlan, transform_output) -> dict[str, str]:
+    """Each table's vocabulary file's SHA-256: what the table's rows mean."""
+    return {
+        name: storage.sha256(transform_output.vocabulary_file_by_name(name))
+        for name in sorted(plan.tables)
+    }
+
+
+def check_same_run(pipeline_output: str, manifest: artifacts.Manifest) -> None:
+    """Refuses to go on when OUTPUT is no longer the commit the trainer started from.
+
+    A rerun of the pipeline that commits while the trainer runs replaces the transform
+    graph and the vocabularies: a model evaluated or exported with them would pair tables
+    trained on one run's ids with another run's vocabulary. A commit deletes the old
+    `_SUCCESS` before it touches any other file, so finding the same run id before and after
+    reading files proves they were the run's own.
+
+    Raises:
+      TrainerError: OUTPUT has no commit now, or another run's.
+    """
+    try:
+        now = artifacts.read_manifest(pipeline_output).run_id
+    except artifacts.PipelineOutputError:
+        now = None
+    if now != manifest.run_id:
+        raise TrainerError(
+            f"{pipeline_output} was recommitted while training (run {manifest.run_id} then, "
+            f"{now or 'no commit'} now): its vocabularies and data are no longer the ones "
+            "the model was trained on, so nothing more was evaluated or exported; the "
+            "checkpoints stay in --model-dir"
+        )
+
+
 def check_model_dir(
-    model_dir: str, plan: EmbeddingPlan, config: Config, flags: dict[str, Any]
+    model_dir: str,
+    plan: EmbeddingPlan,
+    config: Config,
+    flags: dict[str, Any],
+    fingerprints: dict[str, str] | None = None,
 ) -> None:
     """Refuses to resume a checkpoint of a different model, before anything is written.
 
     A model directory that holds a checkpoint keeps the plan and flags it was trained with
     (`embedding_plan.json`, `training_config.json`); the tables, sequence lengths, numeric
-    features, label, layer sizes and optimizers must be the same now. Restoring another
-    model's checkpoint either fails halfway (another layer size) or, for a table of another
-    size, silently keeps the old table.
+    features, label, layer sizes and optimizers must be the same now, and so must the
+    vocabularies (`fingerprints`): a table's rows mean its vocabulary's values, so a
+    checkpoint trained on another pipeline run whose vocabularies differ cannot go on, even
+    with tables of the same shape. Restoring another model's checkpoint either fails halfway
+    (another layer size) or, for a table of another size, silently keeps the old table.
 
     Raises:
       TrainerError: what differs, and to use a new --model-dir.
@@ -147,6 +188,13 @@ def check_model_dir(
     before["[embedding] optimizer"] = saved.get("embedding_optimizer")
     now["[embedding] optimizer"] = config.embedding.optimizer
     differences = _differences(before, now)
+    saved_prints = saved.get(FINGERPRINTS) or {}
+    differences += [
+        f"vocabulary {name!r} holds other values than the one the checkpoint was trained on "
+        f"(pipeline run {saved.get('pipeline_run_id')})"
+        for name, fingerprint in (fingerprints or {}).items()
+        if saved_prints.get(name) != fingerprint
+    ]
     if differences:
         raise TrainerError(
             f"{model_dir} holds a checkpoint of another model ({checkpoint}); "

@@ -31,16 +31,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from common import artifacts
+from common import artifacts, storage
 from common.config import Config, read_pipeline_config
 from common.plan import EmbeddingPlan
 from embedding.planner import load_or_make_plan
 from trainer.checks import (
+    FINGERPRINTS,
     TRAINING_CONFIG,
     TrainerError,
     check_inputs,
     check_model_dir,
+    check_same_run,
     check_vocabularies,
+    vocabulary_fingerprints,
 )
 
 LOG = logging.getLogger("trainer")
@@ -233,7 +236,10 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     transform_output = tft.TFTransformOutput(args.pipeline_output)
     check_inputs(config, plan, transform_output.transformed_feature_spec())
     check_vocabularies(plan, transform_output)
-    check_model_dir(args.model_dir, plan, config, vars(args))
+    fingerprints = vocabulary_fingerprints(plan, transform_output)
+    check_model_dir(args.model_dir, plan, config, vars(args), fingerprints)
+    stats = artifacts.read_json(args.pipeline_output, artifacts.STATS)
+    check_same_run(args.pipeline_output, manifest)
     train_files = manifest.data_files("train")
     eval_files = manifest.data_files("eval")
     cluster = None
@@ -247,7 +253,12 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             raise TrainerError(str(e)) from e
 
     tf.io.gfile.makedirs(args.model_dir)
-    resolved = {**vars(args), "embedding_optimizer": config.embedding.optimizer}
+    resolved = {
+        **vars(args),
+        "embedding_optimizer": config.embedding.optimizer,
+        "pipeline_run_id": manifest.run_id,
+        FINGERPRINTS: fingerprints,
+    }
     artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
     artifacts.write_json(args.model_dir, artifacts.PLAN, plan.to_dict())
 
@@ -270,8 +281,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         steps * args.batch_size / max(elapsed, 1e-9),
     )
 
-    eval_rows = artifacts.read_json(args.pipeline_output, artifacts.STATS)["rows"]["eval"]
-    if eval_rows:
+    check_same_run(args.pipeline_output, manifest)
+    if stats["rows"]["eval"]:
         metrics = _jsonable(
             estimator.evaluate(
                 make_input_fn(eval_files, plan, training=False),
@@ -291,10 +302,17 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     metrics["steps_trained"] = steps
     if args.export:
         export_base = artifacts.join(args.model_dir, "export")
+        check_same_run(args.pipeline_output, manifest)
         path = estimator.export_saved_model(
             export_base, make_serving_input_receiver_fn(transform_output, plan)
         )
-        metrics["export_dir"] = path.decode() if isinstance(path, bytes) else path
+        path = path.decode() if isinstance(path, bytes) else path
+        try:
+            check_same_run(args.pipeline_output, manifest)  # it read the run's own vocabularies
+        except TrainerError:
+            storage.delete_tree(path)
+            raise
+        metrics["export_dir"] = path
     return metrics
 
 

@@ -34,6 +34,9 @@ REQUIRED_SPLITS = (TRAIN_PREFIX, EVAL_PREFIX)
 """Splits every manifest lists; a manifest written before the validation split existed lists
 no validation shards, and reads as an empty validation split."""
 TFRECORD_SUFFIX = ".tfrecord.gz"
+EMPTY_SHARD_BYTES = 20
+"""The size of a gzip stream without data (header, an empty block, trailer): a shard of at
+most this size holds no examples; one more byte of data makes the stream longer."""
 MANIFEST_VERSION = 1
 
 
@@ -136,6 +139,14 @@ class Manifest:
             if unlisted:
                 raise ValueError(f"{split} shard {unlisted[0]} is not among the files")
         return cls(output, value["run_id"], value["committed_at"], files, data)
+
+    def empty_shards(self, split: str) -> set[str]:
+        """The full paths of a split's shards that hold no examples."""
+        return {
+            join(self.output, relative)
+            for relative in self.data.get(split, [])
+            if self.files[relative] <= EMPTY_SHARD_BYTES
+        }
 
     def data_files(self, split: str) -> list[str]:
         """The full paths of a split's transformed TFRecord shards, sorted."""

@@ -201,3 +201,26 @@ def check_model_dir(
             + "; ".join(differences)
             + f". Resuming it would fail or keep the old variables: {fix}"
         )
+
+
+def check_every_host_has_data(manifest: artifacts.Manifest, hosts: int) -> None:
+    """Refuses a TPU whose hosts would not all read training examples.
+
+    Each host reads every hosts-th train shard (`trainer.inputs.host_files`); a host whose
+    shards are all empty (a small split over many shards) would have no input to feed its
+    cores.
+
+    Raises:
+      TrainerError: naming the hosts without data and what to do.
+    """
+    from trainer.inputs import host_files
+
+    files = manifest.data_files("train")
+    empty = manifest.empty_shards("train")
+    starved = [h for h in range(hosts) if set(host_files(files, h, hosts)) <= empty]
+    if starved:
+        raise TrainerError(
+            f"TPU host(s) {', '.join(map(str, starved))} of {hosts} would read only empty "
+            f"train shards ({len(empty)} of {len(files)} are empty): rerun the pipeline with "
+            f"fewer --num-shards (a multiple of {hosts}) or on more data"
+        )

@@ -39,6 +39,7 @@ from trainer.checks import (
     FINGERPRINTS,
     TRAINING_CONFIG,
     TrainerError,
+    check_every_host_has_data,
     check_inputs,
     check_model_dir,
     check_same_run,
@@ -251,6 +252,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             host_files(train_files, 0, hosts)  # fewer files than hosts: refused before any work
         except InputError as e:
             raise TrainerError(str(e)) from e
+        check_every_host_has_data(manifest, hosts)
 
     tf.io.gfile.makedirs(args.model_dir)
     resolved = {

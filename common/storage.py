@@ -42,6 +42,16 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
+def canonical(path: str) -> str:
+    """One spelling per file: a local path absolute, normalized and with its links resolved
+    (`a//b`, `./b` and a link to `b` name one file); an object store's path as it is."""
+    if is_remote(path):
+        return path
+    import os
+
+    return os.path.realpath(os.path.abspath(path))
+
+
 def join(*parts: str) -> str:
     """`parts` joined with the separator of the first part's file system."""
     if is_remote(parts[0]):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
+from common import storage
 from common.config import LIST_TYPES, Config
 from pipeline import decode
 
@@ -42,7 +43,7 @@ def match_inputs(patterns: Sequence[str]) -> list[FileMetadata]:
         if not matched:
             raise InputError(f"--input {pattern!r} matches no file")
         for metadata in matched:
-            files.setdefault(metadata.path, metadata)
+            files.setdefault(storage.canonical(metadata.path), metadata)
     return list(files.values())
 
 

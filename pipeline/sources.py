@@ -40,6 +40,7 @@ from apache_beam.io.filebasedsource import FileBasedSource, ReadAllFiles
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
+from common import storage
 from common.config import Config
 from pipeline.input_checks import InputError, csv_header, header_mismatch
 from pipeline.sinks import masked_crc32c
@@ -441,7 +442,7 @@ def _unchanged(metadata: FileMetadata, pinned: dict[str, FileMetadata]) -> FileM
         first read matched the inputs.
     """
     path = metadata.path
-    before = pinned.get(path)
+    before = pinned.get(storage.canonical(path))
     if before is None:
         raise InputError(
             f"{path}: appeared while the pipeline ran (the measuring pass did not match it); "
@@ -481,13 +482,15 @@ class MatchFilesOnce(beam.PTransform):
         files = (
             patterns
             | "Match" >> fileio.MatchAll()
-            | "KeyByPath" >> beam.Map(lambda metadata: (metadata.path, metadata))
+            | "KeyByPath" >> beam.Map(lambda metadata: (storage.canonical(metadata.path), metadata))
             | "GroupByPath" >> beam.GroupByKey()
             | "OncePerFile" >> beam.MapTuple(lambda _, same: next(iter(same)))
         )
         if self._pinned is None:
             return files
-        pinned = self._pinned | "KeyPinned" >> beam.Map(lambda metadata: (metadata.path, metadata))
+        pinned = self._pinned | "KeyPinned" >> beam.Map(
+            lambda metadata: (storage.canonical(metadata.path), metadata)
+        )
         return files | "Unchanged" >> beam.Map(_unchanged, pinned=beam.pvalue.AsDict(pinned))
 
 

@@ -314,7 +314,14 @@ def test_a_run_over_300_files_counts_every_row_once(rows, tmp_path):
         )
     with open(directory / "part-00007.csv", "a") as f:
         f.write("u-bad,i1,i2,mobile,r1,cheap,1\n")
-    patterns = [str(directory / "part-*"), str(directory / "part-00007.csv")]
+    # The same files again, spelled otherwise: a second slash, and a link to one of them.
+    (tmp_path / "link.csv").symlink_to(directory / "part-00003.csv")
+    patterns = [
+        str(directory / "part-*"),
+        str(directory / "part-00007.csv"),
+        str(directory) + "//part-00005.csv",
+        str(tmp_path / "link.csv"),
+    ]
     output, stats = _run(tmp_path, "out", "csv", patterns, "--num-shards", "3")
     counts = stats["rows"]
     assert counts["read"] == ROWS + 1

@@ -354,6 +354,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 f"{source}: {where}.keep is for features with a vocabulary; a numeric feature "
                 "is never dropped for unseen values"
             )
+        if "truncate" in raw and feature.type != "sequence":
+            raise ConfigError(
+                f"{source}: {where}.truncate is only for sequence features (a {feature.type} "
+                "feature is never cut)"
+            )
         if feature.max_sequence_length is not None:
             if feature.type != "sequence":
                 raise ConfigError(

@@ -24,6 +24,10 @@ import pyarrow as pa
 
 from common.config import LIST_TYPES, Config
 
+# A cell may hold a long sequence (100,000 ids is several hundred KB): the csv module's
+# default limit of 131,072 characters a field would reject a row the other formats accept.
+csv.field_size_limit(2**31 - 1)
+
 TRAIN = "train"
 VALIDATION = "validation"
 EVAL = "eval"

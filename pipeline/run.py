@@ -156,6 +156,13 @@ def check_rejected(
       output: OUTPUT, named as left as it was (nothing is committed).
     """
     rows = stats["rows"]
+    if rows["read"] and not rows["train"]:
+        raise TooManyRejected(
+            f"no training row: of {rows['read']} rows read, {rows['rejected']} were rejected "
+            f"and {rows['read'] - rows['rejected'] - rows['train']} went to the other splits; "
+            f"nothing to train on. Every rejected row, with its reason, is in {rejected_dir}"
+            + (f" (nothing was committed: {output} is as it was)" if output else "")
+        )
     if not rows["read"] or rows["rejected"] / rows["read"] <= max_fraction:
         return
     reasons = list(stats["rejected_reasons"].items())[:3]
@@ -259,6 +266,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args, beam_args = parse_args(argv)
     if args.num_shards < 0:
         raise InputError(f"--num-shards {args.num_shards}: give 0 (the runner decides) or more")
+    if not 0.0 <= args.max_rejected_fraction <= 1.0:  # also refuses nan
+        raise InputError(
+            f"--max-rejected-fraction {args.max_rejected_fraction}: give a share in [0, 1]"
+        )
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: give a number of rows >= 1")
     config = load_config(args.config)
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)

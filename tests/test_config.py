@@ -258,3 +258,11 @@ def test_bag_and_keep():
         parse_config(with_changes(feature=[{"name": "price", "type": "numeric", "keep": True}]))
     with pytest.raises(ConfigError, match="keep must be true or false"):
         parse_config(with_changes(feature=[{"name": "g", "type": "bag", "keep": "yes"}]))
+
+
+def test_truncate_is_only_for_sequences():
+    data = with_changes(
+        feature=[{"name": "item_id", "type": "categorical", "truncate": "keep_first"}]
+    )
+    with pytest.raises(ConfigError, match=r"feature\[0\] \('item_id'\).truncate is only for"):
+        parse_config(data, source="f.toml")

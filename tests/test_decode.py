@@ -295,3 +295,8 @@ def test_reason_kind_drops_the_values():
 
     assert reason_kind("price: 'cheap' is not a number") == "price: '...' is not a number"
     assert reason_kind("expected 7 fields, got 6") == "expected 7 fields, got 6"
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read(decoder):
+    history = " ".join(f"i{n}" for n in range(100_000))  # about 590 KB in one cell
+    assert len(decoder.decode(f"u1,i7,{history},9.5,1,x")[1]["history"]) == 100_000

@@ -38,3 +38,42 @@ def test_the_sinks_empty_shard_has_the_size_the_check_assumes(tmp_path):
     raw = Raw()
     _FastGzipFile(raw).close()
     assert len(raw.written) == artifacts.EMPTY_SHARD_BYTES
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--save-checkpoints-steps", "0"], "--save-checkpoints-steps must be >= 1"),
+        (["--eval-steps", "0"], "--eval-steps must be >= 1"),
+        (["--eval-steps", "-3"], "--eval-steps must be >= 1"),
+        (["--hidden-units", "0,-4"], "--hidden-units must be positive layer sizes"),
+    ],
+)
+def test_trainer_flags_that_cannot_train_are_refused_at_once(flags, message, capsys):
+    from trainer import task
+
+    base = ["--pipeline-output", "o", "--model-dir", "m", "--train-steps", "5"]
+    with pytest.raises(SystemExit):
+        task.parse_args([*base, *flags])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "1.5"])
+def test_pipeline_refuses_a_rejected_fraction_outside_0_1(value):
+    from pipeline import run
+    from pipeline.input_checks import InputError
+
+    argv = ["--config", "c.toml", "--input", "x", "--output", "o"]
+    with pytest.raises(InputError, match="--max-rejected-fraction .*give a share in"):
+        run.run([*argv, "--max-rejected-fraction", value])
+
+
+def test_a_run_without_training_rows_is_refused():
+    from pipeline import run
+
+    stats = {
+        "rows": {"read": 50, "train": 0, "validation": 0, "eval": 0, "rejected": 50},
+        "rejected_reasons": {"blank line": 50},
+    }
+    with pytest.raises(run.TooManyRejected, match="no training row: of 50 rows read, 50"):
+        run.check_rejected(stats, 1.0, "/staging/rejected", "/out")

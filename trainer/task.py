@@ -100,9 +100,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.hidden_units = [int(u) for u in args.hidden_units.split(",") if u.strip()]
     except ValueError:
         parser.error(f"--hidden-units must be integers separated by commas: {args.hidden_units}")
-    for flag in ("train_steps", "batch_size", "iterations_per_loop"):
+    for flag in ("train_steps", "batch_size", "iterations_per_loop", "save_checkpoints_steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        parser.error("--eval-steps must be >= 1 (leave it out to evaluate the whole eval split)")
+    if not args.hidden_units or min(args.hidden_units) < 1:
+        parser.error(f"--hidden-units must be positive layer sizes, got {args.hidden_units}")
     if args.use_tpu and not args.tpu:
         parser.error("--use-tpu needs --tpu NAME")
     return args

@@ -5,6 +5,12 @@ One table per vocabulary: a table with several features becomes
 `embedding_column`. Ids are identity columns sized from the plan (vocabulary entries plus OOV
 buckets), so every column of a shared table has the same number of buckets by construction.
 
+With `id_bias`, every categorical (one id a row) feature also gets a per-id bias: a table of
+dimension 1 over the same ids, shared like the main table (`TABLE__bias`), looked up under
+the feature key `FEATURE__bias` (`bias_feature`; TPU embedding feature keys must be unique, so
+the input repeats the ids under that key). It is the linear part of the model: an item's own
+click rate is one number per id, learned directly rather than through the DNN.
+
 The arguments are checked here before TensorFlow sees them, so a mistake is reported with the
 feature or table it concerns and the fix, instead of TensorFlow's positional message.
 """
@@ -19,6 +25,18 @@ import tensorflow as tf
 
 from common.config import EmbeddingConfig
 from common.plan import EmbeddingPlan, TablePlan
+
+BIAS_SUFFIX = "__bias"
+
+
+def bias_feature(name: str) -> str:
+    """The feature key under which a categorical feature's ids look up their bias."""
+    return name + BIAS_SUFFIX
+
+
+def bias_features(plan: EmbeddingPlan) -> list[str]:
+    """The features that get a per-id bias: the categorical (one id a row) ones."""
+    return sorted(n for n, f in plan.features.items() if f.type == "categorical")
 
 
 class ColumnError(ValueError):
@@ -111,11 +129,14 @@ class FeatureColumns:
       all: every TPU embedding column, for the `EmbeddingConfigSpec`.
       dense: the non-sequence ones, for one `DenseFeatures` layer.
       sequence: sequence feature name -> its column, each for its own `SequenceFeatures`.
+      bias: categorical feature name -> its per-id bias column (dimension 1); empty without
+        `id_bias`.
     """
 
     all: list
     dense: list
     sequence: dict[str, Any]
+    bias: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None) -> list:
@@ -161,8 +182,35 @@ def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable 
     )
 
 
+def _bias_columns(table: TablePlan, plan: EmbeddingPlan) -> list:
+    """The dimension-1 bias columns of the table's categorical features, in one shared
+    table `TABLE__bias` (started at 0: an unseen id adds nothing)."""
+    names = [n for n in table.features if plan.features[n].type == "categorical"]
+    categorical = [
+        tf.feature_column.categorical_column_with_identity(
+            bias_feature(n), num_buckets=int(table.vocabulary_size)
+        )
+        for n in names
+    ]
+    zeros = tf.compat.v1.zeros_initializer()
+    if len(categorical) == 1:
+        return [
+            tf.compat.v1.tpu.experimental.embedding_column(
+                categorical[0], dimension=1, combiner=table.combiner, initializer=zeros
+            )
+        ]
+    return tf.compat.v1.tpu.experimental.shared_embedding_columns(
+        categorical,
+        dimension=1,
+        combiner=table.combiner,
+        initializer=zeros,
+        shared_embedding_collection_name=table.name + BIAS_SUFFIX,
+        max_sequence_lengths=[0] * len(categorical),
+    )
+
+
 def create_feature_columns(
-    plan: EmbeddingPlan, initializer: Callable | None = None
+    plan: EmbeddingPlan, initializer: Callable | None = None, id_bias: bool = False
 ) -> FeatureColumns:
     """Builds the TPU embedding columns of every planned table.
 
@@ -170,8 +218,9 @@ def create_feature_columns(
       plan: the embedding plan.
       initializer: the embedding initializer; None uses TensorFlow's default, a truncated
         normal with standard deviation 1/sqrt(dimension).
+      id_bias: also a per-id bias (dimension 1) for every categorical feature.
     """
-    all_columns, dense, sequence = [], [], {}
+    all_columns, dense, sequence, bias = [], [], {}, {}
     for table in plan.tables.values():
         for column in _table_columns(table, plan, initializer):
             all_columns.append(column)
@@ -180,7 +229,11 @@ def create_feature_columns(
                 sequence[name] = column
             else:
                 dense.append(column)
-    return FeatureColumns(all=all_columns, dense=dense, sequence=sequence)
+        if id_bias and any(plan.features[n].type == "categorical" for n in table.features):
+            for column in _bias_columns(table, plan):
+                all_columns.append(column)
+                bias[column.categorical_column.name[: -len(BIAS_SUFFIX)]] = column
+    return FeatureColumns(all=all_columns, dense=dense, sequence=sequence, bias=bias)
 
 
 def optimization_parameters(embedding: EmbeddingConfig):

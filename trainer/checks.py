@@ -14,7 +14,13 @@ from common.config import Config
 from common.plan import EmbeddingPlan, read_plan
 
 TRAINING_CONFIG = "training_config.json"
-MODEL_SHAPING_FLAGS = ("hidden_units", "optimizer")
+MODEL_SHAPING_FLAGS = (
+    "hidden_units",
+    "optimizer",
+    "id_bias",
+    "id_bias_scale",
+    "history_attention",
+)
 """Trainer flags that change the model's variables: a checkpoint of other values cannot
 resume (other layer shapes, other optimizer slots)."""
 

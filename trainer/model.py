@@ -22,6 +22,8 @@ PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"
 LOG_EVERY_N_STEPS = 100
 EXAMPLES = "examples"
+UNSEEN = "unseen_"
+ID_BIAS_SCALE = 10.0
 # TPUEstimator's stand-ins for the tables in the dense graph (tpu_embedding_gradient): it keeps
 # them out of checkpoints, but not the slots the dense optimizer gives them.
 TPU_DUMMY_TABLE_PREFIX = "tpu_embedding_dummy_table_variable_"
@@ -37,6 +39,26 @@ def masked_mean(sequence: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     total = tf.reduce_sum(sequence * tf.expand_dims(mask, -1), axis=1)
     count = tf.maximum(tf.cast(tf.expand_dims(lengths, -1), sequence.dtype), 1.0)
     return total / count
+
+
+def attend(sequence: tf.Tensor, lengths: tf.Tensor, query: tf.Tensor) -> tf.Tensor:
+    """The candidate's attention over the history (DIN-style): a softmax over the first
+    `lengths[i]` steps of `sequence` [batch, T, dim] of their scaled dot product with `query`
+    [batch, dim], and the weighted sum of the steps; 0 for an empty sequence. Masking makes
+    the CPU's batch-long padding and the TPU's max_sequence_length padding give the same."""
+    dim = tf.cast(tf.shape(sequence)[2], sequence.dtype)
+    scores = tf.reduce_sum(sequence * tf.expand_dims(query, 1), axis=2) / tf.sqrt(dim)
+    mask = tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
+    scores = tf.where(mask, scores, tf.fill(tf.shape(scores), tf.constant(-1e9, scores.dtype)))
+    weights = tf.nn.softmax(scores, axis=1) * tf.cast(mask, sequence.dtype)
+    return tf.reduce_sum(sequence * tf.expand_dims(weights, -1), axis=1)
+
+
+def oov_rows(ids: tf.SparseTensor, entries: int) -> tf.Tensor:
+    """1.0 for the rows whose id is an OOV bucket (>= the vocabulary's `entries`), else 0."""
+    batch = ids.dense_shape[0]
+    first = tf.math.unsorted_segment_max(ids.values, ids.indices[:, 0], batch)
+    return tf.cast(tf.math.greater_equal(first, entries), tf.float32)
 
 
 def shared_table_interactions(plan: EmbeddingPlan, pooled: dict) -> list:
@@ -69,6 +91,9 @@ def create_model_fn(
     optimizer: str = "adagrad",
     use_tpu: bool = False,
     embedding: EmbeddingConfig | None = None,
+    id_bias: bool = True,
+    id_bias_scale: float = ID_BIAS_SCALE,
+    history_attention: bool = False,
 ):
     """A TPUEstimator `model_fn` for the plan's features and label.
 
@@ -78,13 +103,17 @@ def create_model_fn(
       learning_rate, optimizer: how the dense layers are trained (`--optimizer`).
       use_tpu: training runs on a TPU (TPUEstimator's `use_tpu`).
       embedding: the `[embedding]` config: how the tables are trained, on CPU as on a TPU.
+      id_bias: add a per-id bias of every categorical feature to the logit (the input must
+        carry the bias keys: `make_input_fn(..., id_bias=True)`).
+      id_bias_scale: the factor on the bias in the logit.
+      history_attention: also the candidate's attention over each sequence of its table.
     """
     binary = plan.label["type"] == "binary"
     embedding = embedding or EmbeddingConfig()
 
     def model_fn(features, labels, mode, params, config):
         del params
-        columns = create_feature_columns(plan)
+        columns = create_feature_columns(plan, id_bias=id_bias)
         before = set(_refs(tf.compat.v1.trainable_variables()))
         pooled = {}
         for column in columns.dense:
@@ -92,21 +121,39 @@ def create_model_fn(
             pooled[name] = tf.compat.v1.keras.layers.DenseFeatures([column], name=f"embed_{name}")(
                 features
             )
+        attended = {}
         for name, column in sorted(columns.sequence.items()):
             sequence, lengths = tf.keras.experimental.SequenceFeatures(
                 [column], name=f"sequence_{name}"
             )(features)
             pooled[name] = masked_mean(sequence, lengths)
+            if history_attention:
+                table = plan.tables[plan.features[name].table]
+                for query in table.features:
+                    if plan.features[query].type == "categorical":
+                        attended[f"{name}_by_{query}"] = attend(sequence, lengths, pooled[query])
+        biases = [
+            tf.compat.v1.keras.layers.DenseFeatures([column], name=f"bias_{name}")(features)
+            for name, column in sorted(columns.bias.items())
+        ]
         # The tables, where the model holds them (on CPU); on a TPU they live on the TPU.
         tables = [v for v in tf.compat.v1.trainable_variables() if v.ref() not in before]
         pieces = [pooled[name] for name in sorted(pooled)]
         pieces.extend(shared_table_interactions(plan, pooled))
+        pieces.extend(attended[name] for name in sorted(attended))
         for name in plan.numeric_features:
             pieces.append(tf.reshape(features[name], [-1, 1]))
         net = tf.concat(pieces, axis=1)
         for i, units in enumerate(hidden_units):
             net = tf.compat.v1.layers.dense(net, units, activation=tf.nn.relu, name=f"hidden_{i}")
-        logits = tf.reshape(tf.compat.v1.layers.dense(net, 1, name="logits"), [-1])
+        logits = tf.compat.v1.layers.dense(net, 1, name="logits")
+        if biases:
+            # The scale makes the bias learn faster than the table rate (about id_bias_scale
+            # times under Adagrad or Adam, which normalize the gradient's size), the same
+            # on CPU and TPU: an item's own rate is one number, quick to learn and the
+            # strongest single signal, while the embeddings should move slowly.
+            logits = logits + id_bias_scale * tf.add_n(biases)
+        logits = tf.reshape(logits, [-1])
         if binary:
             predictions = {PROBABILITIES: tf.sigmoid(logits)}
         else:
@@ -126,8 +173,20 @@ def create_model_fn(
             loss = tf.compat.v1.losses.mean_squared_error(labels, logits)
 
         if mode == tf.estimator.ModeKeys.EVAL:
+            # Per categorical feature, which rows carry an OOV id: the model on values it
+            # never saw in training.
+            unseen = {
+                UNSEEN + name: oov_rows(features[name], plan.tables[feature.table].entries)
+                for name, feature in sorted(plan.features.items())
+                if feature.type == "categorical"
+            }
             return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
-                mode, loss=loss, eval_metrics=(_metric_fn(binary), [labels, logits])
+                mode,
+                loss=loss,
+                eval_metrics=(
+                    _metric_fn(binary, sorted(unseen)),
+                    {"labels": labels, "logits": logits, **unseen},
+                ),
             )
 
         global_step = tf.compat.v1.train.get_global_step()
@@ -222,12 +281,21 @@ def _portable_scaffold(config) -> tf.compat.v1.train.Scaffold:
     )
 
 
-def _metric_fn(binary: bool):
-    def metric_fn(labels, logits):
+def _metric_fn(binary: bool, categorical: Sequence[str] = ()):
+    def metric_fn(labels, logits, **unseen):
         metrics = {EXAMPLES: _count(labels)}
         if binary:
             probabilities = tf.sigmoid(logits)
             metrics["auc"] = tf.compat.v1.metrics.auc(labels, probabilities, num_thresholds=1000)
+            for key in categorical:
+                # AUC and count of the rows whose feature is out of vocabulary.
+                name = key[len(UNSEEN) :]
+                metrics[f"auc_unseen_{name}"] = tf.compat.v1.metrics.auc(
+                    labels, probabilities, weights=unseen[key], num_thresholds=1000
+                )
+                metrics[f"examples_unseen_{name}"] = _sum(
+                    tf.cast(unseen[key], tf.int64), f"examples_unseen_{name}"
+                )
             metrics["accuracy"] = tf.compat.v1.metrics.accuracy(
                 labels, tf.cast(tf.math.greater(probabilities, 0.5), tf.float32)
             )
@@ -240,6 +308,11 @@ def _metric_fn(binary: bool):
 
 def _count(labels: tf.Tensor):
     """A streaming metric: the number of examples evaluated."""
+    return _sum(tf.ones_like(labels, tf.int64), "examples_count")
+
+
+def _sum(values: tf.Tensor, name: str):
+    """A streaming metric: the sum of int64 `values` over the evaluation."""
     total = tf.compat.v1.Variable(
         0,
         dtype=tf.int64,
@@ -248,7 +321,7 @@ def _count(labels: tf.Tensor):
             tf.compat.v1.GraphKeys.LOCAL_VARIABLES,
             tf.compat.v1.GraphKeys.METRIC_VARIABLES,
         ],
-        name="examples_count",
+        name=name,
     )
-    update = total.assign_add(tf.size(labels, out_type=tf.int64))
+    update = total.assign_add(tf.reduce_sum(values))
     return total.read_value(), update

@@ -95,7 +95,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    path = os.path.join(args.run_dir, "model_quality.json")
     results: dict[str, dict] = {}
+    if os.path.exists(path):  # runs of other data sets or variants are kept
+        with open(path) as f:
+            results = json.load(f)["results"]
     for dataset in args.datasets:
         output = prepare(args.run_dir, dataset, args.rows)
         for variant in args.variants:
@@ -116,7 +120,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{m.get('examples_unseen_item_id')} AUC {m.get('auc_unseen_item_id')}",
                 flush=True,
             )
-    path = os.path.join(args.run_dir, "model_quality.json")
     with open(path, "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "results": results}, f,
                   indent=2)  # fmt: skip

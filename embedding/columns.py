@@ -127,7 +127,8 @@ class FeatureColumns:
 
     Attributes:
       all: every TPU embedding column, for the `EmbeddingConfigSpec`.
-      dense: the non-sequence ones, for one `DenseFeatures` layer.
+      dense: the pooled ones (categorical, and sequences with `pool_sequences`), each for
+        a `DenseFeatures` layer.
       sequence: sequence feature name -> its column, each for its own `SequenceFeatures`.
       bias: categorical feature name -> its per-id bias column (dimension 1); empty without
         `id_bias`.
@@ -139,14 +140,21 @@ class FeatureColumns:
     bias: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None) -> list:
+def _table_columns(
+    table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None, pool_sequences: bool
+) -> list:
     features = [plan.features[name] for name in table.features]
-    lengths = [int(f.max_sequence_length) if f.type == "sequence" else 0 for f in features]
+    # A pooled sequence is looked up like a bag of ids: the TPU's combiner pools it.
+    as_sequence = [f.type == "sequence" and not pool_sequences for f in features]
+    lengths = [
+        int(f.max_sequence_length) if sequence else 0
+        for f, sequence in zip(features, as_sequence, strict=True)
+    ]
     check_column_arguments(
         table.name,
         [f.name for f in features],
         [table.vocabulary_size] * len(features),
-        [f.type == "sequence" for f in features],
+        as_sequence,
         table.dimension,
         lengths,
         initializer,
@@ -155,10 +163,10 @@ def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable 
     categorical = [
         (
             tf.feature_column.sequence_categorical_column_with_identity
-            if f.type == "sequence"
+            if sequence
             else tf.feature_column.categorical_column_with_identity
         )(f.name, num_buckets=int(table.vocabulary_size))
-        for f in features
+        for f, sequence in zip(features, as_sequence, strict=True)
     ]
     if len(categorical) == 1:
         return [
@@ -210,7 +218,10 @@ def _bias_columns(table: TablePlan, plan: EmbeddingPlan) -> list:
 
 
 def create_feature_columns(
-    plan: EmbeddingPlan, initializer: Callable | None = None, id_bias: bool = False
+    plan: EmbeddingPlan,
+    initializer: Callable | None = None,
+    id_bias: bool = False,
+    pool_sequences: bool = False,
 ) -> FeatureColumns:
     """Builds the TPU embedding columns of every planned table.
 
@@ -219,13 +230,18 @@ def create_feature_columns(
       initializer: the embedding initializer; None uses TensorFlow's default, a truncated
         normal with standard deviation 1/sqrt(dimension).
       id_bias: also a per-id bias (dimension 1) for every categorical feature.
+      pool_sequences: look sequences up pooled by the table's combiner (max_sequence_length
+        0: on a TPU the embedding cores pool them and send one vector a row) instead of as
+        [batch, max_sequence_length, dim] activations; for a model that only pools them.
+        The input still truncates them to their planned length, so CPU and TPU pool the
+        same ids.
     """
     all_columns, dense, sequence, bias = [], [], {}, {}
     for table in plan.tables.values():
-        for column in _table_columns(table, plan, initializer):
+        for column in _table_columns(table, plan, initializer, pool_sequences):
             all_columns.append(column)
             name = column.categorical_column.name
-            if plan.features[name].type == "sequence":
+            if plan.features[name].type == "sequence" and not pool_sequences:
                 sequence[name] = column
             else:
                 dense.append(column)

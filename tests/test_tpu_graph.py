@@ -202,7 +202,12 @@ def _expected_tables(plan) -> dict[str, tuple[int, int]]:
     return expected
 
 
-def _assert_configuration_is_the_plan(configuration, plan, embedding, hosts, cores):
+def _assert_configuration_is_the_plan(
+    configuration, plan, embedding, hosts, cores, sequences_pooled=True
+):
+    """The TPU's embedding configuration holds the plan's tables and the bias tables, and
+    its features: a sequence is [per-core batch, L] when the model attends over it and
+    pooled by the embedding cores ([per-core batch]) when the model only averages it."""
     tables = {t.name: t for t in configuration.table_descriptor}
     expected_tables = _expected_tables(plan)
     assert set(tables) == set(expected_tables)
@@ -227,7 +232,9 @@ def _assert_configuration_is_the_plan(configuration, plan, embedding, hosts, cor
     expected = [
         (
             f"tbl_{feature.table}",
-            [per_core, feature.max_sequence_length] if feature.type == "sequence" else [per_core],
+            [per_core, feature.max_sequence_length]
+            if feature.type == "sequence" and not sequences_pooled
+            else [per_core],
         )
         for feature in plan.features.values()
     ]
@@ -396,7 +403,9 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     )
 
     cpu_dir = tmp_path / "cpu"
-    task.train_and_evaluate(_args(output, cpu_dir, "--train-steps", "6"))
+    # This model attends over the history: the TPU looks it up as a sequence.
+    attention = "--history-attention"
+    task.train_and_evaluate(_args(output, cpu_dir, "--train-steps", "6", attention))
     cpu_checkpoint = tf.train.latest_checkpoint(str(cpu_dir))
     assert "items/Adam/m" in _checkpoint_values(cpu_checkpoint)
 
@@ -405,11 +414,11 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     tpu = FakeTPU(hosts=2, cores_per_host=16)
     with tpu.installed():
         metrics = task.train_and_evaluate(
-            _args(output, model_dir, "--train-steps", "12", *TPU_FLAGS)
+            _args(output, model_dir, "--train-steps", "12", attention, *TPU_FLAGS)
         )
     graph = tpu.train_graph
     _assert_configuration_is_the_plan(
-        _embedding_configuration(graph), plan, adam, hosts=2, cores=32
+        _embedding_configuration(graph), plan, adam, hosts=2, cores=32, sequences_pooled=False
     )
     _assert_static_infeed(graph, hosts=2, cores=32)
 
@@ -435,7 +444,7 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     )
     parts = [v for v in graph.get_collection("variables") if v.op.name.startswith("items/part")]
     assert len(parts) == 2
-    resumed = task.train_and_evaluate(_args(output, tpu_dir, "--train-steps", "8"))
+    resumed = task.train_and_evaluate(_args(output, tpu_dir, "--train-steps", "8", attention))
     assert resumed["trained_from_step"] == 6
     assert resumed["global_step"] == 8
 

@@ -113,7 +113,11 @@ def create_model_fn(
 
     def model_fn(features, labels, mode, params, config):
         del params
-        columns = create_feature_columns(plan, id_bias=id_bias)
+        # Attention needs the history's positions; a model that only averages it lets the
+        # lookup pool it (on a TPU: 1/L of the activations).
+        columns = create_feature_columns(
+            plan, id_bias=id_bias, pool_sequences=not history_attention
+        )
         before = set(_refs(tf.compat.v1.trainable_variables()))
         pooled = {}
         for column in columns.dense:

@@ -240,7 +240,9 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,
         ),
     )
-    columns = create_feature_columns(plan, id_bias=args.id_bias)
+    columns = create_feature_columns(
+        plan, id_bias=args.id_bias, pool_sequences=not args.history_attention
+    )
     return tpu.TPUEstimator(
         model_fn=create_model_fn(
             plan,

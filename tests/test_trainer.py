@@ -22,6 +22,7 @@ import tensorflow_transform as tft
 from common import artifacts
 from common.config import read_pipeline_config
 from common.plan import EmbeddingPlan
+from embedding.columns import bias_feature, bias_features
 from tests.conftest import ROOT, raw_example
 from trainer import task
 from trainer.inputs import make_input_fn
@@ -78,6 +79,8 @@ def _model_variables(plan, use_tpu, monkeypatch):
         features = {}
         for name in plan.features:
             features[name] = tf.sparse.from_dense(tf.constant([[1, 2], [3, 0]], tf.int64))
+        for name in bias_features(plan):
+            features[bias_feature(name)] = features[name]
         for name in plan.numeric_features:
             features[name] = tf.constant([0.5, -1.0])
         tf.compat.v1.train.create_global_step()
@@ -98,6 +101,7 @@ def test_cross_shard_optimizer_and_same_variable_names(small_pipeline_output, mo
     assert cpu_made == []
     assert tpu_names == cpu_names
     assert any("items" in n for n in cpu_names)  # the shared table is named after the vocabulary
+    assert "bias_item_id/item_id__bias_embedding/embedding_weights" in cpu_names
 
 
 def test_resume_with_more_steps(trained, tmp_path):
@@ -224,7 +228,7 @@ def test_export_predicts_like_the_estimator(trained):
             for name, value in arrays.items()
         }
         # One batch of all rows; a dataset ends, so predict() stops after it.
-        return tf.data.Dataset.from_tensors(prepare_features(features, plan))
+        return tf.data.Dataset.from_tensors(prepare_features(features, plan, id_bias=True))
 
     estimator = task.build_estimator(
         _args(output, trained["model_dir"], "--train-steps", "20"),

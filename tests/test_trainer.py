@@ -356,7 +356,9 @@ def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
         _args(output, tmp_path / "model", "--train-steps", "3", "--no-export")
     )
     written = json.loads((tmp_path / "model" / "eval_metrics.json").read_text())
+    best = written.pop("best")
     assert written == {"examples": 0, "global_step": 3}
+    assert best["selected_on"] is None
     assert "auc" not in metrics and "loss" not in metrics
 
 

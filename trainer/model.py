@@ -94,6 +94,7 @@ def create_model_fn(
     id_bias: bool = True,
     id_bias_scale: float = ID_BIAS_SCALE,
     history_attention: bool = False,
+    embedding_l2: float = 0.0,
 ):
     """A TPUEstimator `model_fn` for the plan's features and label.
 
@@ -107,6 +108,7 @@ def create_model_fn(
         carry the bias keys: `make_input_fn(..., id_bias=True)`).
       id_bias_scale: the factor on the bias in the logit.
       history_attention: also the candidate's attention over each sequence of its table.
+      embedding_l2: weight of an L2 penalty on the embeddings each batch looks up.
     """
     binary = plan.label["type"] == "binary"
     embedding = embedding or EmbeddingConfig()
@@ -194,6 +196,14 @@ def create_model_fn(
             )
 
         global_step = tf.compat.v1.train.get_global_step()
+        if embedding_l2:
+            # An L2 penalty on the looked-up vectors, not on the whole tables: a row is
+            # pulled towards 0 in proportion to how often it is seen, the regularization
+            # of sparse embeddings that works the same on the TPU (whose tables the model
+            # never holds) and on CPU.
+            looked_up = [pooled[n] for n in sorted(pooled)] + [id_bias_scale * b for b in biases]
+            penalty = tf.add_n([tf.reduce_mean(tf.reduce_sum(v * v, axis=1)) for v in looked_up])
+            loss = loss + embedding_l2 * penalty
         if use_tpu:
             opt = tf.compat.v1.tpu.CrossShardOptimizer(_optimizer(optimizer, learning_rate))
             return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(

@@ -108,6 +108,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "about this many times faster than the embedding rate (default: 10)",
     )
     parser.add_argument(
+        "--embedding-l2",
+        type=float,
+        default=0.0,
+        help="weight of an L2 penalty on the embedding vectors and biases each batch looks "
+        "up (0: none)",
+    )
+    parser.add_argument(
         "--history-attention",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -254,6 +261,7 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             id_bias=args.id_bias,
             id_bias_scale=args.id_bias_scale,
             history_attention=args.history_attention,
+            embedding_l2=args.embedding_l2,
         ),
         config=run_config,
         use_tpu=args.use_tpu,

@@ -36,7 +36,8 @@ VARIANTS = {
     "embedding-rate-0.2": ["--embedding-learning-rate", "0.2"],
     "no-oov-training": ["--oov-train-share", "0"],
     "attention": ["--history-attention"],
-    "adam-dense": ["--optimizer", "adam", "--learning-rate", "0.001"],
+    "cross-2": ["--cross-layers", "2"],
+    "embedding-l2": ["--embedding-l2", "0.001"],
 }
 
 

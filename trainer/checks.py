@@ -20,6 +20,7 @@ MODEL_SHAPING_FLAGS = (
     "id_bias",
     "id_bias_scale",
     "history_attention",
+    "cross_layers",
 )
 """Trainer flags that change the model's variables: a checkpoint of other values cannot
 resume (other layer shapes, other optimizer slots)."""

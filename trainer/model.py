@@ -95,6 +95,7 @@ def create_model_fn(
     id_bias_scale: float = ID_BIAS_SCALE,
     history_attention: bool = False,
     embedding_l2: float = 0.0,
+    cross_layers: int = 0,
 ):
     """A TPUEstimator `model_fn` for the plan's features and label.
 
@@ -109,6 +110,7 @@ def create_model_fn(
       id_bias_scale: the factor on the bias in the logit.
       history_attention: also the candidate's attention over each sequence of its table.
       embedding_l2: weight of an L2 penalty on the embeddings each batch looks up.
+      cross_layers: DCN-v2 cross layers before the DNN.
     """
     binary = plan.label["type"] == "binary"
     embedding = embedding or EmbeddingConfig()
@@ -150,6 +152,12 @@ def create_model_fn(
         for name in plan.numeric_features:
             pieces.append(tf.reshape(features[name], [-1, 1]))
         net = tf.concat(pieces, axis=1)
+        # DCN-v2 cross layers: x_{l+1} = x_0 * (W x_l + b) + x_l, explicit feature crosses
+        # ahead of the DNN.
+        x0 = net
+        for i in range(cross_layers):
+            width = int(x0.shape[-1])
+            net = x0 * tf.compat.v1.layers.dense(net, width, name=f"cross_{i}") + net
         for i, units in enumerate(hidden_units):
             net = tf.compat.v1.layers.dense(net, units, activation=tf.nn.relu, name=f"hidden_{i}")
         logits = tf.compat.v1.layers.dense(net, 1, name="logits")

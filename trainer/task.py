@@ -115,6 +115,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "up (0: none)",
     )
     parser.add_argument(
+        "--cross-layers",
+        type=int,
+        default=0,
+        help="DCN-v2 cross layers between the features and the DNN (default: 0)",
+    )
+    parser.add_argument(
         "--history-attention",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -262,6 +268,7 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             id_bias_scale=args.id_bias_scale,
             history_attention=args.history_attention,
             embedding_l2=args.embedding_l2,
+            cross_layers=args.cross_layers,
         ),
         config=run_config,
         use_tpu=args.use_tpu,

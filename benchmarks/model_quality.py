@@ -36,7 +36,7 @@ VARIANTS = {
     "embedding-rate-0.2": ["--embedding-learning-rate", "0.2"],
     "no-oov-training": ["--oov-train-share", "0"],
     "attention": ["--history-attention"],
-    "cross-2": ["--cross-layers", "2"],
+    "no-cross": ["--cross-layers", "0"],
     "embedding-l2": ["--embedding-l2", "0.001"],
 }
 

@@ -95,7 +95,7 @@ def create_model_fn(
     id_bias_scale: float = ID_BIAS_SCALE,
     history_attention: bool = False,
     embedding_l2: float = 0.0,
-    cross_layers: int = 0,
+    cross_layers: int = 2,
 ):
     """A TPUEstimator `model_fn` for the plan's features and label.
 

@@ -117,8 +117,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cross-layers",
         type=int,
-        default=0,
-        help="DCN-v2 cross layers between the features and the DNN (default: 0)",
+        default=2,
+        help="DCN-v2 cross layers between the features and the DNN (default: 2; 0: none)",
     )
     parser.add_argument(
         "--history-attention",
@@ -163,6 +163,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.embedding_learning_rate is not None and args.embedding_learning_rate <= 0:
         parser.error("--embedding-learning-rate must be > 0")
+    if args.cross_layers < 0:
+        parser.error("--cross-layers must be >= 0")
     for flag in ("eval_every_steps", "eval_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")

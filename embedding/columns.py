@@ -8,6 +8,12 @@ table's combiner in the lookup, as the CPU's `DenseFeatures` does. Ids are ident
 sized from the plan (vocabulary entries plus OOV buckets), so every column of a shared table
 has the same number of buckets by construction.
 
+With `id_bias`, every categorical (one id a row) feature also gets a per-id bias: a table of
+dimension 1 over the same ids, shared like the main table (`TABLE__bias`), looked up under
+the feature key `FEATURE__bias` (`bias_feature`; TPU embedding feature keys must be unique, so
+the input repeats the ids under that key). It is the linear part of the model: an item's own
+click rate is one number per id, learned directly rather than through the DNN.
+
 The arguments are checked here before TensorFlow sees them, so a mistake is reported with the
 feature or table it concerns and the fix, instead of TensorFlow's positional message.
 """
@@ -22,6 +28,18 @@ import tensorflow as tf
 
 from common.config import EmbeddingConfig
 from common.plan import EmbeddingPlan, TablePlan
+
+BIAS_SUFFIX = "__bias"
+
+
+def bias_feature(name: str) -> str:
+    """The feature key under which a categorical feature's ids look up their bias."""
+    return name + BIAS_SUFFIX
+
+
+def bias_features(plan: EmbeddingPlan) -> list[str]:
+    """The features that get a per-id bias: the categorical (one id a row) ones."""
+    return sorted(n for n, f in plan.features.items() if f.type == "categorical")
 
 
 class ColumnError(ValueError):
@@ -112,23 +130,34 @@ class FeatureColumns:
 
     Attributes:
       all: every TPU embedding column, for the `EmbeddingConfigSpec`.
-      dense: the non-sequence ones, for one `DenseFeatures` layer.
+      dense: the pooled ones (categorical, and sequences with `pool_sequences`), each for
+        a `DenseFeatures` layer.
       sequence: sequence feature name -> its column, each for its own `SequenceFeatures`.
+      bias: categorical feature name -> its per-id bias column (dimension 1); empty without
+        `id_bias`.
     """
 
     all: list
     dense: list
     sequence: dict[str, Any]
+    bias: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None) -> list:
+def _table_columns(
+    table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None, pool_sequences: bool
+) -> list:
     features = [plan.features[name] for name in table.features]
-    lengths = [int(f.max_sequence_length) if f.type == "sequence" else 0 for f in features]
+    # A pooled sequence is looked up like a bag of ids: the TPU's combiner pools it.
+    as_sequence = [f.type == "sequence" and not pool_sequences for f in features]
+    lengths = [
+        int(f.max_sequence_length) if sequence else 0
+        for f, sequence in zip(features, as_sequence, strict=True)
+    ]
     check_column_arguments(
         table.name,
         [f.name for f in features],
         [table.vocabulary_size] * len(features),
-        [f.type == "sequence" for f in features],
+        as_sequence,
         table.dimension,
         lengths,
         initializer,
@@ -137,10 +166,10 @@ def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable 
     categorical = [
         (
             tf.feature_column.sequence_categorical_column_with_identity
-            if f.type == "sequence"
+            if sequence
             else tf.feature_column.categorical_column_with_identity
         )(f.name, num_buckets=int(table.vocabulary_size))
-        for f in features
+        for f, sequence in zip(features, as_sequence, strict=True)
     ]
     if len(categorical) == 1:
         return [
@@ -164,8 +193,38 @@ def _table_columns(table: TablePlan, plan: EmbeddingPlan, initializer: Callable 
     )
 
 
+def _bias_columns(table: TablePlan, plan: EmbeddingPlan) -> list:
+    """The dimension-1 bias columns of the table's categorical features, in one shared
+    table `TABLE__bias` (started at 0: an unseen id adds nothing)."""
+    names = [n for n in table.features if plan.features[n].type == "categorical"]
+    categorical = [
+        tf.feature_column.categorical_column_with_identity(
+            bias_feature(n), num_buckets=int(table.vocabulary_size)
+        )
+        for n in names
+    ]
+    zeros = tf.compat.v1.zeros_initializer()
+    if len(categorical) == 1:
+        return [
+            tf.compat.v1.tpu.experimental.embedding_column(
+                categorical[0], dimension=1, combiner=table.combiner, initializer=zeros
+            )
+        ]
+    return tf.compat.v1.tpu.experimental.shared_embedding_columns(
+        categorical,
+        dimension=1,
+        combiner=table.combiner,
+        initializer=zeros,
+        shared_embedding_collection_name=table.name + BIAS_SUFFIX,
+        max_sequence_lengths=[0] * len(categorical),
+    )
+
+
 def create_feature_columns(
-    plan: EmbeddingPlan, initializer: Callable | None = None
+    plan: EmbeddingPlan,
+    initializer: Callable | None = None,
+    id_bias: bool = False,
+    pool_sequences: bool = False,
 ) -> FeatureColumns:
     """Builds the TPU embedding columns of every planned table.
 
@@ -173,17 +232,27 @@ def create_feature_columns(
       plan: the embedding plan.
       initializer: the embedding initializer; None uses TensorFlow's default, a truncated
         normal with standard deviation 1/sqrt(dimension).
+      id_bias: also a per-id bias (dimension 1) for every categorical feature.
+      pool_sequences: look sequences up pooled by the table's combiner (max_sequence_length
+        0: on a TPU the embedding cores pool them and send one vector a row) instead of as
+        [batch, max_sequence_length, dim] activations; for a model that only pools them.
+        The input still truncates them to their planned length, so CPU and TPU pool the
+        same ids.
     """
-    all_columns, dense, sequence = [], [], {}
+    all_columns, dense, sequence, bias = [], [], {}, {}
     for table in plan.tables.values():
-        for column in _table_columns(table, plan, initializer):
+        for column in _table_columns(table, plan, initializer, pool_sequences):
             all_columns.append(column)
             name = column.categorical_column.name
-            if plan.features[name].type == "sequence":
+            if plan.features[name].type == "sequence" and not pool_sequences:
                 sequence[name] = column
             else:
                 dense.append(column)
-    return FeatureColumns(all=all_columns, dense=dense, sequence=sequence)
+        if id_bias and any(plan.features[n].type == "categorical" for n in table.features):
+            for column in _bias_columns(table, plan):
+                all_columns.append(column)
+                bias[column.categorical_column.name[: -len(BIAS_SUFFIX)]] = column
+    return FeatureColumns(all=all_columns, dense=dense, sequence=sequence, bias=bias)
 
 
 def optimization_parameters(embedding: EmbeddingConfig):

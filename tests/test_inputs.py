@@ -81,3 +81,41 @@ def test_a_bag_keeps_its_ids_up_to_the_planned_cap_only():
     rows = [[4, 1, -1, 2, 7], [], [5], [3, 3]]
     prepared = prepare_features({"genres": _parsed(rows)}, plan)
     assert _rows(prepared["genres"], 4) == [[4, 1, 2], [], [5], [3, 3]]
+
+
+def _oov_plan():
+    plan = _plan()
+    plan.features["item_id"].table = "items"
+    plan.features["history"].table = "items"
+    plan.tables = {"items": SimpleNamespace(entries=9, num_oov_buckets=2)}
+    return plan
+
+
+def test_training_sends_a_share_of_categorical_ids_to_the_oov_buckets():
+    rng = np.random.default_rng(1)
+    ids = [[int(i)] for i in rng.integers(0, 9, size=4000)]
+    history = [[1, 2]] * 4000
+    features = {"item_id": _parsed(ids), "history": _parsed(history), "price": tf.zeros([4000])}
+    prepared = prepare_features(features, _oov_plan(), oov_share=0.1, seed=3)
+
+    got = _rows(prepared["item_id"], 4000)
+    replaced = [(row[0], new[0]) for row, new in zip(ids, got, strict=True) if row != new]
+    assert 300 < len(replaced) < 500, "about a tenth of the ids"
+    # Each lands in the OOV bucket its id hashes to (9 + id % 2), the same one every time.
+    assert all(new == 9 + old % 2 for old, new in replaced)
+    assert {new for _, new in replaced} == {9, 10}
+    assert _rows(prepared["history"], 4000) == history, "sequences are left alone"
+    untouched = prepare_features(features, _oov_plan())
+    assert _rows(untouched["item_id"], 4000) == ids
+
+
+def test_bias_keys_carry_the_categorical_ids():
+    features = {
+        "item_id": tf.constant([4, -1, 0], tf.int64),
+        "history": _parsed([[1], [], [2]]),
+        "price": tf.zeros([3]),
+    }
+    prepared = prepare_features(features, _oov_plan(), id_bias=True)
+    assert _rows(prepared["item_id__bias"], 3) == [[4], [], [0]]
+    assert "history__bias" not in prepared
+    assert "item_id__bias" not in prepare_features(features, _oov_plan())

@@ -31,7 +31,7 @@ from tensorflow_estimator.python.estimator import estimator as estimator_lib
 
 from common import artifacts
 from common.config import EmbeddingConfig, read_pipeline_config
-from embedding.columns import TPUEmbeddingAdam
+from embedding.columns import TPUEmbeddingAdam, bias_feature, bias_features
 from embedding.planner import make_plan
 from tests.test_planner import config as planner_config
 from tests.test_planner import stats as planner_stats
@@ -184,13 +184,37 @@ def _embedding_configuration(graph: tf.Graph):
     )
 
 
-def _assert_configuration_is_the_plan(configuration, plan, embedding, hosts, cores):
+def _bias_table(plan, feature) -> str:
+    """The TPU table of a categorical feature's per-id bias: a shared one is named after its
+    collection (TABLE__bias), a single column after its key (FEATURE__bias)."""
+    table = plan.tables[feature.table]
+    categorical = [n for n in table.features if plan.features[n].type == "categorical"]
+    return f"tbl_{table.name if len(categorical) > 1 else feature.name}__bias"
+
+
+def _expected_tables(plan) -> dict[str, tuple[int, int]]:
+    """TPU table name -> (buckets, dimension): each planned table, and the per-id bias table
+    (dimension 1) of the categorical features of each, shared like the main table."""
+    expected = {f"tbl_{n}": (t.vocabulary_size, t.dimension) for n, t in plan.tables.items()}
+    for feature in plan.features.values():
+        if feature.type == "categorical":
+            expected[_bias_table(plan, feature)] = (plan.tables[feature.table].vocabulary_size, 1)
+    return expected
+
+
+def _assert_configuration_is_the_plan(
+    configuration, plan, embedding, hosts, cores, sequences_pooled=True
+):
+    """The TPU's embedding configuration holds the plan's tables and the bias tables, and
+    its features: a sequence is [per-core batch, L] when the model attends over it and
+    pooled by the embedding cores ([per-core batch]) when the model only averages it."""
     tables = {t.name: t for t in configuration.table_descriptor}
-    assert set(tables) == {f"tbl_{name}" for name in plan.tables}
-    for name, table in plan.tables.items():
-        descriptor = tables[f"tbl_{name}"]
-        assert descriptor.vocabulary_size == table.vocabulary_size
-        assert descriptor.dimension == table.dimension
+    expected_tables = _expected_tables(plan)
+    assert set(tables) == set(expected_tables)
+    for name, (buckets, dimension) in expected_tables.items():
+        descriptor = tables[name]
+        assert descriptor.vocabulary_size == buckets
+        assert descriptor.dimension == dimension
         parameters = descriptor.optimization_parameters
         assert parameters.WhichOneof("parameters") == embedding.optimizer
         assert parameters.learning_rate.constant == pytest.approx(embedding.learning_rate)
@@ -205,14 +229,22 @@ def _assert_configuration_is_the_plan(configuration, plan, embedding, hosts, cor
     shapes = sorted(
         (names[f.table_id], list(f.input_shape)) for f in configuration.feature_descriptor
     )
-    expected = sorted(
+    expected = [
         (
             f"tbl_{feature.table}",
-            [per_core, feature.max_sequence_length] if feature.type == "sequence" else [per_core],
+            [per_core, feature.max_sequence_length]
+            if feature.type == "sequence" and not sequences_pooled
+            else [per_core],
         )
         for feature in plan.features.values()
-    )
-    assert shapes == expected
+    ]
+    # Each categorical feature also looks its ids up in its bias table, one id a row.
+    expected += [
+        (_bias_table(plan, f), [per_core])
+        for f in plan.features.values()
+        if f.type == "categorical"
+    ]
+    assert shapes == sorted(expected)
 
 
 def _assert_static_infeed(graph: tf.Graph, hosts: int, cores: int):
@@ -371,7 +403,9 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     )
 
     cpu_dir = tmp_path / "cpu"
-    task.train_and_evaluate(_args(output, cpu_dir, "--train-steps", "6"))
+    # This model attends over the history: the TPU looks it up as a sequence.
+    attention = "--history-attention"
+    task.train_and_evaluate(_args(output, cpu_dir, "--train-steps", "6", attention))
     cpu_checkpoint = tf.train.latest_checkpoint(str(cpu_dir))
     assert "items/Adam/m" in _checkpoint_values(cpu_checkpoint)
 
@@ -380,11 +414,11 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     tpu = FakeTPU(hosts=2, cores_per_host=16)
     with tpu.installed():
         metrics = task.train_and_evaluate(
-            _args(output, model_dir, "--train-steps", "12", *TPU_FLAGS)
+            _args(output, model_dir, "--train-steps", "12", attention, *TPU_FLAGS)
         )
     graph = tpu.train_graph
     _assert_configuration_is_the_plan(
-        _embedding_configuration(graph), plan, adam, hosts=2, cores=32
+        _embedding_configuration(graph), plan, adam, hosts=2, cores=32, sequences_pooled=False
     )
     _assert_static_infeed(graph, hosts=2, cores=32)
 
@@ -410,7 +444,7 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     )
     parts = [v for v in graph.get_collection("variables") if v.op.name.startswith("items/part")]
     assert len(parts) == 2
-    resumed = task.train_and_evaluate(_args(output, tpu_dir, "--train-steps", "8"))
+    resumed = task.train_and_evaluate(_args(output, tpu_dir, "--train-steps", "8", attention))
     assert resumed["trained_from_step"] == 6
     assert resumed["global_step"] == 8
 
@@ -494,6 +528,8 @@ def _one_cpu_step(embedding: EmbeddingConfig, optimizer: str = "adagrad"):
         features = {}
         for name in plan.features:
             features[name] = tf.sparse.from_dense(tf.constant(IDS, tf.int64))
+        for name in bias_features(plan):
+            features[bias_feature(name)] = features[name]
         for name in plan.numeric_features:
             features[name] = tf.constant([0.5, -1.0])
         tf.compat.v1.train.create_global_step()

@@ -22,6 +22,7 @@ import tensorflow_transform as tft
 from common import artifacts
 from common.config import read_pipeline_config
 from common.plan import EmbeddingPlan
+from embedding.columns import bias_feature, bias_features
 from tests.conftest import ROOT, raw_example
 from trainer import task
 from trainer.inputs import make_input_fn
@@ -78,6 +79,8 @@ def _model_variables(plan, use_tpu, monkeypatch):
         features = {}
         for name in plan.features:
             features[name] = tf.sparse.from_dense(tf.constant([[1, 2], [3, 0]], tf.int64))
+        for name in bias_features(plan):
+            features[bias_feature(name)] = features[name]
         for name in plan.numeric_features:
             features[name] = tf.constant([0.5, -1.0])
         tf.compat.v1.train.create_global_step()
@@ -98,6 +101,7 @@ def test_cross_shard_optimizer_and_same_variable_names(small_pipeline_output, mo
     assert cpu_made == []
     assert tpu_names == cpu_names
     assert any("items" in n for n in cpu_names)  # the shared table is named after the vocabulary
+    assert "bias_item_id/item_id__bias_embedding/embedding_weights" in cpu_names
 
 
 def test_resume_with_more_steps(trained, tmp_path):
@@ -224,7 +228,7 @@ def test_export_predicts_like_the_estimator(trained):
             for name, value in arrays.items()
         }
         # One batch of all rows; a dataset ends, so predict() stops after it.
-        return tf.data.Dataset.from_tensors(prepare_features(features, plan))
+        return tf.data.Dataset.from_tensors(prepare_features(features, plan, id_bias=True))
 
     estimator = task.build_estimator(
         _args(output, trained["model_dir"], "--train-steps", "20"),
@@ -352,7 +356,9 @@ def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
         _args(output, tmp_path / "model", "--train-steps", "3", "--no-export")
     )
     written = json.loads((tmp_path / "model" / "eval_metrics.json").read_text())
+    best = written.pop("best")
     assert written == {"examples": 0, "global_step": 3}
+    assert best["selected_on"] is None
     assert "auc" not in metrics and "loss" not in metrics
 
 
@@ -395,3 +401,93 @@ def test_nothing_is_exported_when_the_pipeline_output_is_recommitted_meanwhile(
     with pytest.raises(checks.TrainerError, match=r"recommitted while training .*another-run"):
         task.train_and_evaluate(_args(str(output), tmp_path / "m", "--train-steps", "2"))
     assert not glob.glob(str(tmp_path / "m" / "export" / "*"))
+
+
+def _with_validation_split(source: str, target, monkeypatch) -> str:
+    """A copy of a pipeline output whose manifest also lists a validation split (a copy of
+    the eval shards), as the pipeline writes one with `[split] validation_fraction`."""
+    import json
+
+    shutil.copytree(source, target)
+    manifest = json.loads((target / artifacts.SUCCESS).read_text())
+    manifest["data"]["validation"] = []
+    for shard in manifest["data"]["eval"]:
+        copy = shard.replace("data/eval-", "data/validation-")
+        shutil.copy(target / shard, target / copy)
+        manifest["files"][copy] = manifest["files"][shard]
+        manifest["data"]["validation"].append(copy)
+    (target / artifacts.SUCCESS).write_text(json.dumps(manifest))
+    if "validation" not in artifacts.SPLITS:
+        monkeypatch.setattr(artifacts, "SPLITS", (*artifacts.SPLITS, "validation"))
+    return str(target)
+
+
+def test_periodic_evaluation_selects_and_exports_the_best_checkpoint_on_validation(
+    small_pipeline_output, tmp_path, monkeypatch
+):
+    import json
+
+    output = _with_validation_split(small_pipeline_output["output"], tmp_path / "out", monkeypatch)
+    model_dir = tmp_path / "model"
+    metrics = task.train_and_evaluate(
+        _args(output, model_dir, "--train-steps", "30", "--eval-every-steps", "10")
+    )
+    written = json.loads((model_dir / "eval_metrics.json").read_text())
+    history = written["history"]
+    assert [h["global_step"] for h in history] == [10, 20, 30]
+    assert {h["split"] for h in history} == {"validation"}
+    best = written["best"]
+    assert best["selected_on"] == "validation"
+    # The best step is the one with the highest validation AUC of the history.
+    top = max(history, key=lambda h: h["auc"])
+    assert best["step"] == top["global_step"]
+    assert best["validation_auc"] == pytest.approx(top["auc"])
+    # Its eval figures are those of its own checkpoint, which was kept and exported.
+    reader = tf.train.load_checkpoint(best["checkpoint"])
+    assert reader.get_tensor("global_step") == best["step"]
+    assert best["eval"]["global_step"] == best["step"]
+    assert os.path.isdir(best["export_dir"]) and best["export_dir"] != metrics["export_dir"]
+    # The top level is the last checkpoint's evaluation on eval, next to the baselines.
+    assert written["global_step"] == 30 and written["examples"] > 0
+    assert written["best_baseline"] in ("item_id", "region", "device")
+    assert written["best_baseline_auc"] == written[f"baseline_auc_{written['best_baseline']}"]
+    # TensorBoard: train summaries in MODEL_DIR, validation and eval curves beside them.
+    for directory in ("", "eval_validation", "eval"):
+        assert glob.glob(str(model_dir / directory / "events.out.tfevents.*")), directory
+
+
+def test_without_a_validation_split_nothing_is_selected(trained):
+    best = trained["metrics"]["best"]
+    assert best["selected_on"] is None and "validation" in best["reason"]
+    assert not os.path.exists(os.path.join(trained["model_dir"], "export_best"))
+
+
+def _oov_row(model_dir: str, plan) -> np.ndarray:
+    reader = tf.train.load_checkpoint(model_dir)
+    # The shared table's variable is named after its vocabulary.
+    return reader.get_tensor("items")[plan.tables["items"].entries]
+
+
+def test_training_trains_the_oov_row(small_pipeline_output, tmp_path):
+    """With frequency_threshold 1 every training item has its own row: only the OOV share
+    of training (--oov-train-share) ever updates the OOV row that unseen items read."""
+    output, plan = small_pipeline_output["output"], small_pipeline_output["plan"]
+    assert plan.tables["items"].num_oov_buckets == 1
+    rows = {}
+    for share in ("0", "0.05"):
+        model_dir = tmp_path / share
+        for steps in ("10", "30"):
+            task.train_and_evaluate(
+                _args(
+                    output,
+                    model_dir,
+                    "--train-steps",
+                    steps,
+                    "--no-export",
+                    "--oov-train-share",
+                    share,
+                )  # fmt: skip
+            )
+            rows[share, steps] = _oov_row(str(model_dir), plan)
+    np.testing.assert_array_equal(rows["0", "10"], rows["0", "30"])
+    assert np.abs(rows["0.05", "30"] - rows["0.05", "10"]).max() > 1e-4

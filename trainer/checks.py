@@ -16,7 +16,14 @@ from common.plan import EmbeddingPlan, read_plan
 TRAINING_CONFIG = "training_config.json"
 FINGERPRINTS = "vocabulary_fingerprints"
 """The key of training_config.json that keeps each table's vocabulary fingerprint."""
-MODEL_SHAPING_FLAGS = ("hidden_units", "optimizer")
+MODEL_SHAPING_FLAGS = (
+    "hidden_units",
+    "optimizer",
+    "id_bias",
+    "id_bias_scale",
+    "history_attention",
+    "cross_layers",
+)
 """Trainer flags that change the model's variables: a checkpoint of other values cannot
 resume (other layer shapes, other optimizer slots)."""
 

@@ -17,7 +17,9 @@ from trainer.inputs import prepare_features
 INPUT_NAME = "examples"
 
 
-def make_serving_input_receiver_fn(transform_output: tft.TFTransformOutput, plan: EmbeddingPlan):
+def make_serving_input_receiver_fn(
+    transform_output: tft.TFTransformOutput, plan: EmbeddingPlan, id_bias: bool = False
+):
     raw_spec = dict(transform_output.raw_feature_spec())
     raw_spec.pop(plan.label["name"], None)
     used = set(plan.features) | set(plan.numeric_features)
@@ -27,7 +29,7 @@ def make_serving_input_receiver_fn(transform_output: tft.TFTransformOutput, plan
         serialized = tf.compat.v1.placeholder(tf.string, shape=[None], name="input_example")
         raw = tf.io.parse_example(serialized, raw_spec)
         transformed = transform_output.transform_raw_features(raw, drop_unused_features=True)
-        features = prepare_features(transformed, plan)
+        features = prepare_features(transformed, plan, id_bias=id_bias)
         return tf.estimator.export.ServingInputReceiver(features, {INPUT_NAME: serialized})
 
     return serving_input_receiver_fn

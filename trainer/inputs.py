@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from common.plan import EmbeddingPlan
+from common.plan import EmbeddingPlan, TablePlan
+from embedding.columns import bias_feature, bias_features
 
 SHUFFLE_BUFFER = 16_384
 READ_BLOCK = 128
@@ -74,9 +75,27 @@ def _one_id_a_row(ids: tf.Tensor) -> tf.SparseTensor:
     return tf.SparseTensor(indices, ids, tf.stack([batch, tf.constant(1, tf.int64)]))
 
 
-def prepare_features(features: dict, plan: EmbeddingPlan) -> dict:
+def prepare_features(
+    features: dict,
+    plan: EmbeddingPlan,
+    id_bias: bool = False,
+    oov_share: float = 0.0,
+    seed: int | None = None,
+) -> dict:
     """Drops negative ids (values outside a vocabulary without OOV buckets) and truncates
-    sequences to their planned length. Used by training, evaluation and serving alike."""
+    sequences to their planned length. Used by training, evaluation and serving alike.
+
+    Args:
+      features: parsed (or, at serving, transformed) features.
+      plan: the embedding plan.
+      id_bias: repeat each categorical feature's ids under its bias key
+        (`embedding.columns.bias_feature`), which the model's per-id bias columns read.
+      oov_share: training only: this share of the categorical ids, drawn at random, is
+        replaced by the table's OOV bucket, so that the OOV row is trained. With
+        `frequency_threshold = 1` every training id has its own row and nothing else would
+        ever update the OOV row, which unseen ids read at eval and serving time.
+      seed: the draw's seed.
+    """
     prepared = {}
     for name, feature in plan.features.items():
         ids = features[name]
@@ -90,9 +109,29 @@ def prepare_features(features: dict, plan: EmbeddingPlan) -> dict:
             # almost every row), it does not pick an end of an ordered history.
             length, end = feature.max_ids, "keep_first"
         prepared[name] = keep_and_truncate(ids, tf.math.greater_equal(ids.values, 0), length, end)
+        if oov_share > 0 and feature.type == "categorical":
+            prepared[name] = to_oov_bucket(
+                prepared[name], plan.tables[feature.table], oov_share, seed
+            )
+    if id_bias:
+        for name in bias_features(plan):
+            prepared[bias_feature(name)] = prepared[name]
     for name in plan.numeric_features:
         prepared[name] = tf.reshape(tf.cast(features[name], tf.float32), [-1])
     return prepared
+
+
+def to_oov_bucket(
+    ids: tf.SparseTensor, table: TablePlan, share: float, seed: int | None = None
+) -> tf.SparseTensor:
+    """Replaces a random `share` of the ids by one of the table's OOV buckets (ids
+    `entries` .. `entries + num_oov_buckets - 1`, picked by the id itself, so one id always
+    lands in the same bucket). A table without OOV buckets is returned unchanged."""
+    if table.num_oov_buckets < 1:
+        return ids
+    bucket = table.entries + ids.values % table.num_oov_buckets
+    replaced = tf.math.less(tf.random.uniform(tf.shape(ids.values), seed=seed), share)
+    return tf.SparseTensor(ids.indices, tf.where(replaced, bucket, ids.values), ids.dense_shape)
 
 
 class InputError(ValueError):
@@ -141,6 +180,8 @@ def make_input_fn(
     drop_remainder: bool = False,
     num_epochs: int | None = None,
     seed: int | None = None,
+    id_bias: bool = False,
+    oov_share: float = 0.0,
 ) -> Callable:
     """An Estimator `input_fn(params)` over a split's files.
 
@@ -157,6 +198,8 @@ def make_input_fn(
       drop_remainder: static batch shapes, as the TPU needs.
       num_epochs: passes over the data; None repeats forever when training, once otherwise.
       seed: shuffle seed, for reproducible order; host i uses seed + i.
+      id_bias, oov_share: as `prepare_features` takes them; `oov_share` applies only when
+        `training`.
 
     Raises:
       InputError: (when called) fewer files than the TPU has hosts.
@@ -192,7 +235,13 @@ def make_input_fn(
         def parse(serialized):
             parsed = tf.io.parse_example(serialized, spec)
             labels = parsed.pop(label)
-            return prepare_features(parsed, plan), labels
+            return prepare_features(
+                parsed,
+                plan,
+                id_bias=id_bias,
+                oov_share=oov_share if training else 0.0,
+                seed=host_seed,
+            ), labels
 
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)

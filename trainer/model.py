@@ -22,6 +22,8 @@ PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"
 LOG_EVERY_N_STEPS = 100
 EXAMPLES = "examples"
+UNSEEN = "unseen_"
+ID_BIAS_SCALE = 10.0
 # TPUEstimator's stand-ins for the tables in the dense graph (tpu_embedding_gradient): it keeps
 # them out of checkpoints, but not the slots the dense optimizer gives them.
 TPU_DUMMY_TABLE_PREFIX = "tpu_embedding_dummy_table_variable_"
@@ -37,6 +39,26 @@ def masked_mean(sequence: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     total = tf.reduce_sum(sequence * tf.expand_dims(mask, -1), axis=1)
     count = tf.maximum(tf.cast(tf.expand_dims(lengths, -1), sequence.dtype), 1.0)
     return total / count
+
+
+def attend(sequence: tf.Tensor, lengths: tf.Tensor, query: tf.Tensor) -> tf.Tensor:
+    """The candidate's attention over the history (DIN-style): a softmax over the first
+    `lengths[i]` steps of `sequence` [batch, T, dim] of their scaled dot product with `query`
+    [batch, dim], and the weighted sum of the steps; 0 for an empty sequence. Masking makes
+    the CPU's batch-long padding and the TPU's max_sequence_length padding give the same."""
+    dim = tf.cast(tf.shape(sequence)[2], sequence.dtype)
+    scores = tf.reduce_sum(sequence * tf.expand_dims(query, 1), axis=2) / tf.sqrt(dim)
+    mask = tf.sequence_mask(lengths, maxlen=tf.shape(sequence)[1])
+    scores = tf.where(mask, scores, tf.fill(tf.shape(scores), tf.constant(-1e9, scores.dtype)))
+    weights = tf.nn.softmax(scores, axis=1) * tf.cast(mask, sequence.dtype)
+    return tf.reduce_sum(sequence * tf.expand_dims(weights, -1), axis=1)
+
+
+def oov_rows(ids: tf.SparseTensor, entries: int) -> tf.Tensor:
+    """1.0 for the rows whose id is an OOV bucket (>= the vocabulary's `entries`), else 0."""
+    batch = ids.dense_shape[0]
+    first = tf.math.unsorted_segment_max(ids.values, ids.indices[:, 0], batch)
+    return tf.cast(tf.math.greater_equal(first, entries), tf.float32)
 
 
 def shared_table_interactions(plan: EmbeddingPlan, pooled: dict) -> list:
@@ -69,6 +91,11 @@ def create_model_fn(
     optimizer: str = "adagrad",
     use_tpu: bool = False,
     embedding: EmbeddingConfig | None = None,
+    id_bias: bool = True,
+    id_bias_scale: float = ID_BIAS_SCALE,
+    history_attention: bool = False,
+    embedding_l2: float = 0.0,
+    cross_layers: int = 2,
 ):
     """A TPUEstimator `model_fn` for the plan's features and label.
 
@@ -78,13 +105,23 @@ def create_model_fn(
       learning_rate, optimizer: how the dense layers are trained (`--optimizer`).
       use_tpu: training runs on a TPU (TPUEstimator's `use_tpu`).
       embedding: the `[embedding]` config: how the tables are trained, on CPU as on a TPU.
+      id_bias: add a per-id bias of every categorical feature to the logit (the input must
+        carry the bias keys: `make_input_fn(..., id_bias=True)`).
+      id_bias_scale: the factor on the bias in the logit.
+      history_attention: also the candidate's attention over each sequence of its table.
+      embedding_l2: weight of an L2 penalty on the embeddings each batch looks up.
+      cross_layers: DCN-v2 cross layers before the DNN.
     """
     binary = plan.label["type"] == "binary"
     embedding = embedding or EmbeddingConfig()
 
     def model_fn(features, labels, mode, params, config):
         del params
-        columns = create_feature_columns(plan)
+        # Attention needs the history's positions; a model that only averages it lets the
+        # lookup pool it (on a TPU: 1/L of the activations).
+        columns = create_feature_columns(
+            plan, id_bias=id_bias, pool_sequences=not history_attention
+        )
         before = set(_refs(tf.compat.v1.trainable_variables()))
         pooled = {}
         for column in columns.dense:
@@ -92,21 +129,45 @@ def create_model_fn(
             pooled[name] = tf.compat.v1.keras.layers.DenseFeatures([column], name=f"embed_{name}")(
                 features
             )
+        attended = {}
         for name, column in sorted(columns.sequence.items()):
             sequence, lengths = tf.keras.experimental.SequenceFeatures(
                 [column], name=f"sequence_{name}"
             )(features)
             pooled[name] = masked_mean(sequence, lengths)
+            if history_attention:
+                table = plan.tables[plan.features[name].table]
+                for query in table.features:
+                    if plan.features[query].type == "categorical":
+                        attended[f"{name}_by_{query}"] = attend(sequence, lengths, pooled[query])
+        biases = [
+            tf.compat.v1.keras.layers.DenseFeatures([column], name=f"bias_{name}")(features)
+            for name, column in sorted(columns.bias.items())
+        ]
         # The tables, where the model holds them (on CPU); on a TPU they live on the TPU.
         tables = [v for v in tf.compat.v1.trainable_variables() if v.ref() not in before]
         pieces = [pooled[name] for name in sorted(pooled)]
         pieces.extend(shared_table_interactions(plan, pooled))
+        pieces.extend(attended[name] for name in sorted(attended))
         for name in plan.numeric_features:
             pieces.append(tf.reshape(features[name], [-1, 1]))
         net = tf.concat(pieces, axis=1)
+        # DCN-v2 cross layers: x_{l+1} = x_0 * (W x_l + b) + x_l, explicit feature crosses
+        # ahead of the DNN.
+        x0 = net
+        for i in range(cross_layers):
+            width = int(x0.shape[-1])
+            net = x0 * tf.compat.v1.layers.dense(net, width, name=f"cross_{i}") + net
         for i, units in enumerate(hidden_units):
             net = tf.compat.v1.layers.dense(net, units, activation=tf.nn.relu, name=f"hidden_{i}")
-        logits = tf.reshape(tf.compat.v1.layers.dense(net, 1, name="logits"), [-1])
+        logits = tf.compat.v1.layers.dense(net, 1, name="logits")
+        if biases:
+            # The scale makes the bias learn faster than the table rate (about id_bias_scale
+            # times under Adagrad or Adam, which normalize the gradient's size), the same
+            # on CPU and TPU: an item's own rate is one number, quick to learn and the
+            # strongest single signal, while the embeddings should move slowly.
+            logits = logits + id_bias_scale * tf.add_n(biases)
+        logits = tf.reshape(logits, [-1])
         if binary:
             predictions = {PROBABILITIES: tf.sigmoid(logits)}
         else:
@@ -126,11 +187,31 @@ def create_model_fn(
             loss = tf.compat.v1.losses.mean_squared_error(labels, logits)
 
         if mode == tf.estimator.ModeKeys.EVAL:
+            # Per categorical feature, which rows carry an OOV id: the model on values it
+            # never saw in training.
+            unseen = {
+                UNSEEN + name: oov_rows(features[name], plan.tables[feature.table].entries)
+                for name, feature in sorted(plan.features.items())
+                if feature.type == "categorical"
+            }
             return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
-                mode, loss=loss, eval_metrics=(_metric_fn(binary), [labels, logits])
+                mode,
+                loss=loss,
+                eval_metrics=(
+                    _metric_fn(binary, sorted(unseen)),
+                    {"labels": labels, "logits": logits, **unseen},
+                ),
             )
 
         global_step = tf.compat.v1.train.get_global_step()
+        if embedding_l2:
+            # An L2 penalty on the looked-up vectors, not on the whole tables: a row is
+            # pulled towards 0 in proportion to how often it is seen, the regularization
+            # of sparse embeddings that works the same on the TPU (whose tables the model
+            # never holds) and on CPU.
+            looked_up = [pooled[n] for n in sorted(pooled)] + [id_bias_scale * b for b in biases]
+            penalty = tf.add_n([tf.reduce_mean(tf.reduce_sum(v * v, axis=1)) for v in looked_up])
+            loss = loss + embedding_l2 * penalty
         if use_tpu:
             opt = tf.compat.v1.tpu.CrossShardOptimizer(_optimizer(optimizer, learning_rate))
             return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
@@ -222,12 +303,21 @@ def _portable_scaffold(config) -> tf.compat.v1.train.Scaffold:
     )
 
 
-def _metric_fn(binary: bool):
-    def metric_fn(labels, logits):
+def _metric_fn(binary: bool, categorical: Sequence[str] = ()):
+    def metric_fn(labels, logits, **unseen):
         metrics = {EXAMPLES: _count(labels)}
         if binary:
             probabilities = tf.sigmoid(logits)
             metrics["auc"] = tf.compat.v1.metrics.auc(labels, probabilities, num_thresholds=1000)
+            for key in categorical:
+                # AUC and count of the rows whose feature is out of vocabulary.
+                name = key[len(UNSEEN) :]
+                metrics[f"auc_unseen_{name}"] = tf.compat.v1.metrics.auc(
+                    labels, probabilities, weights=unseen[key], num_thresholds=1000
+                )
+                metrics[f"examples_unseen_{name}"] = _sum(
+                    tf.cast(unseen[key], tf.int64), f"examples_unseen_{name}"
+                )
             metrics["accuracy"] = tf.compat.v1.metrics.accuracy(
                 labels, tf.cast(tf.math.greater(probabilities, 0.5), tf.float32)
             )
@@ -240,6 +330,11 @@ def _metric_fn(binary: bool):
 
 def _count(labels: tf.Tensor):
     """A streaming metric: the number of examples evaluated."""
+    return _sum(tf.ones_like(labels, tf.int64), "examples_count")
+
+
+def _sum(values: tf.Tensor, name: str):
+    """A streaming metric: the sum of int64 `values` over the evaluation."""
     total = tf.compat.v1.Variable(
         0,
         dtype=tf.int64,
@@ -248,7 +343,7 @@ def _count(labels: tf.Tensor):
             tf.compat.v1.GraphKeys.LOCAL_VARIABLES,
             tf.compat.v1.GraphKeys.METRIC_VARIABLES,
         ],
-        name="examples_count",
+        name=name,
     )
-    update = total.assign_add(tf.size(labels, out_type=tf.int64))
+    update = total.assign_add(tf.reduce_sum(values))
     return total.read_value(), update

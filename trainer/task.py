@@ -23,6 +23,7 @@ whose `serving_default` takes serialized raw tf.Examples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -50,6 +51,11 @@ from trainer.checks import (
 LOG = logging.getLogger("trainer")
 
 EVAL_METRICS = "eval_metrics.json"
+VALIDATION = "validation"
+HISTORY = "history"
+BEST = "best"
+BEST_DIR = "best"
+RUN_ONLY = ("trained_from_step", "steps_trained", "export_dir")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,6 +73,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="evaluation batches (default: the whole eval split)",
     )
     parser.add_argument(
+        "--eval-every-steps",
+        type=int,
+        default=None,
+        help="also evaluate every N steps during training: on the validation split, which "
+        "selects the best checkpoint (exported to export_best/), or on eval for the curves "
+        "only when the pipeline output has no validation split",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=256,
@@ -75,7 +89,55 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--optimizer", choices=("adagrad", "adam", "sgd"), default="adagrad")
+    parser.add_argument(
+        "--embedding-learning-rate",
+        type=float,
+        default=None,
+        help="the embedding tables' learning rate, set apart from the dense layers' "
+        "--learning-rate (default: the config's [embedding] learning_rate)",
+    )
     parser.add_argument("--hidden-units", default="128,64", help="DNN layer sizes, comma separated")
+    parser.add_argument(
+        "--id-bias",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a per-id bias (a dimension-1 table) of every categorical feature added to the "
+        "logit: the linear part of the model (default: on)",
+    )
+    parser.add_argument(
+        "--id-bias-scale",
+        type=float,
+        default=10.0,
+        help="factor on the per-id bias in the logit: under Adagrad or Adam the bias learns "
+        "about this many times faster than the embedding rate (default: 10)",
+    )
+    parser.add_argument(
+        "--embedding-l2",
+        type=float,
+        default=0.0,
+        help="weight of an L2 penalty on the embedding vectors and biases each batch looks "
+        "up (0: none)",
+    )
+    parser.add_argument(
+        "--cross-layers",
+        type=int,
+        default=2,
+        help="DCN-v2 cross layers between the features and the DNN (default: 2; 0: none)",
+    )
+    parser.add_argument(
+        "--history-attention",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the candidate's attention over the history positions (DIN-style) as well as "
+        "the history's mean (default: off)",
+    )
+    parser.add_argument(
+        "--oov-train-share",
+        type=float,
+        default=0.02,
+        help="share of the categorical ids replaced by the OOV bucket in training, so the OOV "
+        "row that unseen ids read is trained (0 turns it off)",
+    )
     parser.add_argument("--use-tpu", action="store_true", help="train on a Cloud TPU")
     parser.add_argument("--tpu", default=None, help="the TPU name (or grpc:// address)")
     parser.add_argument(
@@ -103,10 +165,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag in ("train_steps", "batch_size", "iterations_per_loop", "save_checkpoints_steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.eval_steps is not None and args.eval_steps < 1:
-        parser.error("--eval-steps must be >= 1 (leave it out to evaluate the whole eval split)")
     if not args.hidden_units or min(args.hidden_units) < 1:
         parser.error(f"--hidden-units must be positive layer sizes, got {args.hidden_units}")
+    if args.embedding_learning_rate is not None and args.embedding_learning_rate <= 0:
+        parser.error("--embedding-learning-rate must be > 0")
+    if args.cross_layers < 0:
+        parser.error("--cross-layers must be >= 0")
+    for flag in ("eval_every_steps", "eval_steps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.oov_train_share < 1.0:
+        parser.error(f"--oov-train-share must be in [0, 1), got {args.oov_train_share}")
     if args.use_tpu and not args.tpu:
         parser.error("--use-tpu needs --tpu NAME")
     return args
@@ -192,7 +261,9 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,
         ),
     )
-    columns = create_feature_columns(plan)
+    columns = create_feature_columns(
+        plan, id_bias=args.id_bias, pool_sequences=not args.history_attention
+    )
     return tpu.TPUEstimator(
         model_fn=create_model_fn(
             plan,
@@ -201,6 +272,11 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             optimizer=args.optimizer,
             use_tpu=args.use_tpu,
             embedding=config.embedding,
+            id_bias=args.id_bias,
+            id_bias_scale=args.id_bias_scale,
+            history_attention=args.history_attention,
+            embedding_l2=args.embedding_l2,
+            cross_layers=args.cross_layers,
         ),
         config=run_config,
         use_tpu=args.use_tpu,
@@ -214,7 +290,13 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
 
 
 def _jsonable(metrics: dict) -> dict[str, Any]:
-    return {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
+    """Metrics as JSON values; the AUC over rows of unseen values only where there were
+    such rows (TensorFlow reports 0.0 for an empty set)."""
+    values = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
+    for key in [k for k in values if k.startswith("examples_unseen_")]:
+        if not values[key]:
+            values.pop("auc_unseen_" + key[len("examples_unseen_") :], None)
+    return values
 
 
 def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,11 +311,19 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
     import tensorflow_transform as tft
 
+    from trainer.baselines import measure as measure_baselines
     from trainer.export import make_serving_input_receiver_fn
     from trainer.inputs import InputError, host_files, make_input_fn
     from trainer.tpu_check import capacity_refusal
 
     config = read_pipeline_config(args.pipeline_output)
+    if args.embedding_learning_rate is not None:
+        config = dataclasses.replace(
+            config,
+            embedding=dataclasses.replace(
+                config.embedding, learning_rate=args.embedding_learning_rate
+            ),
+        )
     plan = load_or_make_plan(args.pipeline_output)
     refusal = capacity_refusal(args, config, plan)
     if refusal:
@@ -268,15 +358,27 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
     artifacts.write_json(args.model_dir, artifacts.PLAN, plan.to_dict())
 
+    validation_files = manifest.data.get(VALIDATION, [])
+    validation_files = manifest.data_files(VALIDATION) if validation_files else []
+    eval_rows = stats["rows"]["eval"]
+    measured = measure_baselines(train_files, eval_files, plan) if eval_rows else {}
+
     estimator = build_estimator(args, plan, config, cluster)
+    train_input = make_input_fn(
+        train_files,
+        plan,
+        training=True,
+        drop_remainder=args.use_tpu,
+        seed=args.seed,
+        id_bias=args.id_bias,
+        oov_share=args.oov_train_share,
+    )
+    selection = Selection(args, plan, validation_files, eval_files if eval_rows else [])
     started = time.time()
     step_before = _global_step(estimator)
-    estimator.train(
-        make_input_fn(
-            train_files, plan, training=True, drop_remainder=args.use_tpu, seed=args.seed
-        ),
-        max_steps=args.train_steps,
-    )
+    for target in eval_points(step_before, args.train_steps, args.eval_every_steps):
+        estimator.train(train_input, max_steps=target)
+        selection.evaluate(estimator, make_input_fn)
     steps = _global_step(estimator) - step_before
     elapsed = time.time() - started
     LOG.info(
@@ -288,10 +390,10 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     check_same_run(args.pipeline_output, manifest)
-    if stats["rows"]["eval"]:
+    if eval_rows:
         metrics = _jsonable(
             estimator.evaluate(
-                make_input_fn(eval_files, plan, training=False),
+                make_input_fn(eval_files, plan, training=False, id_bias=args.id_bias),
                 steps=args.eval_steps,
             )
         )
@@ -303,23 +405,185 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             config.split.eval_fraction,
         )
         metrics = {"examples": 0, "global_step": _global_step(estimator)}
+    metrics.update(measured)
+    if selection.history:
+        metrics[HISTORY] = selection.history
+    best = selection.best_summary(
+        estimator, make_input_fn(eval_files, plan, training=False, id_bias=args.id_bias)
+    )
+    metrics[BEST] = best
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
+    _report(metrics)
     metrics["trained_from_step"] = step_before
     metrics["steps_trained"] = steps
     if args.export:
-        export_base = artifacts.join(args.model_dir, "export")
+        serving = make_serving_input_receiver_fn(transform_output, plan, id_bias=args.id_bias)
+        # The run id is checked before and after the exports read the transform graph: equal,
+        # they read the vocabularies of the run the model was trained on.
         check_same_run(args.pipeline_output, manifest)
-        path = estimator.export_saved_model(
-            export_base, make_serving_input_receiver_fn(transform_output, plan)
-        )
-        path = path.decode() if isinstance(path, bytes) else path
+        exports = []
+        path = estimator.export_saved_model(artifacts.join(args.model_dir, "export"), serving)
+        exports.append(path.decode() if isinstance(path, bytes) else path)
+        metrics["export_dir"] = exports[-1]
+        if best.get("checkpoint"):
+            path = estimator.export_saved_model(
+                artifacts.join(args.model_dir, "export_best"),
+                serving,
+                checkpoint_path=best["checkpoint"],
+            )
+            exports.append(path.decode() if isinstance(path, bytes) else path)
+            best["export_dir"] = exports[-1]
         try:
-            check_same_run(args.pipeline_output, manifest)  # it read the run's own vocabularies
+            check_same_run(args.pipeline_output, manifest)
         except TrainerError:
-            storage.delete_tree(path)
+            for export in exports:
+                storage.delete_tree(export)
             raise
-        metrics["export_dir"] = path
+        if best.get("export_dir"):
+            artifacts.write_json(args.model_dir, EVAL_METRICS, _without_run_only(metrics))
     return metrics
+
+
+def _without_run_only(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in RUN_ONLY}
+
+
+def _report(metrics: dict[str, Any]) -> None:
+    """Logs the model against its best single-feature baseline; warns when it loses."""
+    from trainer.baselines import model_loses
+    from trainer.baselines import summary as baseline_summary
+
+    line = baseline_summary(metrics)
+    if not line:
+        return
+    if model_loses(metrics):
+        LOG.warning(
+            "%s: the model loses to counting one column; train longer or change the model "
+            "before trusting it (eval_metrics.json has every baseline)",
+            line,
+        )
+    else:
+        LOG.info("%s", line)
+
+
+def eval_points(start: int, train_steps: int, every: int | None) -> list[int]:
+    """The global steps at which training stops to evaluate: every `every` steps after
+    `start`, and always `train_steps` itself (nothing when already trained that far)."""
+    if start >= train_steps:
+        return [train_steps]
+    if not every:
+        return [train_steps]
+    points = list(range((start // every + 1) * every, train_steps, every))
+    return [*points, train_steps]
+
+
+class Selection:
+    """Periodic evaluation on the validation split and the best checkpoint it selects.
+
+    Each evaluation point evaluates the latest checkpoint on the validation split (the
+    `validation` TensorBoard curve and the history). The best one by the selection metric
+    (AUC for a binary label, RMSE for regression) is copied to MODEL_DIR/best/, so that
+    checkpoint rotation cannot delete it before it is exported. Without a validation split
+    nothing is selected: choosing by the eval split would report a figure chosen on the very
+    rows it is reported on. The history then follows the eval split, for the curves only.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        plan: EmbeddingPlan,
+        validation_files: list[str],
+        eval_files: list[str],
+    ):
+        self.args = args
+        self.plan = plan
+        self.files = validation_files
+        self.eval_files = eval_files
+        self.metric, self.higher = (
+            ("auc", True) if plan.label["type"] == "binary" else ("rmse", False)
+        )
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+
+    def evaluate(self, estimator, make_input_fn) -> None:
+        if not self.args.eval_every_steps:
+            return
+        files, name = (self.files, VALIDATION) if self.files else (self.eval_files, "eval")
+        if not files:
+            return
+        result = _jsonable(
+            estimator.evaluate(
+                make_input_fn(files, self.plan, training=False, id_bias=self.args.id_bias),
+                steps=self.args.eval_steps,
+                # The eval split's curve is the one of the final evaluation: MODEL_DIR/eval.
+                name=VALIDATION if name == VALIDATION else None,
+            )
+        )
+        self.history.append({"split": name, **result})
+        LOG.info(
+            "Step %d: %s %s %.4f", result["global_step"], name, self.metric, result[self.metric]
+        )
+        if name != VALIDATION:
+            return
+        value = result[self.metric]
+        better = self.best is None or (
+            value > self.best[self.metric] if self.higher else value < self.best[self.metric]
+        )
+        if better:
+            checkpoint = _keep_checkpoint(estimator.latest_checkpoint(), self.args.model_dir)
+            self.best = {
+                "step": result["global_step"],
+                self.metric: value,
+                "checkpoint": checkpoint,
+            }
+
+    def best_summary(self, estimator, eval_input_fn) -> dict[str, Any]:
+        """What was selected, with the best checkpoint's eval figures when it is not the
+        last one (the top-level figures are the last checkpoint's)."""
+        if not self.files:
+            reason = (
+                "no validation split in the pipeline output ([split] validation_fraction): "
+                "nothing was selected; export/ holds the last checkpoint only"
+            )
+            if self.args.eval_every_steps:
+                LOG.warning("%s", reason)
+            return {"selected_on": None, "reason": reason}
+        if self.best is None:
+            return {"selected_on": VALIDATION, "reason": "no evaluation during training"}
+        summary = {"selected_on": VALIDATION, "metric": self.metric, **self.best}
+        summary[f"{VALIDATION}_{self.metric}"] = summary.pop(self.metric)
+        summary["eval"] = _jsonable(
+            estimator.evaluate(
+                eval_input_fn,
+                steps=self.args.eval_steps,
+                checkpoint_path=self.best["checkpoint"],
+                name="eval_best",
+            )
+        )
+        LOG.info(
+            "Best checkpoint: step %d by %s %s %.4f; on eval %s %.4f",
+            summary["step"],
+            VALIDATION,
+            self.metric,
+            summary[f"{VALIDATION}_{self.metric}"],
+            self.metric,
+            summary["eval"][self.metric],
+        )
+        return summary
+
+
+def _keep_checkpoint(checkpoint: str, model_dir: str) -> str:
+    """Copies a checkpoint's files to MODEL_DIR/best/ (replacing the previous best) and
+    returns its path there."""
+    import tensorflow as tf
+
+    best_dir = artifacts.join(model_dir, BEST_DIR)
+    if tf.io.gfile.exists(best_dir):
+        tf.io.gfile.rmtree(best_dir)
+    tf.io.gfile.makedirs(best_dir)
+    for path in tf.io.gfile.glob(checkpoint + ".*"):
+        tf.io.gfile.copy(path, artifacts.join(best_dir, os.path.basename(path)), overwrite=True)
+    return artifacts.join(best_dir, os.path.basename(checkpoint))
 
 
 def _global_step(estimator) -> int:

@@ -11,8 +11,12 @@ whether it was clicked.
   with item quality, depends on the device and the user's region (a high-cardinality
   categorical) and falls with the price, so a model that embeds history and candidate in one
   table can learn it. The user id itself carries nothing a model could use for unseen users.
+- `--label-model item-bias` makes the label look like real ratings: the item's own bias
+  (quality) dominates and the user's taste (history topic match) is a weaker signal, so the
+  item's popularity alone is a strong baseline that a model has to beat.
 
     python -m examples.clicks.generate --rows 50000 --output examples/clicks/data/clicks.csv
+    python -m examples.clicks.generate --label-model item-bias --output runs/bias/clicks.csv
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ DEVICES = ("mobile", "desktop", "tablet")
 DEVICE_PROBABILITIES = (0.6, 0.3, 0.1)
 DEVICE_EFFECT = (0.3, -0.3, 0.0)
 HEADER = ("user_id", "item_id", "history", "device", "region", "price", "clicked")
+# label model -> (weight of the history's topic match, spread of the item quality): "topic"
+# is driven by the user's taste, "item-bias" by the item itself.
+LABEL_MODELS = {"topic": (3.0, 0.7), "item-bias": (1.0, 1.5)}
 
 
 def generate(
@@ -39,15 +46,22 @@ def generate(
     users: int | None = None,
     topics: int = 10,
     regions: int = 2000,
+    label_model: str = "topic",
 ) -> list[tuple]:
-    """Returns `rows` rows of (user_id, item_id, history, device, region, price, clicked)."""
+    """Returns `rows` rows of (user_id, item_id, history, device, region, price, clicked).
+
+    `label_model` picks how the click depends on taste and item (`LABEL_MODELS`).
+    """
+    if label_model not in LABEL_MODELS:
+        raise ValueError(f"label_model must be one of {sorted(LABEL_MODELS)}, got {label_model!r}")
+    match_weight, quality_spread = LABEL_MODELS[label_model]
     rng = np.random.default_rng(seed)
     users = users or max(rows // 6, 10)
     popularity = 1.0 / np.arange(1, items + 1) ** 1.05
     rng.shuffle(popularity)
     popularity /= popularity.sum()
     topic = rng.integers(0, topics, size=items)
-    quality = rng.normal(0.0, 0.7, size=items)
+    quality = rng.normal(0.0, quality_spread, size=items)
     global_cdf = np.cumsum(popularity)
     by_topic = []
     for t in range(topics):
@@ -83,7 +97,7 @@ def generate(
         match = float(np.mean(topic[history] == topic[candidate])) if n else 0.0
         logit = (
             -1.2
-            + 3.0 * match
+            + match_weight * match
             + quality[candidate]
             + DEVICE_EFFECT[device[i]]
             + region_effect[user_region[user[i]]]
@@ -183,8 +197,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="csv",
         help="file format (a .gz output is compressed)",
     )
+    parser.add_argument(
+        "--label-model",
+        choices=sorted(LABEL_MODELS),
+        default="topic",
+        help="topic: clicks follow the user's taste (default); item-bias: the item's own "
+        "bias dominates and taste is weaker, as in real ratings",
+    )
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=2000,
+        help="catalogue size; a large one leaves items of the eval split unseen in training",
+    )
     args = parser.parse_args(argv)
-    WRITERS[args.format](args.output, generate(args.rows, seed=args.seed))
+    rows = generate(args.rows, seed=args.seed, items=args.items, label_model=args.label_model)
+    WRITERS[args.format](args.output, rows)
     print(f"Wrote {args.rows} rows to {args.output} ({args.format})")
 
 

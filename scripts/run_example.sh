@@ -47,7 +47,12 @@ rows = json.load(open(f"{output}/stats.json"))["rows"]
 exports = sorted(glob.glob(f"{model}/export/*"))
 print()
 print(f"Eval AUC {metrics['auc']:.4f}  (loss {metrics['loss']:.4f}, "
-      f"accuracy {metrics['accuracy']:.4f}, step {metrics['global_step']})")
+      f"accuracy {metrics['accuracy']:.4f}, step {metrics['global_step']}, "
+      f"{metrics['examples']} examples of held-out users)")
+if "best_baseline_auc" in metrics:
+    margin = metrics["auc"] - metrics["best_baseline_auc"]
+    print(f"Best single-feature baseline: {metrics['best_baseline']} "
+          f"AUC {metrics['best_baseline_auc']:.4f} (model {margin:+.4f})")
 print(f"Rows: {rows['read']} read, {rows['train']} train, {rows['eval']} eval, "
       f"{rows['rejected']} rejected")
 print("Outputs:")

@@ -157,11 +157,12 @@ def make_plan(
                     "padding_efficiency"
                 ]
                 notes.append(
-                    f"{name}: a sequence moves batch x {plan.max_sequence_length} x dim "
-                    "activations a step; if the model only pools it (the default model's "
-                    'masked mean does), type = "bag" pools it in the TPU lookup (batch x dim) '
-                    f"and keeps up to {statistics.bag_cap(histogram)} ids a row instead of "
-                    f"{plan.max_sequence_length}"
+                    f"{name}: the default model only averages it, so the trainer pools it in "
+                    "the TPU lookup (max_sequence_length 0: batch x dim activations a step, "
+                    f"not batch x {plan.max_sequence_length} x dim), on the "
+                    f"{plan.truncate.removeprefix('keep_')} {plan.max_sequence_length} ids a row; `--history-attention` uses its "
+                    "positions and looks it up as a sequence. Unordered, as "
+                    f'type = "bag", it would keep up to {statistics.bag_cap(histogram)} ids a row'
                 )
             elif len(names) == 1 and train_rows:
                 ratio = int(measured["distinct_values"]) / train_rows

@@ -30,6 +30,7 @@ def judged(tmp_path_factory):
     for old, new in [
         ("eval_fraction = 0.1 ", "eval_fraction = 0.2\nvalidation_fraction = 0.2 "),
         ('name = "history"\ntype = "sequence"', 'name = "history"\ntype = "bag"'),
+        ('truncate = "keep_last"', ""),  # a bag is unordered: no end to keep
         (
             '[[feature]]\nname = "device"',
             '[[feature]]\nname = "user_id"\ntype = "categorical"\n\n[[feature]]\nname = "device"',

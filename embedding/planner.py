@@ -160,8 +160,9 @@ def make_plan(
                     f"{name}: the default model only averages it, so the trainer pools it in "
                     "the TPU lookup (max_sequence_length 0: batch x dim activations a step, "
                     f"not batch x {plan.max_sequence_length} x dim), on the "
-                    f"{plan.truncate.removeprefix('keep_')} {plan.max_sequence_length} ids a row; `--history-attention` uses its "
-                    "positions and looks it up as a sequence. Unordered, as "
+                    f"{plan.truncate.removeprefix('keep_')} {plan.max_sequence_length} ids a row; "
+                    "`--history-attention` uses its positions and looks it up as a sequence. "
+                    "Unordered, as "
                     f'type = "bag", it would keep up to {statistics.bag_cap(histogram)} ids a row'
                 )
             elif len(names) == 1 and train_rows:

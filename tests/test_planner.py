@@ -258,7 +258,10 @@ def test_a_bag_keeps_all_ids_up_to_a_generous_cap_and_is_pooled():
     assert make_plan(measured, cfg).dropped["genres"] == "every training bag is empty"
 
 
-def test_a_sequence_the_model_only_pools_is_pointed_at_bags():
+def test_the_plan_says_how_a_sequence_is_looked_up_and_points_at_bags():
     notes = make_plan(stats(), config()).notes
-    assert any(n.startswith("history: a sequence moves batch x 5 x dim") for n in notes)
-    assert any('type = "bag"' in n and "up to 400 ids" in n for n in notes)
+    (note,) = [n for n in notes if n.startswith("history:")]
+    assert "pools it in the TPU lookup (max_sequence_length 0" in note
+    assert "not batch x 5 x dim), on the last 5 ids a row" in note
+    assert "--history-attention" in note
+    assert 'type = "bag", it would keep up to 400 ids a row' in note

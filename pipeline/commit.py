@@ -110,10 +110,28 @@ def normalize_output(output: str) -> str:
     return os.path.realpath(os.path.abspath(output))
 
 
+MARKERS = (artifacts.SUCCESS, artifacts.CONFIG, artifacts.STATS)
+"""Files of which a pipeline output (or one a failed commit left half-written) has one."""
+
+
+def _own(relative: str) -> bool:
+    """Whether a file under OUTPUT is one a pipeline run or the planner writes there."""
+    top, _, rest = relative.partition("/")
+    if top not in OWN_TOP_LEVEL:
+        return False
+    if top == artifacts.DATA_DIR:
+        return any(artifacts.is_data_shard(relative, split) for split in artifacts.SPLITS)
+    if top == artifacts.REJECTED_DIR:
+        return "/" not in rest and rest.endswith(".jsonl")
+    return True
+
+
 def _check_replaceable(output: str, inputs: list[str]) -> None:
     """Refuses to replace an OUTPUT that is not a pipeline output or holds the inputs."""
     present = storage.list_files(output)
-    foreign = sorted(f for f in present if f.split("/", 1)[0] not in OWN_TOP_LEVEL)
+    foreign = sorted(f for f in present if not _own(f))
+    if present and not foreign and not any(marker in present for marker in MARKERS):
+        foreign = [f"(none of {', '.join(MARKERS)}: not a pipeline output)"]
     if foreign or storage.is_file(output):
         shown = foreign[0] if foreign else f"{output} is a file, not a folder"
         raise InputError(
@@ -171,6 +189,8 @@ def begin(output: str, overwrite: bool, inputs: list[str] | None = None) -> Run:
     Raises:
       InputError: see `check_output`; or nothing can be written beside OUTPUT.
     """
+    if not output.strip():
+        raise InputError("--output is empty; name the folder the run writes")
     output = normalize_output(output)
     check_output(output, overwrite, inputs)
     run_id = new_run_id()
@@ -213,6 +233,8 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
     files = {rename(relative): size for relative, size in staged.items()}
     if storage.exists(output) and not overwrite:
         raise InputError(f"--output {output} appeared while the pipeline ran; not replaced")
+    if storage.exists(output):
+        _check_replaceable(output, [])  # again: files may have been added while the run ran
     try:
         if storage.exists(output):
             LOG.info("Replacing the existing %s (--overwrite)", output)

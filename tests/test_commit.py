@@ -90,6 +90,7 @@ def test_a_commit_lists_every_file_and_writes_the_manifest_last(any_root, monkey
 def test_an_existing_output_is_refused_before_anything_runs(any_root):
     output = _output(any_root)
     storage.write_text(storage.join(output, "data", "train-0.tfrecord.gz"), "old")
+    storage.write_text(storage.join(output, "stats.json"), "{}")
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         commit.begin(output, overwrite=False)
     commit.begin(storage.join(any_root, "ou"), overwrite=False)  # a prefix of it: not it
@@ -308,13 +309,28 @@ def test_overwrite_replaces_only_a_pipeline_output_and_never_its_inputs(tmp_path
     with pytest.raises(InputError, match=r"holds files a pipeline run does not write"):
         commit.begin(str(precious), overwrite=True, inputs=[str(data)])
     assert (precious / "thesis" / "chapter1.txt").read_text() == "years of work"
-    # An output folder that holds only what a run writes, and the input: refused too.
+    # A pipeline output whose own shards are the input (TFRecords read back): refused too.
     output = tmp_path / "out"
     (output / "data").mkdir(parents=True)
-    inside = output / "data" / "raw.csv"
+    (output / "stats.json").write_text("{}")
+    inside = output / "data" / "train-r-00000-of-00001.tfrecord.gz"
     inside.write_text("x\n")
-    with pytest.raises(InputError, match=r"holds the input .*raw\.csv"):
+    with pytest.raises(InputError, match=r"holds the input .*train-r-00000"):
         commit.begin(str(output), overwrite=True, inputs=[str(inside)])
+    # Top-level names a run writes, but a user's file under data/, and no pipeline marker.
+    workspace = tmp_path / "ws"
+    (workspace / "data").mkdir(parents=True)
+    (workspace / "metadata").mkdir()
+    (workspace / "data" / "precious.csv").write_text("mine")
+    with pytest.raises(InputError, match=r"first: data/precious\.csv"):
+        commit.begin(str(workspace), overwrite=True, inputs=[])
+    os.remove(workspace / "data" / "precious.csv")
+    (workspace / "data" / "train-x-00000-of-00001.tfrecord.gz").write_text("")
+    with pytest.raises(InputError, match="not a pipeline output"):
+        commit.begin(str(workspace), overwrite=True, inputs=[])
+    assert (workspace / "data" / "train-x-00000-of-00001.tfrecord.gz").exists()
+    with pytest.raises(InputError, match="--output is empty"):
+        commit.begin("", overwrite=True, inputs=[])
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     with pytest.raises(InputError, match="is a file, not a folder"):

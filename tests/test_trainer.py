@@ -456,6 +456,28 @@ def test_periodic_evaluation_selects_and_exports_the_best_checkpoint_on_validati
         assert glob.glob(str(model_dir / directory / "events.out.tfevents.*")), directory
 
 
+def test_a_resumed_run_keeps_the_history_and_the_best_checkpoint_so_far(
+    small_pipeline_output, tmp_path, monkeypatch
+):
+    import json
+
+    output = _with_validation_split(small_pipeline_output["output"], tmp_path / "out", monkeypatch)
+    model_dir = tmp_path / "model"
+    task.train_and_evaluate(
+        _args(output, model_dir, "--train-steps", "20", "--eval-every-steps", "10", "--no-export")
+    )
+    first = json.loads((model_dir / "eval_metrics.json").read_text())
+    task.train_and_evaluate(
+        _args(output, model_dir, "--train-steps", "30", "--eval-every-steps", "10", "--no-export")
+    )
+    written = json.loads((model_dir / "eval_metrics.json").read_text())
+    assert [h["global_step"] for h in written["history"]] == [10, 20, 30]
+    top = max(written["history"], key=lambda h: h["auc"])
+    assert written["best"]["step"] == top["global_step"]
+    if first["best"]["step"] == top["global_step"]:  # the earlier best still wins
+        assert written["best"]["checkpoint"] == first["best"]["checkpoint"]
+
+
 def test_without_a_validation_split_nothing_is_selected(trained):
     best = trained["metrics"]["best"]
     assert best["selected_on"] is None and "validation" in best["reason"]

@@ -77,3 +77,27 @@ def test_a_run_without_training_rows_is_refused():
     }
     with pytest.raises(run.TooManyRejected, match="no training row: of 50 rows read, 50"):
         run.check_rejected(stats, 1.0, "/staging/rejected", "/out")
+
+
+def test_no_tpu_behind_the_address_is_one_clear_error(monkeypatch):
+    # TPUEstimator's own query answers 0 cores when nothing is there; dividing the batch by
+    # it was a ZeroDivisionError.
+    from tensorflow.python.tpu import tpu_system_metadata
+
+    from trainer import task
+
+    class NoCluster:
+        def cluster_spec(self):
+            import tensorflow as tf
+
+            return tf.train.ClusterSpec({})
+
+        def master(self):
+            return "grpc://10.0.0.1:8470"
+
+    def nothing_there(master, cluster_def=None, query_topology=False):
+        return tpu_system_metadata.TPUSystemMetadata(0, 0, 0, None, [])
+
+    monkeypatch.setattr(tpu_system_metadata, "_query_tpu_system_metadata", nothing_there)
+    with pytest.raises(TrainerError, match=r"no TPU found at grpc://10\.0\.0\.1:8470"):
+        task.tpu_topology(NoCluster())

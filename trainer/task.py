@@ -203,6 +203,12 @@ def tpu_topology(cluster) -> tuple[int, int]:
     metadata = tpu_system_metadata._query_tpu_system_metadata(
         cluster.master(), cluster_def=spec.as_cluster_def() if spec.jobs else None
     )
+    if not metadata.num_cores or not metadata.num_hosts:
+        raise TrainerError(
+            f"no TPU found at {cluster.master() or '(no address)'}: it reports "
+            f"{metadata.num_cores} cores on {metadata.num_hosts} hosts; check --tpu (and "
+            "--tpu-zone, --gcp-project), or train on CPU without --use-tpu"
+        )
     return metadata.num_hosts, metadata.num_cores
 
 
@@ -412,6 +418,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         estimator, make_input_fn(eval_files, plan, training=False, id_bias=args.id_bias)
     )
     metrics[BEST] = best
+    check_same_run(args.pipeline_output, manifest)  # the evaluation read the run's own rows
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
     _report(metrics)
     metrics["trained_from_step"] = step_before
@@ -438,6 +445,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         except TrainerError:
             for export in exports:
                 storage.delete_tree(export)
+                parent = export.rstrip("/").rsplit("/", 1)[0]
+                if not storage.list_files(parent):
+                    storage.delete_tree(parent)
             raise
         if best.get("export_dir"):
             artifacts.write_json(args.model_dir, EVAL_METRICS, _without_run_only(metrics))
@@ -504,6 +514,22 @@ class Selection:
         )
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        self._resume(args.model_dir)
+
+    def _resume(self, model_dir: str) -> None:
+        """Takes up the history and the best checkpoint of an earlier run in MODEL_DIR, so
+        that a resumed run compares its checkpoints with the best one so far."""
+        import tensorflow as tf
+
+        if not storage.exists(artifacts.join(model_dir, EVAL_METRICS)):
+            return
+        previous = artifacts.read_json(model_dir, EVAL_METRICS)
+        self.history = list(previous.get(HISTORY, []))
+        best = previous.get(BEST) or {}
+        checkpoint = best.get("checkpoint")
+        value = best.get(f"{VALIDATION}_{self.metric}")
+        if checkpoint and value is not None and tf.io.gfile.exists(checkpoint + ".index"):
+            self.best = {"step": best["step"], self.metric: value, "checkpoint": checkpoint}
 
     def evaluate(self, estimator, make_input_fn) -> None:
         if not self.args.eval_every_steps:
@@ -601,6 +627,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = train_and_evaluate(args)
     except (TrainerError, artifacts.PipelineOutputError) as e:
         LOG.error("%s", e)
+        return 2
+    except Exception as e:
+        import tensorflow as tf
+
+        if not isinstance(e, tf.errors.DataLossError):
+            raise
+        LOG.error(
+            "a file of %s is damaged (%s); rerun the pipeline with --overwrite",
+            args.pipeline_output,
+            e.message.splitlines()[0] if e.message else e,
+        )
         return 2
     print(json.dumps(metrics, indent=2))
     return 0

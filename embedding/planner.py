@@ -466,23 +466,9 @@ def plan_pipeline_output(
     Raises:
       PipelineOutputError: OUTPUT has no valid commit (see `artifacts.require_complete`).
     """
-    artifacts.require_complete(pipeline_output)
-    return _plan_and_write(
-        pipeline_output, length_coverage, dimension, tpu_type, batch_size, headroom, fit
-    )
-
-
-def _plan_and_write(
-    pipeline_output: str,
-    length_coverage: float | None = None,
-    dimension: int | None = None,
-    tpu_type: str | None = None,
-    batch_size: int = capacity.DEFAULT_BATCH_SIZE,
-    headroom: float = capacity.DEFAULT_HEADROOM,
-    fit: bool = False,
-) -> EmbeddingPlan:
     from pipeline import report
 
+    artifacts.require_complete(pipeline_output)
     stats = artifacts.read_json(pipeline_output, artifacts.STATS)
     config = read_pipeline_config(pipeline_output)
     plan = make_plan(stats, config, length_coverage=length_coverage, dimension=dimension)
@@ -503,4 +489,4 @@ def load_or_make_plan(pipeline_output: str) -> EmbeddingPlan:
       PipelineOutputError: OUTPUT has no valid commit (see `artifacts.require_complete`).
     """
     artifacts.require_complete(pipeline_output)
-    return read_plan(pipeline_output) or _plan_and_write(pipeline_output)
+    return read_plan(pipeline_output) or plan_pipeline_output(pipeline_output)

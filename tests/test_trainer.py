@@ -513,3 +513,19 @@ def test_training_trains_the_oov_row(small_pipeline_output, tmp_path):
             rows[share, steps] = _oov_row(str(model_dir), plan)
     np.testing.assert_array_equal(rows["0", "10"], rows["0", "30"])
     assert np.abs(rows["0.05", "30"] - rows["0.05", "10"]).max() > 1e-4
+
+
+def test_a_damaged_shard_is_one_line_naming_the_output(small_pipeline_output, tmp_path, caplog):
+    import logging
+
+    output = tmp_path / "output"
+    shutil.copytree(small_pipeline_output["output"], output)
+    (shard,) = glob.glob(str(output / "data" / "train-*"))
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF  # same size: the manifest's check passes
+    open(shard, "wb").write(bytes(data))
+    argv = ["--pipeline-output", str(output), "--model-dir", str(tmp_path / "m")]
+    with caplog.at_level(logging.ERROR, logger="trainer"):
+        assert task.main([*argv, "--train-steps", "2", "--batch-size", "64"]) == 2
+    assert f"a file of {output} is damaged" in caplog.text
+    assert "rerun the pipeline with --overwrite" in caplog.text

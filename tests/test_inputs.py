@@ -119,3 +119,9 @@ def test_bias_keys_carry_the_categorical_ids():
     assert _rows(prepared["item_id__bias"], 3) == [[4], [], [0]]
     assert "history__bias" not in prepared
     assert "item_id__bias" not in prepare_features(features, _oov_plan())
+
+
+def test_numeric_z_scores_are_clipped_for_training_and_serving_alike():
+    plan = SimpleNamespace(features={}, numeric_features=["price"])
+    prepared = prepare_features({"price": tf.constant([0.5, -1e3, 1e6, 5.0])}, plan)
+    np.testing.assert_array_equal(prepared["price"].numpy(), [0.5, -5.0, 5.0, 5.0])

@@ -18,6 +18,10 @@ from embedding.columns import bias_feature, bias_features
 
 SHUFFLE_BUFFER = 16_384
 READ_BLOCK = 128
+NUMERIC_CLIP = 5.0
+"""Numeric features arrive as z-scores; beyond +-5 they are clipped. The cross layers multiply
+inputs with each other, so one out-of-range number at serving time (a price of 1e3 where
+training saw tens) would otherwise drive the logit to saturation."""
 
 
 def parse_spec(plan: EmbeddingPlan) -> dict:
@@ -117,7 +121,8 @@ def prepare_features(
         for name in bias_features(plan):
             prepared[bias_feature(name)] = prepared[name]
     for name in plan.numeric_features:
-        prepared[name] = tf.reshape(tf.cast(features[name], tf.float32), [-1])
+        value = tf.reshape(tf.cast(features[name], tf.float32), [-1])
+        prepared[name] = tf.clip_by_value(value, -NUMERIC_CLIP, NUMERIC_CLIP)
     return prepared
 
 

@@ -116,18 +116,23 @@ class MeasureBatches(beam.CombineFn):
         }
 
 
+def _distinct_counts(values: pa.Array) -> Iterator[tuple[bytes, int]]:
+    """(token, count) for every distinct value of an array (nothing for an empty one)."""
+    if len(values) == 0:
+        return
+    counted = pc.value_counts(values)
+    yield from zip(
+        counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True
+    )
+
+
 def token_counts(batch: pa.RecordBatch, config: Config) -> Iterator[tuple[tuple[str, bytes], int]]:
     """((vocabulary, token), count) for every distinct token of each vocabulary in a batch."""
     for vocabulary, features in config.vocabularies().items():
         values = pa.concat_arrays(
             [pc.list_flatten(batch.column(batch.schema.get_field_index(name))) for name in features]
         )
-        if len(values) == 0:
-            continue
-        counted = pc.value_counts(values)
-        tokens = counted.field("values").to_pylist()
-        counts = counted.field("counts").to_pylist()
-        for token, count in zip(tokens, counts, strict=True):
+        for token, count in _distinct_counts(values):
             yield (vocabulary, token), count
 
 
@@ -213,12 +218,7 @@ def feature_token_counts(
     for vocabulary, features in config.vocabularies().items():
         for name in features:
             values = pc.list_flatten(batch.column(batch.schema.get_field_index(name)))
-            if len(values) == 0:
-                continue
-            counted = pc.value_counts(values)
-            tokens = counted.field("values").to_pylist()
-            counts = counted.field("counts").to_pylist()
-            for token, count in zip(tokens, counts, strict=True):
+            for token, count in _distinct_counts(values):
                 yield (vocabulary, token, name), count
 
 

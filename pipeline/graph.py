@@ -100,7 +100,8 @@ def build(
       transform_temp_dir: tf.Transform's temporary directory, written while the graph is
         built; defaults to work_dir/tft. A Dataflow dry run passes a local one, so building
         the job needs no access to Cloud Storage.
-      num_shards: TFRecord files per split; 0 lets the runner decide.
+      num_shards: TFRecord files per split; 0 derives it from the split's rows
+        (`pipeline.sinks.default_num_shards`).
       first_file: the file `header` was read from, named when another file's differs.
     """
     import tensorflow_transform.beam as tft_beam
@@ -143,13 +144,28 @@ def build(
         }
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
 
+    # The first pass's rows per split: they decide the default number of files of a split
+    # (the transforming pass waits on the analysis of the first pass anyway).
+    first_pass_rows = {
+        split: rows[split]
+        | f"{name}Rows" >> beam.Map(lambda batch: batch.num_rows)
+        | f"Count{name}" >> beam.CombineGlobally(sum)
+        for name, split in [
+            ("Train", decode.TRAIN),
+            ("Validation", decode.VALIDATION),
+            ("Eval", decode.EVAL),
+        ]
+    }
     written = []
     for name, (batches, _) in transformed.items():
+        split = name.lower()
         examples = batches | f"Encode{name}" >> beam.ParDo(EncodeExamples())
         _ = examples | f"Write{name}" >> WriteTFRecordLists(
-            artifacts.join(output, artifacts.DATA_DIR, name.lower()),
+            artifacts.join(output, artifacts.DATA_DIR, split),
             file_name_suffix=artifacts.TFRECORD_SUFFIX,
+            work_dir=artifacts.join(work_dir, "runs", split),
             num_shards=num_shards,
+            rows=first_pass_rows[split],
         )
         written.append(
             examples
@@ -192,20 +208,14 @@ def build(
         train
         | "MeasureTrain" >> beam.CombineGlobally(measure.MeasureBatches(config))
         | _single("KeyTrain", "train"),
-        eval_
-        | "EvalRows" >> beam.Map(lambda batch: batch.num_rows)
-        | "CountEval" >> beam.CombineGlobally(sum)
-        | _single("KeyEval", "eval"),
+        first_pass_rows[decode.EVAL] | _single("KeyEval", "eval"),
         counted["frequencies"]
         | "ListFrequencies" >> beam.combiners.ToList()
         | _single("KeyFrequencies", "frequencies"),
         counted["overlaps"]
         | "ListOverlaps" >> beam.combiners.ToList()
         | _single("KeyOverlaps", "overlaps"),
-        rows[decode.VALIDATION]
-        | "ValidationRows" >> beam.Map(lambda batch: batch.num_rows)
-        | "CountValidation" >> beam.CombineGlobally(sum)
-        | _single("KeyValidation", "validation"),
+        first_pass_rows[decode.VALIDATION] | _single("KeyValidation", "validation"),
         eval_
         | "MeasureEval" >> beam.CombineGlobally(measure.MeasureBatches(config))
         | _single("KeyEvalMeasured", "eval_measured"),

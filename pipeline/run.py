@@ -240,8 +240,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--num-shards",
         type=int,
         default=0,
-        help="TFRecord files per split in OUTPUT/data (default 0: the runner decides); a "
-        "TPU Pod needs at least one train file per host",
+        help="TFRecord files per split in OUTPUT/data (default 0: one per about 250,000 rows "
+        "of the split, and at least min(16, rows / 2,000); see pipeline/sinks.py); a TPU Pod "
+        "needs at least one train file per host. The files' bytes depend on the data and "
+        "this number only",
     )
     return parser.parse_known_args(argv)
 
@@ -265,7 +267,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """
     args, beam_args = parse_args(argv)
     if args.num_shards < 0:
-        raise InputError(f"--num-shards {args.num_shards}: give 0 (the runner decides) or more")
+        raise InputError(f"--num-shards {args.num_shards}: give 0 (from the rows) or more")
     if not 0.0 <= args.max_rejected_fraction <= 1.0:  # also refuses nan
         raise InputError(
             f"--max-rejected-fraction {args.max_rejected_fraction}: give a share in [0, 1]"

@@ -207,23 +207,27 @@ def test_fails_before_beam_on_bad_inputs(rows, tmp_path):
 
 
 def _output_bytes(output):
-    """stats.json's bytes, and each TFRecord file's decompressed bytes by its name without the
-    run id (`data/train-<run id>-00000-of-00002.tfrecord.gz` -> `train-00000-of-00002`)."""
+    """stats.json's bytes, and each TFRecord file's bytes by its name without the run id
+    (`data/train-<run id>-00000-of-00002.tfrecord.gz` -> `train-00000-of-00002.tfrecord.gz`)."""
     manifest = artifacts.read_manifest(output)
+    assert not [f for f in manifest.files if f.startswith(f"{artifacts.WORK_DIR}/")]
+    assert not os.path.exists(os.path.join(output, artifacts.WORK_DIR))
     files = {}
     for split in artifacts.SPLITS:
         for path in manifest.data_files(split):
             name = os.path.basename(path).replace(f"-{manifest.run_id}", "")
-            files[name] = gzip.open(path).read()
+            files[name] = open(path, "rb").read()
     return open(os.path.join(output, "stats.json"), "rb").read(), files
 
 
-def test_one_and_two_workers_write_the_same_bytes(rows, tmp_path):
+def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
     # Three files, small batches: several bundles, which two workers share out differently.
+    # 3,000 rows: the default gives the train split 2 files (one per 2,000 rows), eval 1.
+    rows = generate.generate(3000, seed=3)
     for i in range(3):
         generate.write_csv(str(tmp_path / f"clicks-{i}.csv"), rows[i::3])
     inputs = [str(tmp_path / "clicks-*.csv")]
-    same = ["--batch-size", "16", "--num-shards", "2"]
+    same = ["--batch-size", "64"]
     one, _ = _run(tmp_path, "one", "csv", inputs, *same, "--direct_num_workers", "1")
     two, _ = _run(
         tmp_path,
@@ -237,11 +241,14 @@ def test_one_and_two_workers_write_the_same_bytes(rows, tmp_path):
         "multi_processing",
     )
     stats_one, files_one = _output_bytes(one)
-    assert sorted(files_one) == [
-        f"{split}-{i:05d}-of-00002.tfrecord.gz" for split in ("eval", "train") for i in range(2)
+    stats_two, files_two = _output_bytes(two)
+    assert stats_two == stats_one
+    assert sorted(files_two) == sorted(files_one)
+    assert files_two == files_one
+    assert sorted(files_one) == ["eval-00000-of-00001.tfrecord.gz"] + [
+        f"train-{i:05d}-of-00002.tfrecord.gz" for i in range(2)
     ]
-    assert all(files_one.values())
-    assert _output_bytes(two) == (stats_one, files_one)
+    assert all(len(data) > artifacts.EMPTY_SHARD_BYTES for data in files_one.values())
     assert _vocabularies(one) == _vocabularies(two)
     rerun, _ = _run(tmp_path, "one", "csv", inputs, *same, "--overwrite")
     assert _output_bytes(rerun) == (stats_one, files_one)

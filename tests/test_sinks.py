@@ -1,13 +1,20 @@
-"""The TFRecord writer: standard TFRecord framing, gzip'd, in the number of files asked for."""
+"""The TFRecord writer: standard TFRecord framing, gzip'd, in the number of files asked for,
+the same bytes however the records arrive, sorted by an external sort whose merges keep a
+bounded number of runs open."""
 
+import contextlib
 import glob
-import gzip
+import os
+import random
 
 import apache_beam as beam
+import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.sinks import WriteTFRecordLists, tfrecord_frames
+from common import storage
+from pipeline import sinks
+from pipeline.sinks import WriteTFRecordLists, default_num_shards, tfrecord_frames
 
 
 def test_tfrecord_frames_match_tensorflows_writer(tmp_path):
@@ -20,33 +27,131 @@ def test_tfrecord_frames_match_tensorflows_writer(tmp_path):
         assert tfrecord_frames(records) == f.read()
 
 
+def _write(tmp_path, name, lists, **kwargs):
+    """Writes `lists` with WriteTFRecordLists; returns {file name after PREFIX: bytes}."""
+    prefix = str(tmp_path / name / "data" / "train")
+    work_dir = str(tmp_path / name / ".work")
+    with TestPipeline() as p:
+        _ = p | beam.Create(lists) | WriteTFRecordLists(prefix, ".tfrecord.gz", work_dir, **kwargs)
+    return {f[len(prefix) :]: open(f, "rb").read() for f in sorted(glob.glob(prefix + "*"))}
+
+
+def _read(tmp_path, name):
+    files = sorted(glob.glob(str(tmp_path / name / "data" / "train*")))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
 def test_lists_of_records_are_written_once_each_into_the_shards_asked_for(tmp_path):
     lists = [[f"record {i}-{j}".encode() for j in range(i % 4)] for i in range(20)]
-    prefix = str(tmp_path / "data" / "train")
-    with TestPipeline() as p:
-        _ = p | beam.Create(lists) | WriteTFRecordLists(prefix, ".tfrecord.gz", num_shards=4)
-    files = sorted(glob.glob(prefix + "*"))
-    assert [f[len(prefix) :] for f in files] == [f"-{i:05d}-of-00004.tfrecord.gz" for i in range(4)]
-    read = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    assert sorted(read) == sorted(record for records in lists for record in records)
+    written = _write(tmp_path, "out", lists, num_shards=4)
+    assert list(written) == [f"-{i:05d}-of-00004.tfrecord.gz" for i in range(4)]
+    assert sorted(_read(tmp_path, "out")) == sorted(r for records in lists for r in records)
 
 
-def test_a_fixed_number_of_shards_holds_the_same_bytes_however_the_records_arrive(tmp_path):
+def test_a_shard_without_records_is_an_empty_gzip_file(tmp_path):
+    written = _write(tmp_path, "out", [[b"one record"]], num_shards=3)
+    assert len(written) == 3
+    assert sorted(len(data) for data in written.values())[:2] == [20, 20]  # EMPTY_SHARD_BYTES
+
+
+def test_the_same_bytes_however_the_records_arrive_and_however_small_the_buffer(tmp_path):
+    # A buffer of a few records and merges of 2 runs at a time write many runs per shard
+    # and merge them in rounds: the files are the same bytes as with one run per shard.
     records = [f"record {i}".encode() * (i % 5 + 1) for i in range(500)]
+    records += records[:3]  # the same record twice is written twice
     arrivals = {
-        "in order, in lists of 7": [records[i : i + 7] for i in range(0, 500, 7)],
-        "reversed, one list": [records[::-1]],
-        "interleaved, in lists of 50": [records[i::10] for i in range(10)],
+        "in order, in lists of 7": ([records[i : i + 7] for i in range(0, 503, 7)], {}),
+        "reversed, one list": ([records[::-1]], {}),
+        "interleaved, tiny buffer": (
+            [records[i::10] for i in range(10)],
+            {"buffer_bytes": 2000, "max_open": 2},
+        ),
     }
     written = {}
-    for name, lists in arrivals.items():
-        prefix = str(tmp_path / name.replace(" ", "_").replace(",", "") / "train")
-        with TestPipeline() as p:
-            _ = p | beam.Create(lists) | WriteTFRecordLists(prefix, ".tfrecord.gz", num_shards=3)
-        files = sorted(glob.glob(prefix + "*"))
-        written[name] = {f[len(prefix) :]: gzip.open(f).read() for f in files}
+    for name, (lists, kwargs) in arrivals.items():
+        name = name.replace(" ", "_").replace(",", "")
+        written[name] = _write(tmp_path, name, lists, num_shards=3, **kwargs)
+        assert sorted(_read(tmp_path, name)) == sorted(records)
+    runs = glob.glob(str(tmp_path / "interleaved_tiny_buffer" / ".work" / "*.run"))
+    assert len(runs) > 30  # every flush wrote a run per shard
     first, *others = written.values()
     assert sorted(first) == [f"-{i:05d}-of-00003.tfrecord.gz" for i in range(3)]
     assert all(len(data) > 1000 for data in first.values())  # every shard gets records
     for other in others:
         assert other == first
+
+
+def test_the_default_number_of_files_comes_from_the_rows_counted(tmp_path):
+    prefix = str(tmp_path / "data" / "train")
+    with TestPipeline() as p:
+        rows = p | "Rows" >> beam.Create([4500])
+        _ = (
+            p
+            | beam.Create([[b"a", b"b"], [b"c"]])
+            | WriteTFRecordLists(prefix, ".tfrecord.gz", str(tmp_path / ".work"), rows=rows)
+        )
+    names = sorted(os.path.basename(f) for f in glob.glob(prefix + "*"))
+    assert names == [f"train-{i:05d}-of-00003.tfrecord.gz" for i in range(3)]
+
+
+def test_default_number_of_shards():
+    assert [default_num_shards(rows) for rows in (0, 1, 2000, 2001, 31_999)] == [1, 1, 1, 2, 16]
+    assert default_num_shards(32_000) == 16  # the most 2,000-row shards: a Pod's hosts
+    assert default_num_shards(4_000_000) == 16  # 250,000 rows each
+    assert default_num_shards(4_000_001) == 32  # 17, rounded up to a multiple of 16
+    assert default_num_shards(20_000_000) == 80
+
+
+def _sorted_pairs(count, seed):
+    rng = random.Random(seed)
+    records = [bytes(rng.randrange(256) for _ in range(rng.randrange(40))) for _ in range(count)]
+    return sorted((sinks._digest(r), r) for r in records)
+
+
+@pytest.fixture
+def count_open_runs(monkeypatch):
+    """Counts the run files open at once; returns a dict with the most seen, `peak`."""
+    seen = {"open": 0, "peak": 0}
+    real_open = storage.open_stream
+
+    @contextlib.contextmanager
+    def open_stream(path, buffer_bytes):
+        with real_open(path, buffer_bytes) as f:
+            seen["open"] += 1
+            seen["peak"] = max(seen["peak"], seen["open"])
+            try:
+                yield f
+            finally:
+                seen["open"] -= 1
+
+    monkeypatch.setattr(storage, "open_stream", open_stream)
+    return seen
+
+
+@pytest.mark.parametrize("max_open", [2, 3, 8])
+def test_runs_merge_in_rounds_with_at_most_max_open_runs_open(tmp_path, count_open_runs, max_open):
+    runs, every = [], []
+    for i in range(9):
+        pairs = _sorted_pairs(50 + i, seed=i)
+        every += pairs
+        runs.append(str(tmp_path / f"run-{i}.run"))
+        sinks.write_run(runs[-1], pairs)
+    merged, intermediate = sinks.merge_runs(runs, str(tmp_path / "merged"), max_open)
+    assert list(merged) == sorted(every)
+    assert count_open_runs["peak"] <= max_open
+    # The intermediate runs of the last merge are the caller's to delete; earlier ones are
+    # deleted once merged.
+    assert 0 < len(intermediate) <= max_open if max_open < 9 else not intermediate
+    assert sorted(glob.glob(str(tmp_path / "merged" / "*"))) == intermediate
+    assert all(os.path.exists(run) for run in runs)  # a retry reads them again
+
+
+def test_a_run_is_read_back_across_block_boundaries_on_cloud_storage(gcs_root, monkeypatch):
+    monkeypatch.setattr(sinks, "READ_BYTES", 7)  # headers and records span blocks
+    pairs = _sorted_pairs(200, seed=1) + [(b"\xff" * 8, b"r" * 100)]
+    path = storage.join(gcs_root, "runs", "a.run")
+    sinks.write_run(path, pairs)
+    assert list(sinks.read_run(path)) == pairs
+    storage.write_bytes(path, storage.read_bytes(path)[:-3])
+    with pytest.raises(OSError, match="a.run: the run file ends inside a record"):
+        list(sinks.read_run(path))

@@ -437,6 +437,10 @@ def _one_line(error: Exception) -> str:
 def _unchanged(metadata: FileMetadata, pinned: dict[str, FileMetadata]) -> FileMetadata:
     """The file's metadata, if the first read matched it with the same size and time.
 
+    On Cloud Storage the time is the object's update time, which every new generation of the
+    object changes (a test on the storage emulator checks it): size and time pin the
+    generation too, without a request per object for it (Beam's match does not report it).
+
     Raises:
       InputError: the file appeared, or its size or modification time changed, since the
         first read matched the inputs.

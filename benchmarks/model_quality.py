@@ -38,6 +38,7 @@ VARIANTS = {
     "attention": ["--history-attention"],
     "no-cross": ["--cross-layers", "0"],
     "embedding-l2": ["--embedding-l2", "0.001"],
+    "no-bias-decay": ["--no-id-bias-decay"],
 }
 
 

@@ -21,6 +21,7 @@ feature or table it concerns and the fix, instead of TensorFlow's positional mes
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -193,9 +194,29 @@ def _table_columns(
     )
 
 
-def _bias_columns(table: TablePlan, plan: EmbeddingPlan) -> list:
+def cosine_decay(learning_rate: float, total_steps: int) -> Callable:
+    """global step -> learning_rate * (1 + cos(pi * min(step / total_steps, 1))) / 2: the full
+    rate at step 0, half of it halfway, 0 at `total_steps` and after.
+
+    A TPU table's `learning_rate_fn` (the embedding engine calls it with the global step
+    each step) and the CPU optimizer's rate alike, so both train with the same rates.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+
+    def rate(global_step):
+        done = tf.minimum(tf.cast(global_step, tf.float32) / float(total_steps), 1.0)
+        return learning_rate * 0.5 * (1.0 + tf.cos(math.pi * done))
+
+    return rate
+
+
+def _bias_columns(
+    table: TablePlan, plan: EmbeddingPlan, learning_rate_fn: Callable | None = None
+) -> list:
     """The dimension-1 bias columns of the table's categorical features, in one shared
-    table `TABLE__bias` (started at 0: an unseen id adds nothing)."""
+    table `TABLE__bias` (started at 0: an unseen id adds nothing), trained at
+    `learning_rate_fn(global step)` if given, else at the `[embedding]` rate."""
     names = [n for n in table.features if plan.features[n].type == "categorical"]
     categorical = [
         tf.feature_column.categorical_column_with_identity(
@@ -207,7 +228,11 @@ def _bias_columns(table: TablePlan, plan: EmbeddingPlan) -> list:
     if len(categorical) == 1:
         return [
             tf.compat.v1.tpu.experimental.embedding_column(
-                categorical[0], dimension=1, combiner=table.combiner, initializer=zeros
+                categorical[0],
+                dimension=1,
+                combiner=table.combiner,
+                initializer=zeros,
+                learning_rate_fn=learning_rate_fn,
             )
         ]
     return tf.compat.v1.tpu.experimental.shared_embedding_columns(
@@ -217,6 +242,7 @@ def _bias_columns(table: TablePlan, plan: EmbeddingPlan) -> list:
         initializer=zeros,
         shared_embedding_collection_name=table.name + BIAS_SUFFIX,
         max_sequence_lengths=[0] * len(categorical),
+        learning_rate_fn=learning_rate_fn,
     )
 
 
@@ -225,6 +251,7 @@ def create_feature_columns(
     initializer: Callable | None = None,
     id_bias: bool = False,
     pool_sequences: bool = False,
+    bias_learning_rate_fn: Callable | None = None,
 ) -> FeatureColumns:
     """Builds the TPU embedding columns of every planned table.
 
@@ -238,6 +265,8 @@ def create_feature_columns(
         [batch, max_sequence_length, dim] activations; for a model that only pools them.
         The input still truncates them to their planned length, so CPU and TPU pool the
         same ids.
+      bias_learning_rate_fn: global step -> the bias tables' learning rate (e.g.
+        `cosine_decay`); None trains them at the `[embedding]` rate.
     """
     all_columns, dense, sequence, bias = [], [], {}, {}
     for table in plan.tables.values():
@@ -249,7 +278,7 @@ def create_feature_columns(
             else:
                 dense.append(column)
         if id_bias and any(plan.features[n].type == "categorical" for n in table.features):
-            for column in _bias_columns(table, plan):
+            for column in _bias_columns(table, plan, bias_learning_rate_fn):
                 all_columns.append(column)
                 bias[column.categorical_column.name[: -len(BIAS_SUFFIX)]] = column
     return FeatureColumns(all=all_columns, dense=dense, sequence=sequence, bias=bias)
@@ -315,21 +344,21 @@ class TPUEmbeddingAdam(tf.compat.v1.train.Optimizer):
         return self._resource_apply_sparse(grad, var, rows)
 
 
-def cpu_optimizer(embedding: EmbeddingConfig) -> tf.compat.v1.train.Optimizer:
+def cpu_optimizer(embedding: EmbeddingConfig, learning_rate=None) -> tf.compat.v1.train.Optimizer:
     """The CPU optimizer that trains the tables as `optimization_parameters` does on a TPU.
 
     Adagrad and SGD are TensorFlow's (the TPU's Adagrad starts its accumulator at 0.1, as
     `AdagradOptimizer` does, and names its slot `TABLE/Adagrad` as well); Adam is
     `TPUEmbeddingAdam`. Weight clipping is applied by the caller after the update
-    (`clip_updated_rows`), as the TPU clips after its update.
+    (`clip_updated_rows`), as the TPU clips after its update. `learning_rate` (a float, or a
+    tensor: a table's `learning_rate_fn` of the global step) replaces the config's rate.
     """
+    rate = embedding.learning_rate if learning_rate is None else learning_rate
     if embedding.optimizer == "adagrad":
-        return tf.compat.v1.train.AdagradOptimizer(
-            embedding.learning_rate, initial_accumulator_value=0.1
-        )
+        return tf.compat.v1.train.AdagradOptimizer(rate, initial_accumulator_value=0.1)
     if embedding.optimizer == "adam":
-        return TPUEmbeddingAdam(embedding.learning_rate)
-    return tf.compat.v1.train.GradientDescentOptimizer(embedding.learning_rate)
+        return TPUEmbeddingAdam(rate)
+    return tf.compat.v1.train.GradientDescentOptimizer(rate)
 
 
 def clip_updated_rows(grads_and_vars: list, embedding: EmbeddingConfig) -> list:

@@ -31,7 +31,13 @@ from tensorflow_estimator.python.estimator import estimator as estimator_lib
 
 from common import artifacts
 from common.config import EmbeddingConfig, read_pipeline_config
-from embedding.columns import TPUEmbeddingAdam, bias_feature, bias_features
+from embedding.columns import (
+    TPUEmbeddingAdam,
+    bias_feature,
+    bias_features,
+    cosine_decay,
+    create_feature_columns,
+)
 from embedding.planner import make_plan
 from tests.test_planner import config as planner_config
 from tests.test_planner import stats as planner_stats
@@ -211,13 +217,20 @@ def _assert_configuration_is_the_plan(
     tables = {t.name: t for t in configuration.table_descriptor}
     expected_tables = _expected_tables(plan)
     assert set(tables) == set(expected_tables)
+    bias_tables = {_bias_table(plan, f) for f in plan.features.values() if f.type == "categorical"}
     for name, (buckets, dimension) in expected_tables.items():
         descriptor = tables[name]
         assert descriptor.vocabulary_size == buckets
         assert descriptor.dimension == dimension
         parameters = descriptor.optimization_parameters
         assert parameters.WhichOneof("parameters") == embedding.optimizer
-        assert parameters.learning_rate.constant == pytest.approx(embedding.learning_rate)
+        if name in bias_tables:
+            # The bias tables' rate falls over the training steps (--id-bias-decay): a
+            # rate the train step sends with the gradients, one for all of them.
+            assert parameters.learning_rate.WhichOneof("learning_rate") == "dynamic"
+            assert parameters.learning_rate.dynamic.tag == 0
+        else:
+            assert parameters.learning_rate.constant == pytest.approx(embedding.learning_rate)
         if embedding.clip_weight_max is not None:
             assert parameters.clipping_limits.upper.value == pytest.approx(
                 embedding.clip_weight_max
@@ -518,9 +531,15 @@ def _looked_up(table: np.ndarray) -> np.ndarray:
     return rows
 
 
-def _one_cpu_step(embedding: EmbeddingConfig, optimizer: str = "adagrad"):
-    """One CPU training step of the model_fn; returns the `items` table before and after, and
-    its gradient in that step (as a dense array)."""
+def _one_cpu_step(
+    embedding: EmbeddingConfig,
+    optimizer: str = "adagrad",
+    bias_learning_rate_fn=None,
+    global_step: int = 0,
+    table: str = "items",
+):
+    """One CPU training step of the model_fn at `global_step`; returns the table named `table`
+    before and after, and its gradient in that step (as a dense array)."""
     plan = _small_plan()
     graph = tf.Graph()
     with graph.as_default():
@@ -532,17 +551,21 @@ def _one_cpu_step(embedding: EmbeddingConfig, optimizer: str = "adagrad"):
             features[bias_feature(name)] = features[name]
         for name in plan.numeric_features:
             features[name] = tf.constant([0.5, -1.0])
-        tf.compat.v1.train.create_global_step()
-        spec = create_model_fn(plan, optimizer=optimizer, embedding=embedding)(
-            features, tf.constant([1.0, 0.0]), tf.estimator.ModeKeys.TRAIN, {}, None
-        )
-        table = next(v for v in tf.compat.v1.trainable_variables() if v.op.name == "items")
-        gradient = tf.convert_to_tensor(tf.gradients(spec.loss, table)[0])
+        step = tf.compat.v1.train.create_global_step()
+        spec = create_model_fn(
+            plan,
+            optimizer=optimizer,
+            embedding=embedding,
+            bias_learning_rate_fn=bias_learning_rate_fn,
+        )(features, tf.constant([1.0, 0.0]), tf.estimator.ModeKeys.TRAIN, {}, None)
+        variable = next(v for v in tf.compat.v1.trainable_variables() if v.op.name == table)
+        gradient = tf.convert_to_tensor(tf.gradients(spec.loss, variable)[0])
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
-            before, grad = session.run([table, gradient])
+            session.run(step.assign(global_step))
+            before, grad = session.run([variable, gradient])
             session.run(spec.train_op)
-            after = session.run(table)
+            after = session.run(variable)
             names = sorted(v.op.name for v in tf.compat.v1.global_variables())
     return before, grad, after, names
 
@@ -604,3 +627,38 @@ def test_cpu_adagrad_starts_its_accumulator_where_the_tpu_does():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_cpu_trains_the_bias_tables_at_the_decaying_rate_the_tpu_gets():
+    """The bias tables' rate is the columns' learning_rate_fn of the global step, on CPU as
+    on a TPU; the other tables keep the `[embedding]` rate."""
+    embedding = EmbeddingConfig(optimizer="sgd", learning_rate=0.5)
+    decay = cosine_decay(0.5, total_steps=10)
+    bias_table = bias_table_variable(_small_plan())
+    for step, rate in ((0, 0.5), (5, 0.25), (10, 0.0), (12, 0.0)):
+        before, grad, after, _ = _one_cpu_step(
+            embedding, bias_learning_rate_fn=decay, global_step=step, table=bias_table
+        )
+        touched = _looked_up(before)
+        assert np.abs(grad[touched]).max() > 0
+        np.testing.assert_allclose(after, before - rate * grad, atol=1e-7, err_msg=str(step))
+        before, grad, after, _ = _one_cpu_step(
+            embedding, bias_learning_rate_fn=decay, global_step=step
+        )
+        np.testing.assert_allclose(after, before - 0.5 * grad, atol=1e-6, err_msg=str(step))
+
+
+def bias_table_variable(plan) -> str:
+    """The CPU variable of the `items` table's per-id bias."""
+    graph = tf.Graph()
+    with graph.as_default():
+        features = {}
+        for name in plan.features:
+            features[name] = tf.sparse.from_dense(tf.constant(IDS, tf.int64))
+        for name in bias_features(plan):
+            features[bias_feature(name)] = features[name]
+        columns = create_feature_columns(plan, id_bias=True)
+        (name, column), *_ = sorted(columns.bias.items())
+        tf.compat.v1.keras.layers.DenseFeatures([column], name=f"bias_{name}")(features)
+        (variable,) = tf.compat.v1.trainable_variables()
+    return variable.op.name

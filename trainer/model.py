@@ -10,7 +10,7 @@ a TPU. Metrics go through `TPUEstimatorSpec.eval_metrics`, which is also what ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -96,6 +96,7 @@ def create_model_fn(
     history_attention: bool = False,
     embedding_l2: float = 0.0,
     cross_layers: int = 2,
+    bias_learning_rate_fn: Callable | None = None,
 ):
     """A TPUEstimator `model_fn` for the plan's features and label.
 
@@ -111,6 +112,9 @@ def create_model_fn(
       history_attention: also the candidate's attention over each sequence of its table.
       embedding_l2: weight of an L2 penalty on the embeddings each batch looks up.
       cross_layers: DCN-v2 cross layers before the DNN.
+      bias_learning_rate_fn: global step -> the per-id bias tables' learning rate (the one
+        the `EmbeddingConfigSpec`'s columns carry, `embedding.columns.cosine_decay`); None:
+        the `[embedding]` rate.
     """
     binary = plan.label["type"] == "binary"
     embedding = embedding or EmbeddingConfig()
@@ -120,7 +124,10 @@ def create_model_fn(
         # Attention needs the history's positions; a model that only averages it lets the
         # lookup pool it (on a TPU: 1/L of the activations).
         columns = create_feature_columns(
-            plan, id_bias=id_bias, pool_sequences=not history_attention
+            plan,
+            id_bias=id_bias,
+            pool_sequences=not history_attention,
+            bias_learning_rate_fn=bias_learning_rate_fn,
         )
         before = set(_refs(tf.compat.v1.trainable_variables()))
         pooled = {}
@@ -140,10 +147,14 @@ def create_model_fn(
                 for query in table.features:
                     if plan.features[query].type == "categorical":
                         attended[f"{name}_by_{query}"] = attend(sequence, lengths, pooled[query])
+        before_biases = set(_refs(tf.compat.v1.trainable_variables()))
         biases = [
             tf.compat.v1.keras.layers.DenseFeatures([column], name=f"bias_{name}")(features)
             for name, column in sorted(columns.bias.items())
         ]
+        bias_tables = {
+            v.ref() for v in tf.compat.v1.trainable_variables() if v.ref() not in before_biases
+        }
         # The tables, where the model holds them (on CPU); on a TPU they live on the TPU.
         tables = [v for v in tf.compat.v1.trainable_variables() if v.ref() not in before]
         pieces = [pooled[name] for name in sorted(pooled)]
@@ -220,7 +231,10 @@ def create_model_fn(
                 train_op=opt.minimize(loss, global_step=global_step),
                 scaffold_fn=lambda: _portable_scaffold(config),
             )
-        train_op = _train_on_cpu(loss, tables, global_step, optimizer, learning_rate, embedding)
+        bias_rate = bias_learning_rate_fn(global_step) if bias_learning_rate_fn else None
+        train_op = _train_on_cpu(
+            loss, tables, global_step, optimizer, learning_rate, embedding, bias_tables, bias_rate
+        )
         hooks = [
             tf.compat.v1.train.LoggingTensorHook(
                 {"loss": loss, "step": global_step},
@@ -239,19 +253,28 @@ def _refs(variables) -> list:
     return [v.ref() for v in variables]
 
 
-def _train_on_cpu(loss, tables, global_step, optimizer, learning_rate, embedding):
+def _train_on_cpu(
+    loss, tables, global_step, optimizer, learning_rate, embedding, bias_tables=(), bias_rate=None
+):
     """The CPU train op: the tables by the `[embedding]` optimizer, rate and clipping (as the
-    TPU's embedding engine trains them), every other variable by `--optimizer`."""
+    TPU's embedding engine trains them; the bias tables at `bias_rate` if given, as their
+    columns' `learning_rate_fn` sets it on a TPU), every other variable by `--optimizer`."""
     table_refs = set(_refs(tables))
     dense_opt = _optimizer(optimizer, learning_rate)
     grads = dense_opt.compute_gradients(loss)
     table_grads = [(_looked_up_rows(g), v) for g, v in grads if v.ref() in table_refs]
     dense_grads = [(g, v) for g, v in grads if v.ref() not in table_refs]
     updates = [dense_opt.apply_gradients(dense_grads, global_step=global_step)]
-    if table_grads:
-        update_tables = cpu_optimizer(embedding).apply_gradients(table_grads)
+    groups = [
+        ([(g, v) for g, v in table_grads if v.ref() not in bias_tables], None),
+        ([(g, v) for g, v in table_grads if v.ref() in bias_tables], bias_rate),
+    ]
+    for group, rate in groups:
+        if not group:
+            continue
+        update_tables = cpu_optimizer(embedding, rate).apply_gradients(group)
         with tf.control_dependencies([update_tables]):
-            clips = clip_updated_rows(table_grads, embedding)
+            clips = clip_updated_rows(group, embedding)
         updates.append(tf.group(update_tables, *clips))
     return tf.group(*updates)
 

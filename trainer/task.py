@@ -112,6 +112,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "about this many times faster than the embedding rate (default: 10)",
     )
     parser.add_argument(
+        "--id-bias-decay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the per-id bias tables' learning rate falls from the embedding rate to 0 over "
+        "--train-steps (cosine): the fast-learning bias settles instead of following the last "
+        "batches' noise (default: on)",
+    )
+    parser.add_argument(
         "--embedding-l2",
         type=float,
         default=0.0,
@@ -248,7 +256,11 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
     """
     import tensorflow as tf
 
-    from embedding.columns import create_embedding_config_spec, create_feature_columns
+    from embedding.columns import (
+        cosine_decay,
+        create_embedding_config_spec,
+        create_feature_columns,
+    )
     from trainer.model import LOG_EVERY_N_STEPS, create_model_fn
 
     tpu = tf.compat.v1.estimator.tpu
@@ -267,8 +279,18 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,
         ),
     )
+    # One function object for the spec's columns and the model's: the TPU's embedding engine
+    # and the CPU optimizer train the bias tables at the same rates.
+    bias_rate = (
+        cosine_decay(config.embedding.learning_rate, args.train_steps)
+        if args.id_bias and args.id_bias_decay
+        else None
+    )
     columns = create_feature_columns(
-        plan, id_bias=args.id_bias, pool_sequences=not args.history_attention
+        plan,
+        id_bias=args.id_bias,
+        pool_sequences=not args.history_attention,
+        bias_learning_rate_fn=bias_rate,
     )
     return tpu.TPUEstimator(
         model_fn=create_model_fn(
@@ -283,6 +305,7 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             history_attention=args.history_attention,
             embedding_l2=args.embedding_l2,
             cross_layers=args.cross_layers,
+            bias_learning_rate_fn=bias_rate,
         ),
         config=run_config,
         use_tpu=args.use_tpu,

@@ -362,6 +362,51 @@ def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
     assert "auc" not in metrics and "loss" not in metrics
 
 
+@pytest.mark.parametrize("splits_with_rows", [("train",), ("train", "validation")])
+def test_empty_validation_or_eval_splits_select_and_report_nothing_invented(
+    splits_with_rows, tmp_path
+):
+    """The pipeline writes an empty split as one empty file: selection on an empty
+    validation split, or eval figures of an empty eval split, would be made-up zeros."""
+    import json
+
+    from examples.clicks.generate import generate, write_csv
+    from pipeline.decode import split_of
+    from pipeline.run import run as run_pipeline
+    from tests.conftest import EXAMPLE_CONFIG
+
+    config = tmp_path / "features.toml"
+    text = EXAMPLE_CONFIG.read_text()
+    assert "eval_fraction = 0.1" in text
+    config.write_text(
+        text.replace("eval_fraction = 0.1", "eval_fraction = 0.1\nvalidation_fraction = 0.1")
+    )
+    rows = [r for r in generate(600, seed=5) if split_of(r[0], 0.1, 0.1) in splits_with_rows]
+    data = tmp_path / "clicks.csv"
+    write_csv(str(data), rows)
+    output = str(tmp_path / "out")
+    stats = run_pipeline(["--config", str(config), "--input", str(data), "--output", output])
+    assert stats["rows"]["eval"] == 0
+    assert (stats["rows"]["validation"] > 0) == ("validation" in splits_with_rows)
+    model_dir = tmp_path / "model"
+    task.train_and_evaluate(
+        _args(output, model_dir, "--train-steps", "4", "--eval-every-steps", "2")
+    )
+    written = json.loads((model_dir / "eval_metrics.json").read_text())
+    best = written.pop("best")
+    assert written["examples"] == 0 and "auc" not in written
+    if "validation" in splits_with_rows:
+        history = json.loads((model_dir / "eval_metrics.json").read_text())["history"]
+        assert [h["split"] for h in history] == ["validation", "validation"]
+        assert all(h["examples"] == stats["rows"]["validation"] for h in history)
+        assert best["selected_on"] == "validation"
+        assert best["eval"] == {"examples": 0}
+    else:
+        assert "history" not in json.loads((model_dir / "eval_metrics.json").read_text())
+        assert best["selected_on"] is None and "no validation rows" in best["reason"]
+        assert not (model_dir / "best").exists() and not (model_dir / "export_best").exists()
+
+
 def test_a_checkpoint_trained_on_other_vocabularies_is_refused(trained, tmp_path):
     # Same table shapes, other id -> row mapping: resuming would train the rows of one run's
     # values as if they were another's.

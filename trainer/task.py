@@ -387,8 +387,11 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
     artifacts.write_json(args.model_dir, artifacts.PLAN, plan.to_dict())
 
-    validation_files = manifest.data.get(VALIDATION, [])
-    validation_files = manifest.data_files(VALIDATION) if validation_files else []
+    # A split the pipeline wrote with no rows (its one empty file) is no split to select on.
+    validation_rows = stats["rows"].get(VALIDATION, 0)
+    validation_files = (
+        manifest.data_files(VALIDATION) if manifest.data.get(VALIDATION) and validation_rows else []
+    )
     eval_rows = stats["rows"]["eval"]
     measured = measure_baselines(train_files, eval_files, plan) if eval_rows else {}
 
@@ -591,7 +594,7 @@ class Selection:
         last one (the top-level figures are the last checkpoint's)."""
         if not self.files:
             reason = (
-                "no validation split in the pipeline output ([split] validation_fraction): "
+                "no validation rows in the pipeline output ([split] validation_fraction): "
                 "nothing was selected; export/ holds the last checkpoint only"
             )
             if self.args.eval_every_steps:
@@ -601,6 +604,16 @@ class Selection:
             return {"selected_on": VALIDATION, "reason": "no evaluation during training"}
         summary = {"selected_on": VALIDATION, "metric": self.metric, **self.best}
         summary[f"{VALIDATION}_{self.metric}"] = summary.pop(self.metric)
+        if not self.eval_files:  # no eval rows: nothing to report, no figure invented
+            summary["eval"] = {"examples": 0}
+            LOG.info(
+                "Best checkpoint: step %d by %s %s %.4f; no eval rows",
+                summary["step"],
+                VALIDATION,
+                self.metric,
+                summary[f"{VALIDATION}_{self.metric}"],
+            )
+            return summary
         summary["eval"] = _jsonable(
             estimator.evaluate(
                 eval_input_fn,

@@ -10,6 +10,7 @@ reader on the workers when it reads each file's first line (`pipeline.sources`).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Sequence
@@ -235,16 +236,34 @@ def inspect_inputs(files: Sequence[FileMetadata], config: Config) -> list[str] |
     )
 
 
+def out_of_space(error: BaseException) -> bool:
+    """Whether the error, or one it was raised from, is a full disk (ENOSPC); Beam re-raises a
+    worker's OSError as a RuntimeError that keeps only its text."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if f"[Errno {errno.ENOSPC}]" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class BeamInputErrorFilter(logging.Filter):
     """Drops Beam's log of an InputError raised in a worker, traceback and all.
 
     Beam logs every exception a DoFn raises, with its traceback, before the pipeline re-raises
     it; an InputError (a damaged or changed input file) is the user's to fix, and
-    `python -m pipeline` prints it as its one-line error. Other exceptions keep their log.
+    `python -m pipeline` prints it as its one-line error; so is a full disk (ENOSPC). Other
+    exceptions keep their log.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not isinstance(record.msg, InputError)
+        if isinstance(record.msg, InputError):
+            return False
+        # A full disk: `python -m pipeline` says it in one line naming --output.
+        return not (isinstance(record.msg, BaseException) and out_of_space(record.msg))
 
 
 def quiet_beam_input_errors() -> None:

@@ -49,12 +49,16 @@ from pipeline.input_checks import (
     InputError,
     inspect_inputs,
     match_inputs,
+    out_of_space,
     quiet_beam_input_errors,
 )
 
 LOG = logging.getLogger("pipeline")
 
 DEFAULT_MAX_REJECTED_FRACTION = 0.01
+MAX_NUM_SHARDS = 100_000
+"""The most --num-shards allows: every shard is a file (and an entry of each worker's state
+while it is written), so more is a typo, not a plan."""
 
 
 class TooManyRejected(RuntimeError):
@@ -266,8 +270,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
       CommitError: the commit failed after the previous OUTPUT was invalidated.
     """
     args, beam_args = parse_args(argv)
-    if args.num_shards < 0:
-        raise InputError(f"--num-shards {args.num_shards}: give 0 (from the rows) or more")
+    if not 0 <= args.num_shards <= MAX_NUM_SHARDS:
+        raise InputError(
+            f"--num-shards {args.num_shards}: give 0 (from the rows) or up to "
+            f"{MAX_NUM_SHARDS:,} files a split"
+        )
     if not 0.0 <= args.max_rejected_fraction <= 1.0:  # also refuses nan
         raise InputError(
             f"--max-rejected-fraction {args.max_rejected_fraction}: give a share in [0, 1]"
@@ -355,8 +362,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except TooManyRejected:
         commit.keep_for_inspection(this_run)
         raise
-    except BaseException:
+    except BaseException as e:
         commit.abandon(this_run)
+        if out_of_space(e):
+            raise InputError(
+                f"--output {output}: no space left on the device while writing the run beside "
+                f"it ({staging}, deleted); until the commit the run needs room for its sorted "
+                "runs (about the uncompressed size of the examples) besides the output"
+            ) from None
         raise
     LOG.info("Wrote %s", output)
     return stats

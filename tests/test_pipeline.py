@@ -353,3 +353,27 @@ def test_a_csv_file_with_another_header_fails_the_run_naming_it(rows, tmp_path):
         _run(tmp_path, "out", "csv", [str(tmp_path / "*.csv")])
     assert not os.path.exists(tmp_path / "out")
     assert "every input file must have the same columns" in str(error.value)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_commits_nothing(
+    rows, tmp_path, monkeypatch, caplog
+):
+    import errno
+
+    from pipeline import sinks
+
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), rows)
+
+    def full_disk(path, pairs):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(sinks, "write_run", full_disk)
+    output = str(tmp_path / "out")
+    argv = ["--config", _config(tmp_path, "csv"), "--input", str(data), "--output", output]
+    assert pipeline_run.main(argv) == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [errors[-1].getMessage()]
+    assert f"--output {output}: no space left on the device" in errors[-1].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback logged
+    assert not glob.glob(output + "*")  # neither OUTPUT nor its staging prefix

@@ -68,6 +68,16 @@ def test_pipeline_refuses_a_rejected_fraction_outside_0_1(value):
         run.run([*argv, "--max-rejected-fraction", value])
 
 
+@pytest.mark.parametrize("value", ["-1", "100001"])
+def test_pipeline_refuses_a_number_of_shards_out_of_range(value):
+    from pipeline import run
+    from pipeline.input_checks import InputError
+
+    argv = ["--config", "c.toml", "--input", "x", "--output", "o"]
+    with pytest.raises(InputError, match=f"--num-shards {value}: give 0 .* up to 100,000"):
+        run.run([*argv, "--num-shards", value])
+
+
 def test_a_run_without_training_rows_is_refused():
     from pipeline import run
 

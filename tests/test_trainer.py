@@ -449,8 +449,8 @@ def test_nothing_is_exported_when_the_pipeline_output_is_recommitted_meanwhile(
 
 
 def _with_validation_split(source: str, target, monkeypatch) -> str:
-    """A copy of a pipeline output whose manifest also lists a validation split (a copy of
-    the eval shards), as the pipeline writes one with `[split] validation_fraction`."""
+    """A copy of a pipeline output whose manifest and stats also list a validation split (a
+    copy of the eval shards), as the pipeline writes one with `[split] validation_fraction`."""
     import json
 
     shutil.copytree(source, target)
@@ -461,6 +461,11 @@ def _with_validation_split(source: str, target, monkeypatch) -> str:
         shutil.copy(target / shard, target / copy)
         manifest["files"][copy] = manifest["files"][shard]
         manifest["data"]["validation"].append(copy)
+    stats_path = target / artifacts.STATS
+    stats = json.loads(stats_path.read_text())
+    stats["rows"]["validation"] = stats["rows"]["eval"]
+    stats_path.write_text(json.dumps(stats))
+    manifest["files"][artifacts.STATS] = stats_path.stat().st_size
     (target / artifacts.SUCCESS).write_text(json.dumps(manifest))
     if "validation" not in artifacts.SPLITS:
         monkeypatch.setattr(artifacts, "SPLITS", (*artifacts.SPLITS, "validation"))

@@ -115,6 +115,11 @@ def test_resume_with_more_steps(trained, tmp_path):
     assert metrics["global_step"] == 30
 
 
+def _checkpoint_step(model_dir):
+    checkpoint = tf.train.latest_checkpoint(str(model_dir))
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else -1
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(small_pipeline_output, tmp_path):
     model_dir = tmp_path / "model"
     command = [
@@ -137,17 +142,18 @@ def test_killed_run_resumes_from_its_last_checkpoint(small_pipeline_output, tmp_
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
+        # Wait on the checkpoint state file, not on a checkpoint's files: the
+        # saver writes model.ckpt-N.* first and names them in `checkpoint` after,
+        # and a kill between the two leaves ckpt-N unnamed (resumed from N-1).
         deadline = time.time() + 180
-        while time.time() < deadline and not glob.glob(str(model_dir / "model.ckpt-[1-9]*.index")):
+        while time.time() < deadline and _checkpoint_step(model_dir) < 10:
             assert process.poll() is None, "training exited before its first checkpoint"
             time.sleep(0.5)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    checkpoint = tf.train.latest_checkpoint(str(model_dir))
-    assert checkpoint, "no checkpoint was written before the kill"
-    saved_step = int(checkpoint.rsplit("-", 1)[1])
-    assert saved_step >= 10
+    saved_step = _checkpoint_step(model_dir)
+    assert saved_step >= 10, "no checkpoint past step 0 was written before the kill"
     metrics = task.train_and_evaluate(
         _args(
             small_pipeline_output["output"],

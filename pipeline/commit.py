@@ -43,7 +43,7 @@ import time
 import uuid
 
 from common import artifacts, storage
-from pipeline.input_checks import InputError
+from pipeline.input_files import InputError
 
 LOG = logging.getLogger("pipeline")
 

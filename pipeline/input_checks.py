@@ -21,12 +21,9 @@ from apache_beam.io.filesystems import FileSystems
 from common import storage
 from common.config import LIST_TYPES, Config
 from pipeline import decode
+from pipeline.input_files import InputError, csv_header, header_mismatch, open_checked
 
 LOG = logging.getLogger("pipeline")
-
-
-class InputError(ValueError):
-    """Input files that are missing, empty, or do not match the config."""
 
 
 def match_inputs(patterns: Sequence[str]) -> list[FileMetadata]:
@@ -49,8 +46,6 @@ def match_inputs(patterns: Sequence[str]) -> list[FileMetadata]:
 
 
 def _first_lines(path: str, count: int) -> list[bytes]:
-    from pipeline.sources import open_checked  # the reader's checked decompression
-
     lines = []
     with open_checked(path) as f:
         for _ in range(count):
@@ -59,15 +54,6 @@ def _first_lines(path: str, count: int) -> list[bytes]:
                 break
             lines.append(line)
     return lines
-
-
-def csv_header(line: bytes, delimiter: str) -> list[str]:
-    """The column names of a CSV header line (a UTF-8 byte order mark and newline removed).
-
-    Raises:
-      UnicodeDecodeError: the line is not UTF-8.
-    """
-    return decode.parse_header(line.decode("utf-8-sig").rstrip("\r\n"), delimiter)
 
 
 def _tf_compression(path: str) -> str | None:
@@ -269,11 +255,3 @@ class BeamInputErrorFilter(logging.Filter):
 def quiet_beam_input_errors() -> None:
     """Installs `BeamInputErrorFilter` on the logger Beam's DoFn runner logs exceptions to."""
     logging.getLogger("apache_beam.runners.common").addFilter(BeamInputErrorFilter())
-
-
-def header_mismatch(path: str, first: str) -> str:
-    """The message for a CSV file whose header differs from the first file's."""
-    return (
-        f"{path}: its header differs from {first}'s; every input file must have the same "
-        "columns in the same order"
-    )

@@ -15,7 +15,7 @@ from typing import Any
 
 from common import statistics
 from common.config import Config
-from embedding.capacity import human_bytes
+from common.formatting import human_bytes
 
 WIDTH, HEIGHT, PAD = 640, 220, 40
 

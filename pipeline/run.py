@@ -46,12 +46,12 @@ from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
 from pipeline.input_checks import (
-    InputError,
     inspect_inputs,
     match_inputs,
     out_of_space,
     quiet_beam_input_errors,
 )
+from pipeline.input_files import InputError
 
 LOG = logging.getLogger("pipeline")
 

@@ -13,9 +13,9 @@ rows (dicts) by row groups (`_ParquetBlockSource`, the config's columns only).
 
 A damaged file fails the run with one line that names it and says what is wrong: a
 compressed file is decompressed with Python's zlib, bz2 or lzma, which check every member's
-end and checksum (Beam's own decompression stops quietly at a cut, so a truncated `.csv.gz`
-would be read as a shorter file), a TFRecord's checksums are checked, and a Parquet file
-pyarrow cannot read is named.
+end and checksum (`pipeline.input_files.open_checked`: Beam's own decompression stops quietly
+at a cut, so a truncated `.csv.gz` would be read as a shorter file), a TFRecord's checksums
+are checked, and a Parquet file pyarrow cannot read is named.
 
 The pipeline reads its input twice (pipeline/graph.py). The second read checks each file it
 matches against the first read's match: a file that appeared, or whose size or modification
@@ -24,25 +24,20 @@ time changed between the two, fails the run, named (`MatchFilesOnce(pinned=...)`
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
 import functools
-import io
 import itertools
-import lzma
 import struct
-import zlib
 from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filebasedsource import FileBasedSource, ReadAllFiles
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
-from apache_beam.io.filesystems import FileSystems
 
 from common import storage
 from common.config import Config
-from pipeline.input_checks import InputError, csv_header, header_mismatch
+from pipeline.input_files import InputError, csv_header, header_mismatch, open_checked
 from pipeline.sinks import masked_crc32c
 
 # Byte ranges a worker reads at a time from an uncompressed file (Beam's ReadAllFromText
@@ -75,124 +70,6 @@ class CsvHeader:
             names = None
         if names != self.names:
             raise InputError(header_mismatch(path, self.first_file))
-
-
-_READ_BYTES = 1 << 20
-
-# What Python's decompressors raise on damaged data: zlib.error, OSError (bz2's "Invalid data
-# stream"), lzma.LZMAError, EOFError.
-_DAMAGED = (zlib.error, OSError, lzma.LZMAError, EOFError)
-
-
-def _gzip_decompressor():
-    return zlib.decompressobj(zlib.MAX_WBITS | 16)  # gzip framing: the trailer is checked
-
-
-_DECOMPRESSORS = {
-    CompressionTypes.GZIP: ("gzip", _gzip_decompressor),
-    CompressionTypes.BZIP2: ("bzip2", bz2.BZ2Decompressor),
-    CompressionTypes.LZMA: ("xz/lzma", lzma.LZMADecompressor),
-}
-
-
-class _CheckedDecompression(io.RawIOBase):
-    """The decompressed bytes of a gzip, bzip2 or xz file, its end and checksums checked.
-
-    A file may hold several members (concatenated gzip files, as `cat a.gz b.gz` gives).
-    Each must end complete: a member cut short (a file truncated, even at a flush point)
-    raises InputError naming the file when the reader reaches the cut, and so does a member
-    whose data or checksum is damaged (zlib checks a gzip member's CRC-32 and length).
-
-    Args:
-      raw: the compressed file, opened as bytes.
-      path: its name, for the error.
-      kind: its `CompressionTypes`, one of `_DECOMPRESSORS`.
-    """
-
-    def __init__(self, raw, path: str, kind: str):
-        super().__init__()
-        self._raw = raw
-        self._path = path
-        self._name, self._new = _DECOMPRESSORS[kind]
-        self._decompressor = self._new()
-        self._in_member = False  # whether the current member has begun
-        self._pending = b""  # decompressed, from self._offset on not yet read
-        self._offset = 0
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while self._offset == len(self._pending) and not self._done:
-            self._pending, self._offset = self._decompress_more(), 0
-        count = min(len(buffer), len(self._pending) - self._offset)
-        buffer[:count] = memoryview(self._pending)[self._offset : self._offset + count]
-        self._offset += count
-        return count
-
-    def _decompress_more(self) -> bytes:
-        data = b""
-        if self._decompressor.eof:  # a member ended complete; another may follow
-            data = self._decompressor.unused_data
-            self._decompressor = self._new()
-            self._in_member = False
-        if not data:
-            data = self._raw.read(_READ_BYTES)
-        if not self._in_member and self._name == "gzip":
-            data = data.lstrip(b"\0")  # zero padding after the last member, as gzip allows
-            if not data and not self._done:
-                data = self._read_past_zeros()
-        if not data:
-            self._done = True
-            if self._in_member:
-                raise self._error(
-                    "it ends inside compressed data (the file is truncated, perhaps "
-                    "copied or uploaded only in part)"
-                )
-            return b""
-        self._in_member = True
-        try:
-            return self._decompressor.decompress(data)
-        except _DAMAGED as e:
-            raise self._error(f"its compressed data is damaged ({e})") from None
-
-    def _read_past_zeros(self) -> bytes:
-        while True:
-            data = self._raw.read(_READ_BYTES)
-            if not data:
-                return b""
-            data = data.lstrip(b"\0")
-            if data:
-                return data
-
-    def _error(self, what: str) -> InputError:
-        return InputError(
-            f"{self._path}: not a complete {self._name} file: {what}. Replace it with a "
-            "complete copy and rerun"
-        )
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
-
-
-def open_checked(path: str):
-    """Opens a file for reading as Beam's readers would, by its name's compression, but
-    decompresses gzip, bzip2 and xz files with checks that their data is complete and intact.
-
-    Raises (when read):
-      InputError: a compressed file that is truncated or damaged, named.
-    """
-    kind = CompressionTypes.detect_compression_type(path)
-    if kind not in _DECOMPRESSORS:
-        return FileSystems.open(path, "application/octet-stream", compression_type=kind)
-    raw = FileSystems.open(
-        path, "application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
-    )
-    return io.BufferedReader(_CheckedDecompression(raw, path, kind), buffer_size=_READ_BYTES)
 
 
 class _CheckedSource(FileBasedSource):

@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from common import artifacts, storage
 from embedding.planner import load_or_make_plan, plan_pipeline_output
 from pipeline import commit
-from pipeline.input_checks import InputError
+from pipeline.input_files import InputError
 
 
 def _stage(run: commit.Run, train_shards: int, tag: str, validation_shards: int = 0) -> None:

@@ -7,7 +7,8 @@ from apache_beam.io.filesystems import FileSystems
 from common.config import parse_config
 from examples.clicks import generate
 from pipeline import input_checks
-from pipeline.input_checks import InputError, inspect_inputs, match_inputs
+from pipeline.input_checks import inspect_inputs, match_inputs
+from pipeline.input_files import InputError
 
 COLUMNS = {
     "split": {"key": "user_id"},

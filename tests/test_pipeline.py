@@ -18,7 +18,7 @@ from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import run as pipeline_run
 from pipeline import sources
-from pipeline.input_checks import InputError
+from pipeline.input_files import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
 pytestmark = pytest.mark.slow

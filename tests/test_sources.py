@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from common import storage
 from common.config import parse_config
 from pipeline import sinks, sources
-from pipeline.input_checks import InputError
+from pipeline.input_files import InputError
 from pipeline.sources import CsvHeader, ReadRaw, _LineBlockSource
 
 CONFIG = parse_config(

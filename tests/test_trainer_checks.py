@@ -61,7 +61,7 @@ def test_trainer_flags_that_cannot_train_are_refused_at_once(flags, message, cap
 @pytest.mark.parametrize("value", ["nan", "-1", "1.5"])
 def test_pipeline_refuses_a_rejected_fraction_outside_0_1(value):
     from pipeline import run
-    from pipeline.input_checks import InputError
+    from pipeline.input_files import InputError
 
     argv = ["--config", "c.toml", "--input", "x", "--output", "o"]
     with pytest.raises(InputError, match="--max-rejected-fraction .*give a share in"):
@@ -71,7 +71,7 @@ def test_pipeline_refuses_a_rejected_fraction_outside_0_1(value):
 @pytest.mark.parametrize("value", ["-1", "100001"])
 def test_pipeline_refuses_a_number_of_shards_out_of_range(value):
     from pipeline import run
-    from pipeline.input_checks import InputError
+    from pipeline.input_files import InputError
 
     argv = ["--config", "c.toml", "--input", "x", "--output", "o"]
     with pytest.raises(InputError, match=f"--num-shards {value}: give 0 .* up to 100,000"):

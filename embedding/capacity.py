@@ -43,10 +43,10 @@ import math
 import re
 from typing import Any
 
+from common.formatting import human_bytes
 from common.plan import EmbeddingPlan
 
 GIB = 2**30
-GB = 10**9
 BYTES_PER_VALUE = 4
 """float32 weights and slots."""
 
@@ -328,14 +328,6 @@ def smallest_fit_in(report: dict[str, Any], generation: str) -> str | None:
         ),
         None,
     )
-
-
-def human_bytes(n: float) -> str:
-    """Bytes in decimal units (GB = 10**9 bytes, the unit table sizes are quoted in)."""
-    for unit, scale in (("GB", GB), ("MB", 10**6), ("KB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:,.2f} {unit}"
-    return f"{n:,.0f} B"
 
 
 def refusal(

@@ -25,9 +25,9 @@ from typing import Any
 
 from common import artifacts, statistics
 from common.config import Config, read_pipeline_config
+from common.formatting import human_bytes
 from common.plan import EmbeddingPlan, FeaturePlan, TablePlan, read_plan, write_plan
 from embedding import capacity
-from embedding.capacity import human_bytes
 
 ID_LIKE_RATIO = 0.5
 """A categorical whose distinct values reach this share of its rows is flagged as id-like."""

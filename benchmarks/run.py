@@ -106,6 +106,7 @@ def trainer_rates(output: str, steps: int = 600, batch_size: int = 256) -> dict:
     from common.config import read_pipeline_config
     from embedding.planner import load_or_make_plan
     from trainer import task
+    from trainer.estimator import build_estimator
     from trainer.inputs import make_input_fn
 
     plan = load_or_make_plan(output)
@@ -145,7 +146,7 @@ def trainer_rates(output: str, steps: int = 600, batch_size: int = 256) -> dict:
                 "100000",
             ]
         )
-        estimator = task.build_estimator(args, plan, config)
+        estimator = build_estimator(args, plan, config)
         estimator.train(input_fn, max_steps=50)  # graph building, first checkpoint
         started = time.perf_counter()
         estimator.train(input_fn, max_steps=steps + 50)

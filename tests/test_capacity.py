@@ -243,7 +243,7 @@ def test_api_client_the_trainer_asks_for_the_tpu_type_still_has_accelerator_type
     # The one private API the trainer uses: fails here if a TensorFlow upgrade drops it.
     from tensorflow.python.tpu.client import client
 
-    from trainer.tpu_check import tpu_type_from_api
+    from trainer.tpu_setup import tpu_type_from_api
 
     assert callable(client.Client.accelerator_type)
     assert tpu_type_from_api("local", None, None) is None
@@ -313,7 +313,7 @@ def test_trainer_passes_the_check_on_v3_8_and_goes_on_to_the_tpu(
 ):
     import tensorflow as tf
 
-    from trainer import task
+    from trainer import prepare, task
 
     def tpu_reached(*args, **kwargs):
         raise ReachedTPU
@@ -321,7 +321,7 @@ def test_trainer_passes_the_check_on_v3_8_and_goes_on_to_the_tpu(
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", tpu_reached)
     # The enlarged table exists in the plan only; the vocabulary check (after the capacity
     # gate) would refuse it, which is not what this test is about.
-    monkeypatch.setattr(task, "check_vocabularies", lambda plan, transform_output: None)
+    monkeypatch.setattr(prepare, "check_vocabularies", lambda plan, transform_output: None)
     with pytest.raises(ReachedTPU):
         task.main(_trainer_argv(enlarged_output, str(tmp_path / "model"), "v3-8"))
 

@@ -1,6 +1,6 @@
 """When training stops to evaluate (`--eval-every-steps`)."""
 
-from trainer.task import eval_points
+from trainer.selection import eval_points
 
 
 def test_eval_points_every_n_steps_and_at_the_end():

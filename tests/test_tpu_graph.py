@@ -41,7 +41,7 @@ from embedding.columns import (
 from embedding.planner import make_plan
 from tests.test_planner import config as planner_config
 from tests.test_planner import stats as planner_stats
-from trainer import inputs, task, tpu_check
+from trainer import inputs, prepare, selection, task, tpu_setup
 from trainer.model import create_model_fn
 
 MASTER = "grpc://10.240.1.2:8470"
@@ -148,7 +148,7 @@ class FakeTPU:
             )
             patch.setattr(evaluation, "_evaluate_once", evaluate_locally)
             patch.setattr(inputs, "input_deployment", input_deployment)
-            patch.setattr(tpu_check, "tpu_type_from_api", lambda *_: self.accelerator_type)
+            patch.setattr(tpu_setup, "tpu_type_from_api", lambda *_: self.accelerator_type)
             yield self
 
 
@@ -379,7 +379,7 @@ def test_tpu_1_host_8_cores_resumes_a_cpu_checkpoint_and_evaluates_the_whole_spl
     stats = artifacts.read_json(output, artifacts.STATS)
     assert metrics["examples"] == stats["rows"]["eval"] > BATCH
     assert metrics["global_step"] == 10  # the CPU checkpoint: the TPU step never ran
-    written = artifacts.read_json(str(model_dir), task.EVAL_METRICS)
+    written = artifacts.read_json(str(model_dir), selection.EVAL_METRICS)
     assert written["examples"] == stats["rows"]["eval"]
 
 
@@ -406,7 +406,7 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     def config_with_adam(path):
         return dataclasses.replace(real_config(path), embedding=adam)
 
-    monkeypatch.setattr(task, "read_pipeline_config", config_with_adam)
+    monkeypatch.setattr(prepare, "read_pipeline_config", config_with_adam)
     shards = _shard(artifacts.data_files(output, "train"), tmp_path, 4)
     real_files = artifacts.Manifest.data_files
     monkeypatch.setattr(
@@ -510,9 +510,9 @@ def test_host_files():
 
 
 def test_batch_must_split_over_the_cores():
-    task.check_tpu_batch(256, 32, 4)
+    tpu_setup.check_tpu_batch(256, 32, 4)
     with pytest.raises(task.TrainerError, match="use a multiple of 8, e.g. 96 or 104"):
-        task.check_tpu_batch(100, 8, 1)
+        tpu_setup.check_tpu_batch(100, 8, 1)
 
 
 # The CPU trains the tables as the TPU does.

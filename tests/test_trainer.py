@@ -24,7 +24,8 @@ from common.config import read_pipeline_config
 from common.plan import EmbeddingPlan
 from embedding.columns import bias_feature, bias_features
 from tests.conftest import ROOT, raw_example
-from trainer import task
+from trainer import checks, task
+from trainer.estimator import build_estimator
 from trainer.inputs import make_input_fn
 
 pytestmark = pytest.mark.slow
@@ -236,7 +237,7 @@ def test_export_predicts_like_the_estimator(trained):
         # One batch of all rows; a dataset ends, so predict() stops after it.
         return tf.data.Dataset.from_tensors(prepare_features(features, plan, id_bias=True))
 
-    estimator = task.build_estimator(
+    estimator = build_estimator(
         _args(output, trained["model_dir"], "--train-steps", "20"),
         plan,
         read_pipeline_config(output),
@@ -266,12 +267,12 @@ def test_refuses_a_plan_that_does_not_match_the_data(small_pipeline_output):
         name="tags", table="items", type="sequence", max_sequence_length=5
     )
     with pytest.raises(task.TrainerError, match="the plan uses 'tags'"):
-        task.check_inputs(config, plan, spec)
+        checks.check_inputs(config, plan, spec)
     plan = EmbeddingPlan.from_dict(small_pipeline_output["plan"].to_dict())
     plan.label["type"] = "multiclass"
     with pytest.raises(task.TrainerError, match="label type 'multiclass' cannot be trained"):
-        task.check_inputs(config, plan, spec)
-    task.check_inputs(config, small_pipeline_output["plan"], spec)
+        checks.check_inputs(config, plan, spec)
+    checks.check_inputs(config, small_pipeline_output["plan"], spec)
 
 
 def test_flag_errors():
@@ -435,8 +436,6 @@ def test_nothing_is_exported_when_the_pipeline_output_is_recommitted_meanwhile(
 ):
     # A rerun of the pipeline that commits while the trainer runs: the export would pair the
     # tables with the new run's vocabularies.
-    from trainer import checks
-
     output = tmp_path / "output"
     shutil.copytree(small_pipeline_output["output"], output)
     real_export = tf.compat.v1.estimator.tpu.TPUEstimator.export_saved_model

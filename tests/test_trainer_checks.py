@@ -94,7 +94,7 @@ def test_no_tpu_behind_the_address_is_one_clear_error(monkeypatch):
     # it was a ZeroDivisionError.
     from tensorflow.python.tpu import tpu_system_metadata
 
-    from trainer import task
+    from trainer import tpu_setup
 
     class NoCluster:
         def cluster_spec(self):
@@ -110,4 +110,4 @@ def test_no_tpu_behind_the_address_is_one_clear_error(monkeypatch):
 
     monkeypatch.setattr(tpu_system_metadata, "_query_tpu_system_metadata", nothing_there)
     with pytest.raises(TrainerError, match=r"no TPU found at grpc://10\.0\.0\.1:8470"):
-        task.tpu_topology(NoCluster())
+        tpu_setup.tpu_topology(NoCluster())

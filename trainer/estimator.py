@@ -1,0 +1,98 @@
+"""The TPUEstimator of a run: TPU embeddings on a Cloud TPU with --use-tpu, on CPU without."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.config import Config
+from common.plan import EmbeddingPlan
+from trainer.tpu_setup import tpu_cluster
+
+
+def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Config, cluster=None):
+    """The TPUEstimator: TPU embeddings on a Cloud TPU with --use-tpu, on CPU without.
+
+    `train_batch_size` is the global batch; under PER_HOST_V2 the `input_fn` of each host is
+    called with `params["batch_size"]` = global batch / number of cores and is dequeued once
+    per core of its host. Evaluation runs on the CPU (`eval_on_tpu=False`) so that it reads
+    the finite eval split exactly once: on a TPU an eval input must never end and is read for
+    a fixed number of full batches. The CPU reads the tables from the checkpoint, whole: the
+    TPU shards them over hosts in contiguous row ranges (`div`, the partition strategy the
+    CPU can read back).
+
+    Args:
+      args: the parsed flags.
+      plan: the embedding plan.
+      config: the pipeline's config (its `[embedding]` section trains the tables).
+      cluster: the TPU's resolver when --use-tpu (made from the flags when None).
+    """
+    import tensorflow as tf
+
+    from embedding.columns import (
+        cosine_decay,
+        create_embedding_config_spec,
+        create_feature_columns,
+    )
+    from trainer.model import LOG_EVERY_N_STEPS, create_model_fn
+
+    tpu = tf.compat.v1.estimator.tpu
+    if args.use_tpu and cluster is None:
+        cluster = tpu_cluster(args)
+    run_config = tpu.RunConfig(
+        cluster=cluster if args.use_tpu else None,
+        model_dir=args.model_dir,
+        save_checkpoints_steps=args.save_checkpoints_steps,
+        tf_random_seed=args.seed,
+        # TPUEstimator counts this in training loops of iterations_per_loop steps; on CPU a
+        # loop is one step, so scale it to report steps/sec every LOG_EVERY_N_STEPS steps.
+        log_step_count_steps=LOG_EVERY_N_STEPS * (1 if args.use_tpu else args.iterations_per_loop),
+        tpu_config=tpu.TPUConfig(
+            iterations_per_loop=args.iterations_per_loop,
+            per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,
+        ),
+    )
+    # One function object for the spec's columns and the model's: the TPU's embedding engine
+    # and the CPU optimizer train the bias tables at the same rates.
+    bias_rate = (
+        cosine_decay(config.embedding.learning_rate, args.train_steps)
+        if args.id_bias and args.id_bias_decay
+        else None
+    )
+    columns = create_feature_columns(
+        plan,
+        id_bias=args.id_bias,
+        pool_sequences=not args.history_attention,
+        bias_learning_rate_fn=bias_rate,
+    )
+    return tpu.TPUEstimator(
+        model_fn=create_model_fn(
+            plan,
+            hidden_units=args.hidden_units,
+            learning_rate=args.learning_rate,
+            optimizer=args.optimizer,
+            use_tpu=args.use_tpu,
+            embedding=config.embedding,
+            id_bias=args.id_bias,
+            id_bias_scale=args.id_bias_scale,
+            history_attention=args.history_attention,
+            embedding_l2=args.embedding_l2,
+            cross_layers=args.cross_layers,
+            bias_learning_rate_fn=bias_rate,
+        ),
+        config=run_config,
+        use_tpu=args.use_tpu,
+        eval_on_tpu=False,
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        predict_batch_size=args.batch_size,
+        embedding_config_spec=create_embedding_config_spec(columns, config.embedding),
+        export_to_tpu=False,
+    )
+
+
+def global_step(estimator) -> int:
+    """The step of the estimator's latest checkpoint; 0 before the first one."""
+    try:
+        return int(estimator.get_variable_value("global_step"))
+    except ValueError:
+        return 0

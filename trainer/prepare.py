@@ -1,0 +1,134 @@
+"""A training run's inputs, read from the pipeline output and checked before any training.
+
+`prepare` refuses, before any TPU or training work, what cannot train: tables too large for
+the TPU, transformed data unlike the plan, a MODEL_DIR of another model, a batch or shards the
+TPU cannot share out. `write_training_config` records the resolved flags beside the
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from common import artifacts
+from common.config import Config, read_pipeline_config
+from common.plan import EmbeddingPlan
+from embedding.planner import load_or_make_plan
+from trainer.checks import (
+    FINGERPRINTS,
+    TRAINING_CONFIG,
+    TrainerError,
+    check_every_host_has_data,
+    check_inputs,
+    check_model_dir,
+    check_same_run,
+    check_vocabularies,
+    vocabulary_fingerprints,
+)
+from trainer.selection import VALIDATION
+from trainer.tpu_setup import capacity_refusal, check_tpu_batch, tpu_cluster, tpu_topology
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInputs:
+    """The pipeline output a run trains on, read and checked once, before any training.
+
+    Attributes:
+      manifest: the output's commit manifest; training and evaluation read its shards only.
+      train_files: the train split's shards.
+      eval_files: the eval split's shards.
+      eval_rows: the eval split's rows (stats.json).
+      validation_files: the validation split's shards; none when it has no rows.
+      config: the pipeline's config, with --embedding-learning-rate applied.
+      plan: the embedding plan.
+      transform_output: the tf.Transform output (the exported model serves its graph).
+      fingerprints: the vocabularies' fingerprints, written with the training config.
+      cluster: the TPU's resolver with --use-tpu, else None.
+    """
+
+    manifest: artifacts.Manifest
+    train_files: list[str]
+    eval_files: list[str]
+    eval_rows: int
+    validation_files: list[str]
+    config: Config
+    plan: EmbeddingPlan
+    transform_output: Any
+    fingerprints: dict[str, Any]
+    cluster: Any = None
+
+
+def prepare(args: argparse.Namespace) -> RunInputs:
+    """Reads the pipeline output and refuses, before any work, what cannot train here: tables
+    too large for the TPU, inputs unlike the plan, a MODEL_DIR of another model, a batch or
+    shards the TPU cannot share out."""
+    # The manifest is read once: training and evaluation read exactly the shards it lists.
+    manifest = artifacts.require_complete(args.pipeline_output)
+    import tensorflow_transform as tft
+
+    config = read_pipeline_config(args.pipeline_output)
+    if args.embedding_learning_rate is not None:
+        config = dataclasses.replace(
+            config,
+            embedding=dataclasses.replace(
+                config.embedding, learning_rate=args.embedding_learning_rate
+            ),
+        )
+    plan = load_or_make_plan(args.pipeline_output)
+    refusal = capacity_refusal(args, config, plan)
+    if refusal:
+        raise TrainerError(refusal)
+    transform_output = tft.TFTransformOutput(args.pipeline_output)
+    check_inputs(config, plan, transform_output.transformed_feature_spec())
+    check_vocabularies(plan, transform_output)
+    fingerprints = vocabulary_fingerprints(plan, transform_output)
+    check_model_dir(args.model_dir, plan, config, vars(args), fingerprints)
+    stats = artifacts.read_json(args.pipeline_output, artifacts.STATS)
+    check_same_run(args.pipeline_output, manifest)
+    train_files = manifest.data_files("train")
+    # A split the pipeline wrote with no rows (its one empty file) is no split to select on.
+    has_validation = manifest.data.get(VALIDATION) and stats["rows"].get(VALIDATION, 0)
+    return RunInputs(
+        manifest=manifest,
+        train_files=train_files,
+        eval_files=manifest.data_files("eval"),
+        eval_rows=stats["rows"]["eval"],
+        validation_files=manifest.data_files(VALIDATION) if has_validation else [],
+        config=config,
+        plan=plan,
+        transform_output=transform_output,
+        fingerprints=fingerprints,
+        cluster=check_tpu(args, manifest, train_files) if args.use_tpu else None,
+    )
+
+
+def check_tpu(args: argparse.Namespace, manifest: artifacts.Manifest, train_files: list[str]):
+    """The TPU's resolver, once the TPU can share the batch and every host has shards."""
+    from trainer.inputs import InputError, host_files
+
+    cluster = tpu_cluster(args)
+    hosts, cores = tpu_topology(cluster)
+    check_tpu_batch(args.batch_size, cores, hosts)
+    try:
+        host_files(train_files, 0, hosts)  # fewer files than hosts: refused before any work
+    except InputError as e:
+        raise TrainerError(str(e)) from e
+    check_every_host_has_data(manifest, hosts)
+    return cluster
+
+
+def write_training_config(args: argparse.Namespace, run: RunInputs) -> None:
+    """Writes the resolved flags and the plan to MODEL_DIR, beside the checkpoints."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(args.model_dir)
+    resolved = {
+        **vars(args),
+        "embedding_optimizer": run.config.embedding.optimizer,
+        "pipeline_run_id": run.manifest.run_id,
+        FINGERPRINTS: run.fingerprints,
+    }
+    artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
+    artifacts.write_json(args.model_dir, artifacts.PLAN, run.plan.to_dict())

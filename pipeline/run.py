@@ -46,6 +46,7 @@ from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
 from pipeline.input_checks import (
+    folder_patterns,
     inspect_inputs,
     match_inputs,
     out_of_space,
@@ -282,6 +283,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: give a number of rows >= 1")
     config = load_config(args.config)
+    args.input = folder_patterns(args.input)
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)
     output = args.output.rstrip("/")

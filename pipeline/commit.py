@@ -9,7 +9,10 @@ no atomic rename of many objects:
 2. `commit`, once everything is written: delete the staging `.work/`, list the staging files
    (the manifest), refuse again if OUTPUT appeared without `--overwrite`, then
    a. invalidate the old commit: delete `OUTPUT/_SUCCESS` first;
-   b. delete every object of the old OUTPUT (its stale shards, its plan, everything);
+   b. delete the files of the old OUTPUT, each of which was checked to be ours: those its
+      manifest lists (and the planner's plan and report), or, without a readable manifest,
+      those whose names a run writes; a file that is not ours is never deleted (the run is
+      refused, naming it, before Beam starts and again here);
    c. move the staging files into OUTPUT (one rename of the directory locally; a copy and a
       delete of each object on Cloud Storage), the data shards renamed
       `data/<split>-<run id>-SSSSS-of-NNNNN.tfrecord.gz`;
@@ -80,23 +83,24 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-OWN_TOP_LEVEL = frozenset(
+OWN_FILES = frozenset(
     {
         artifacts.SUCCESS,
         artifacts.STATS,
         artifacts.CONFIG,
         artifacts.PLAN,
         artifacts.REPORT,
-        artifacts.DATA_DIR,
-        artifacts.REJECTED_DIR,
-        artifacts.WORK_DIR,
-        "transform_fn",
-        "transformed_metadata",
-        "metadata",
+        "metadata/schema.pbtxt",
+        "transformed_metadata/schema.pbtxt",
+        "transformed_metadata/asset_map",
+        "transform_fn/saved_model.pb",
+        "transform_fn/fingerprint.pb",
+        "transform_fn/variables/variables.index",
     }
 )
-"""The top-level names a pipeline run (and the planner) writes into OUTPUT: --overwrite
-replaces an OUTPUT that holds nothing else, and refuses any other."""
+"""The files with fixed names that a pipeline run (and the planner) writes into OUTPUT."""
+WRITTEN_AFTER_COMMIT = frozenset({artifacts.PLAN, artifacts.REPORT})
+"""Files the planner writes into a committed OUTPUT, which its manifest may not list."""
 
 
 def normalize_output(output: str) -> str:
@@ -114,29 +118,58 @@ MARKERS = (artifacts.SUCCESS, artifacts.CONFIG, artifacts.STATS)
 """Files of which a pipeline output (or one a failed commit left half-written) has one."""
 
 
-def _own(relative: str) -> bool:
-    """Whether a file under OUTPUT is one a pipeline run or the planner writes there."""
-    top, _, rest = relative.partition("/")
-    if top not in OWN_TOP_LEVEL:
-        return False
-    if top == artifacts.DATA_DIR:
+def _own_name(relative: str) -> bool:
+    """Whether a file under OUTPUT has a name a pipeline run or the planner writes there."""
+    if relative in OWN_FILES:
+        return True
+    directory, _, name = relative.rpartition("/")
+    if directory == artifacts.DATA_DIR:
         return any(artifacts.is_data_shard(relative, split) for split in artifacts.SPLITS)
-    if top == artifacts.REJECTED_DIR:
-        return "/" not in rest and rest.endswith(".jsonl")
-    return True
+    if directory == artifacts.REJECTED_DIR:
+        return name.startswith("rejected-") and name.endswith(".jsonl")
+    if directory == "transform_fn/variables":
+        return name.startswith("variables.data-")
+    return directory == "transform_fn/assets"  # the vocabularies, named after the config's
 
 
-def _check_replaceable(output: str, inputs: list[str]) -> None:
-    """Refuses to replace an OUTPUT that is not a pipeline output or holds the inputs."""
+def _ours(output: str, present: dict[str, int]) -> set[str]:
+    """The files under OUTPUT that a pipeline run of ours wrote.
+
+    With a committed manifest, exactly the files it lists (and the planner's); without one
+    (a commit that failed half-way), the files whose names a run writes.
+    """
+    if artifacts.SUCCESS in present:
+        try:
+            manifest = artifacts.read_manifest(output)
+        except artifacts.PipelineOutputError:
+            pass  # damaged or from an older version: judged by the names, below
+        else:
+            listed = set(manifest.files) | {artifacts.SUCCESS} | WRITTEN_AFTER_COMMIT
+            return listed & set(present)
+    return {f for f in present if _own_name(f)}
+
+
+def _check_replaceable(output: str, inputs: list[str]) -> list[str]:
+    """Refuses to replace an OUTPUT that is not a pipeline output or holds the inputs.
+
+    Returns:
+      The files under OUTPUT (relative paths), every one of them ours, to be replaced.
+    """
+    if storage.is_file(output):
+        raise InputError(
+            f"--output {output} is a file, not a folder: --overwrite replaces only a pipeline "
+            "output; choose another --output"
+        )
     present = storage.list_files(output)
-    foreign = sorted(f for f in present if not _own(f))
+    ours = _ours(output, present)
+    foreign = sorted(f for f in present if f not in ours)
     if present and not foreign and not any(marker in present for marker in MARKERS):
         foreign = [f"(none of {', '.join(MARKERS)}: not a pipeline output)"]
-    if foreign or storage.is_file(output):
-        shown = foreign[0] if foreign else f"{output} is a file, not a folder"
+    if foreign:
         raise InputError(
-            f"--output {output} holds files a pipeline run does not write (first: {shown}): "
-            "--overwrite replaces only a pipeline output; choose another --output"
+            f"--output {output} holds files a pipeline run does not write (first: {foreign[0]}): "
+            "--overwrite replaces only a pipeline output, and deletes no other file; move it "
+            "or choose another --output"
         )
     prefix = storage.join(output, "")
     inside = [path for path in inputs if normalize_output(path).startswith(prefix)]
@@ -145,6 +178,7 @@ def _check_replaceable(output: str, inputs: list[str]) -> None:
             f"--output {output} holds the input {inside[0]}: replacing it would delete the "
             "data being read; choose another --output"
         )
+    return sorted(present)
 
 
 def _check_writable(staging: str) -> None:
@@ -233,13 +267,18 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
     files = {rename(relative): size for relative, size in staged.items()}
     if storage.exists(output) and not overwrite:
         raise InputError(f"--output {output} appeared while the pipeline ran; not replaced")
+    replaced: list[str] = []
     if storage.exists(output):
-        _check_replaceable(output, [])  # again: files may have been added while the run ran
+        # Again: files may have been added while the run ran.
+        replaced = _check_replaceable(output, [])
     try:
         if storage.exists(output):
             LOG.info("Replacing the existing %s (--overwrite)", output)
             storage.delete_files([artifacts.join(output, artifacts.SUCCESS)])
-            storage.delete_tree(output)
+            # Exactly the files checked: one that appeared since stays, and fails the move.
+            storage.delete_files([artifacts.join(output, *f.split("/")) for f in replaced])
+            if not storage.is_remote(output):
+                _remove_empty_directories(output, including_root=True)
         storage.move_tree(run.staging, output, rename)
         moved = storage.list_files(output)
         if moved != files:
@@ -287,9 +326,9 @@ def keep_for_inspection(run: Run) -> str:
     return run.staging
 
 
-def _remove_empty_directories(root: str) -> None:
+def _remove_empty_directories(root: str, including_root: bool = False) -> None:
     import os
 
     for directory, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
-        if directory != root and not os.listdir(directory):
+        if (directory != root or including_root) and not os.listdir(directory):
             os.rmdir(directory)

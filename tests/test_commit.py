@@ -115,14 +115,17 @@ def test_bucket_roots_and_glob_characters_are_refused(gcs_bucket, tmp_path):
 
 
 def _fail_after_invalidating(monkeypatch, output):
-    delete_tree = storage.delete_tree
+    delete_files = storage.delete_files
+    success = storage.join(output, artifacts.SUCCESS)
 
-    def failing(path):
-        if path == output:
+    def failing(paths):
+        paths = list(paths)
+        if any(p.startswith(storage.join(output, "")) and p != success for p in paths):
+            delete_files(paths[:2])
             raise OSError("injected: the connection dropped while deleting the old output")
-        return delete_tree(path)
+        return delete_files(paths)
 
-    monkeypatch.setattr(storage, "delete_tree", failing)
+    monkeypatch.setattr(storage, "delete_files", failing)
 
 
 def _fail_during_the_copy(monkeypatch, output):
@@ -354,3 +357,41 @@ def test_an_output_that_cannot_be_written_is_refused_before_beam(tmp_path):
     blocker.write_text("")
     with pytest.raises(InputError, match="cannot write beside it"):
         commit.begin(str(blocker / "out"), overwrite=False, inputs=[])
+
+
+def test_overwrite_deletes_no_file_it_did_not_write(any_root):
+    # A folder that only looks like a pipeline output lost all four files, a README the
+    # pipeline never writes among them.
+    workspace = storage.join(any_root, "ws")
+    mine = {
+        "config.json": "{}",
+        "data/train-00000-of-00001.tfrecord.gz": "x",
+        "metadata/README.txt": "my notes",
+        "transform_fn/saved_model.pb": "y",
+    }
+    for relative, text in mine.items():
+        storage.write_text(storage.join(workspace, *relative.split("/")), text)
+    with pytest.raises(InputError, match=r"first: metadata/README\.txt\)"):
+        commit.begin(workspace, overwrite=True)
+    assert storage.list_files(workspace) == {k: len(v) for k, v in mine.items()}
+
+    # A committed output: exactly what its manifest lists (and the planner's plan) is ours.
+    output = _output(any_root)
+    _commit_run(output, train_shards=2, tag="first")
+    storage.write_text(storage.join(output, artifacts.PLAN), "{}")
+    notes = storage.join(output, "transform_fn", "assets", "notes.txt")
+    storage.write_text(notes, "mine")
+    with pytest.raises(InputError, match=r"first: transform_fn/assets/notes\.txt\)"):
+        commit.begin(output, overwrite=True)
+    storage.delete_files([notes])
+    run, manifest = _commit_run(output, train_shards=1, tag="second", overwrite=True)
+    assert set(storage.list_files(output)) == set(manifest.files) | {artifacts.SUCCESS}
+
+    # A file that appears while the run runs is not deleted by the commit either.
+    run = commit.begin(output, overwrite=True)
+    _stage(run, 1, "third")
+    late = storage.join(output, "late.txt")
+    storage.write_text(late, "mine")
+    with pytest.raises(InputError, match=r"first: late\.txt"):
+        commit.commit(run, overwrite=True)
+    assert storage.read_text(late) == "mine"

@@ -17,8 +17,9 @@ no atomic rename of many objects:
       delete of each object on Cloud Storage), the data shards renamed
       `data/<split>-<run id>-SSSSS-of-NNNNN.tfrecord.gz`;
    d. check that OUTPUT holds exactly the listed files with their sizes;
-   e. write `OUTPUT/_SUCCESS` LAST: the manifest (run id, time, every file and its size, the
-      shards of each split). Readers read exactly what it lists (`artifacts.require_complete`).
+   e. write `OUTPUT/_SUCCESS` LAST: the manifest (run id, time, every file with its size and
+      its CRC32C, the shards of each split). The shards' CRC32Cs were computed as they were
+      written (pipeline/sinks.py); the other files are read once for theirs before step 2a. Readers read exactly what it lists (`artifacts.require_complete`).
 3. A run that fails before step 2a leaves the previous OUTPUT untouched and committed:
    `abandon` deletes its staging prefix (best effort). A run over `--max-rejected-fraction`
    commits nothing and keeps its staging prefix with `rejected/`, `stats.json` and
@@ -259,12 +260,21 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
         commit and must be rewritten by a rerun.
     """
     output = run.output
+    written = _checksums_written(run)
     storage.delete_tree(run.work_dir)
     rename = _committed_name(run.run_id)
     staged = storage.list_files(run.staging)
     if not staged:
         raise RuntimeError(f"{run.staging}: the run wrote no files; nothing to commit")
     files = {rename(relative): size for relative, size in staged.items()}
+    # The shards' checksums were computed as they were written; the other files (the
+    # transform graph, the statistics, the rejected rows: small next to the shards) are
+    # read once here.
+    crc32c = {
+        rename(relative): written.get(relative)
+        or storage.crc32c(artifacts.join(run.staging, *relative.split("/")))
+        for relative in staged
+    }
     if storage.exists(output) and not overwrite:
         raise InputError(f"--output {output} appeared while the pipeline ran; not replaced")
     replaced: list[str] = []
@@ -285,7 +295,7 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
             wrong = sorted(set(moved.items()) ^ set(files.items()))
             raise RuntimeError(f"{output} does not hold the files staged (first: {wrong[0]})")
         manifest = artifacts.Manifest.of_files(
-            output, run.run_id, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files
+            output, run.run_id, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files, crc32c
         )
         storage.write_text(
             artifacts.join(output, artifacts.SUCCESS),
@@ -299,6 +309,16 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
         ) from e
     LOG.info("Committed run %s as %s (%d files)", run.run_id, output, len(files))
     return manifest
+
+
+def _checksums_written(run: Run) -> dict[str, str]:
+    """The CRC32Cs the data shards' writer recorded (`sinks.WriteTFRecordLists`), by the
+    shards' paths relative to the staging prefix."""
+    directory = artifacts.join(run.work_dir, artifacts.CHECKSUMS_DIR)
+    return {
+        f"{artifacts.DATA_DIR}/{name}": storage.read_text(artifacts.join(directory, name))
+        for name in storage.list_files(directory)
+    }
 
 
 def abandon(run: Run) -> None:

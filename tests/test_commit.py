@@ -292,6 +292,7 @@ def test_the_validation_split_is_committed_and_read_like_the_others(tmp_path):
     old["data"].pop("validation")
     for shard in manifest.data["validation"]:
         old["files"].pop(shard)
+        old["crc32c"].pop(shard)
         storage.delete_files([storage.join(output, shard)])
     storage.write_text(success, json.dumps(old))
     assert artifacts.data_files(output, "validation") == []
@@ -395,3 +396,72 @@ def test_overwrite_deletes_no_file_it_did_not_write(any_root):
     with pytest.raises(InputError, match=r"first: late\.txt"):
         commit.commit(run, overwrite=True)
     assert storage.read_text(late) == "mine"
+
+
+def test_the_manifest_records_each_files_crc32c_and_loads_refuse_a_same_size_edit(any_root):
+    # Two vocabulary lines swapped, or stats.json's "eval": 411 edited to 0 (same size once
+    # padded), passed the size check and trained a model whose serving scores differed.
+    import base64
+
+    import google_crc32c
+
+    output = _output(any_root)
+    run, manifest = _commit_run(output, train_shards=2, tag="first")
+    on_disk = json.loads(storage.read_text(storage.join(output, artifacts.SUCCESS)))
+    assert on_disk["manifest_version"] == 2
+    assert set(on_disk["crc32c"]) == set(on_disk["files"])
+    for relative, checksum in on_disk["crc32c"].items():
+        data = storage.read_bytes(storage.join(output, *relative.split("/")))
+        expected = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+        assert checksum == expected, relative
+    artifacts.require_complete(output)
+
+    for relative, edit in [
+        ("transform_fn/assets/items", lambda text: "i2\ni1\n"),
+        ("stats.json", lambda text: text.replace("first", "fir5t")),
+        ("config.json", lambda text: "[]"),
+        ("transform_fn/saved_model.pb", lambda text: text.upper()),
+    ]:
+        path = storage.join(output, *relative.split("/"))
+        before = storage.read_text(path)
+        after = edit(before)
+        assert len(after) == len(before) and after != before
+        storage.write_text(path, after)
+        with pytest.raises(artifacts.PipelineOutputError) as error:
+            artifacts.require_complete(output)
+        message = str(error.value)
+        assert message.startswith(f"{path}: its content changed since run {run.run_id}")
+        assert "\n" not in message
+        storage.write_text(path, before)
+    artifacts.require_complete(output)
+
+
+def test_a_damaged_shard_is_named_by_its_checksum(any_root):
+    output = _output(any_root)
+    _commit_run(output, train_shards=2, tag="first")
+    assert artifacts.describe_damage(output) is None
+    manifest = artifacts.require_complete(output)
+    shard = manifest.data_files("train")[1]
+    data = bytearray(storage.read_bytes(shard))
+    data[3] ^= 0x01
+    storage.write_bytes(shard, bytes(data))
+    artifacts.require_complete(output)  # same size, and shards are not read on every load
+    assert artifacts.describe_damage(output).startswith(f"{shard}: the data shard is damaged")
+
+
+def test_a_manifest_from_before_checksums_is_read_by_size_with_a_warning(any_root, caplog):
+    output = _output(any_root)
+    _commit_run(output, train_shards=1, tag="first")
+    success = storage.join(output, artifacts.SUCCESS)
+    old = json.loads(storage.read_text(success))
+    old["manifest_version"] = 1
+    del old["crc32c"]
+    storage.write_text(success, json.dumps(old))
+    stats = storage.join(output, "stats.json")
+    storage.write_text(stats, storage.read_text(stats).replace("first", "fir5t"))
+    assert artifacts.require_complete(output).crc32c == {}
+    assert "records no checksums: its files are checked by size only" in caplog.text
+    old["manifest_version"] = 2
+    storage.write_text(success, json.dumps(old))
+    with pytest.raises(artifacts.PipelineOutputError, match="crc32c must map each of the files"):
+        artifacts.require_complete(output)

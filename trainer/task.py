@@ -196,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(e, tf.errors.DataLossError):
             raise
+        damage = artifacts.describe_damage(args.pipeline_output)  # names the shard, if it can
+        if damage:
+            LOG.error("%s", damage)
+            return 2
         LOG.error(
             "a file of %s is damaged (%s); rerun the pipeline with --overwrite",
             args.pipeline_output,

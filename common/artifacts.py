@@ -115,11 +115,13 @@ class Manifest:
         run_id: str,
         committed_at: str,
         files: dict[str, int],
-        crc32c: dict[str, str],
+        crc32c: dict[str, str] | None = None,
     ) -> Manifest:
         """The manifest of a run that wrote `files` (relative path -> size), whose CRC32Cs
-        are `crc32c` (relative path -> checksum, for each of `files`)."""
-        if set(crc32c) != set(files):
+        are `crc32c` (relative path -> checksum, for each of `files`; None: unknown, a
+        version 1 manifest)."""
+        crc32c = crc32c or {}
+        if crc32c and set(crc32c) != set(files):
             missing = sorted(set(files) ^ set(crc32c))
             raise ValueError(f"files and checksums differ (first: {missing[0]})")
         data = {split: sorted(f for f in files if is_data_shard(f, split)) for split in SPLITS}
@@ -133,14 +135,17 @@ class Manifest:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "manifest_version": MANIFEST_VERSION,
+        value = {
+            "manifest_version": MANIFEST_VERSION if self.crc32c else 1,
             "run_id": self.run_id,
             "committed_at": self.committed_at,
             "files": self.files,
             "crc32c": self.crc32c,
             "data": self.data,
         }
+        if not self.crc32c:
+            del value["crc32c"]
+        return value
 
     def verified_files(self) -> list[str]:
         """The files checked by content whenever the output is read: all but the data

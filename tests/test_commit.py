@@ -465,3 +465,21 @@ def test_a_manifest_from_before_checksums_is_read_by_size_with_a_warning(any_roo
     storage.write_text(success, json.dumps(old))
     with pytest.raises(artifacts.PipelineOutputError, match="crc32c must map each of the files"):
         artifacts.require_complete(output)
+
+
+@pytest.mark.slow
+def test_the_trainer_names_the_damaged_shard(small_pipeline_output, tmp_path, caplog):
+    # A damaged record once named only the OUTPUT: "a file of OUTPUT is damaged".
+    from trainer import task
+
+    output = str(tmp_path / "out")
+    shutil.copytree(small_pipeline_output["output"], output)
+    manifest = artifacts.require_complete(output)
+    (shard,) = manifest.data_files("train")
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0x40
+    open(shard, "wb").write(bytes(data))
+    args = ["--pipeline-output", output, "--model-dir", str(tmp_path / "m")]
+    assert task.main([*args, "--train-steps", "2"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[-1].startswith(f"{shard}: the data shard is damaged")

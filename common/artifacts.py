@@ -292,8 +292,7 @@ def _verify(manifest: Manifest, relative: str) -> None:
     if actual != manifest.crc32c[relative]:
         raise PipelineOutputError(
             f"{path}: its content changed since run {manifest.run_id} committed it (crc32c "
-            f"{actual}, {SUCCESS} records {manifest.crc32c[relative]}); "
-            + _rerun(manifest.output)
+            f"{actual}, {SUCCESS} records {manifest.crc32c[relative]}); " + _rerun(manifest.output)
         )
 
 

@@ -19,7 +19,9 @@ no atomic rename of many objects:
    d. check that OUTPUT holds exactly the listed files with their sizes;
    e. write `OUTPUT/_SUCCESS` LAST: the manifest (run id, time, every file with its size and
       its CRC32C, the shards of each split). The shards' CRC32Cs were computed as they were
-      written (pipeline/sinks.py); the other files are read once for theirs before step 2a. Readers read exactly what it lists (`artifacts.require_complete`).
+      written (pipeline/sinks.py); the other files are read once for theirs before step 2a.
+      Readers read exactly what it lists, and check the small files' content
+      (`artifacts.require_complete`).
 3. A run that fails before step 2a leaves the previous OUTPUT untouched and committed:
    `abandon` deletes its staging prefix (best effort). A run over `--max-rejected-fraction`
    commits nothing and keeps its staging prefix with `rejected/`, `stats.json` and

@@ -34,14 +34,14 @@ import zlib
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
 # Google's CRC32C in C (google-crc32c comes with apache-beam[gcp]); crcmod, which Beam's own
 # TFRecord sink falls back to without python-snappy, is several times slower.
 import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
 from google_crc32c import value as _crc32c
 
 from common import storage

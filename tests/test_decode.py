@@ -311,8 +311,7 @@ def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read(decoder):
             "the JSON object repeats the key 'clicked'",
         ),
         (
-            '{"user_id": "u", "item_id": "a", "history": ["i1\\ud800"], "price": 1, '
-            '"clicked": 0}',
+            '{"user_id": "u", "item_id": "a", "history": ["i1\\ud800"], "price": 1, "clicked": 0}',
             "history: the value is not valid Unicode text (a lone surrogate",
         ),
         (
@@ -331,5 +330,7 @@ def test_a_repeated_key_or_a_lone_surrogate_is_a_rejected_row(any_format, line, 
     with pytest.raises(RowError) as error:
         any_format.decode_json(line)
     assert str(error.value).startswith(reason)
-    paired = '{"user_id": "u", "item_id": "\\ud83d\\ude00", "history": [], "price": 1, "clicked": 0}'
+    paired = (
+        '{"user_id": "u", "item_id": "\\ud83d\\ude00", "history": [], "price": 1, "clicked": 0}'
+    )
     assert any_format.decode_json(paired)[1]["item_id"] == ["😀".encode()]

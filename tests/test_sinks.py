@@ -165,7 +165,5 @@ def test_each_files_crc32c_is_recorded_as_it_is_written(tmp_path):
     written = _write(tmp_path, "out", lists, num_shards=3, checksum_dir=str(checksums))
     recorded = {p.name: p.read_text() for p in checksums.iterdir()}
     prefix = str(tmp_path / "out" / "data" / "train")
-    assert recorded == {
-        f"train{suffix}": storage.crc32c(prefix + suffix) for suffix in written
-    }
+    assert recorded == {f"train{suffix}": storage.crc32c(prefix + suffix) for suffix in written}
     assert len(set(recorded.values())) == 3

@@ -2,7 +2,11 @@
 
 import sys
 
-from pipeline.run import main
+from common import console
+
+console.start()  # before Beam and TensorFlow are imported
+
+from pipeline.run import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

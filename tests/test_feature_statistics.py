@@ -79,8 +79,9 @@ def test_statistics_and_schema_are_committed_in_the_manifest(small_pipeline_outp
     assert f"href='{statistics_file('eval')}'" in report and f"href='{SCHEMA}'" in report
 
 
-def test_tensorflow_data_validation_reads_them_as_tfx_statisticsgen_writes_them(small_pipeline_output):
-    tfdv = pytest.importorskip("tensorflow_data_validation")
+def test_tensorflow_data_validation_reads_them(small_pipeline_output):
+    import tensorflow_data_validation as tfdv  # a dev dependency
+
     output = small_pipeline_output["output"]
     stats = json.loads((Path(output) / "stats.json").read_text())
     train = tfdv.load_stats_binary(str(Path(output) / statistics_file("train")))

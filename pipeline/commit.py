@@ -87,6 +87,8 @@ OWN_TOP_LEVEL = frozenset(
         artifacts.CONFIG,
         artifacts.PLAN,
         artifacts.REPORT,
+        artifacts.STATISTICS_DIR,
+        artifacts.SCHEMA,
         artifacts.DATA_DIR,
         artifacts.REJECTED_DIR,
         artifacts.WORK_DIR,

@@ -21,10 +21,11 @@ from typing import Any
 
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
+from common import artifacts
 from common.config import LIST_TYPES, Config
 
-STATISTICS_DIR = "statistics"
-SCHEMA = "schema.pbtxt"
+STATISTICS_DIR = artifacts.STATISTICS_DIR
+SCHEMA = artifacts.SCHEMA
 SPLITS = ("train", "eval")
 """The splits stats.json measures column by column (validation: its row count only)."""
 
@@ -110,7 +111,7 @@ def schema_text(schema: schema_pb2.Schema) -> str:
 
 def write(output: str, stats: dict[str, Any], config: Config, schema: schema_pb2.Schema) -> None:
     """Writes OUTPUT/statistics/{train,eval}.pb and OUTPUT/schema.pbtxt."""
-    from common import artifacts, storage
+    from common import storage
 
     for split in SPLITS:
         storage.write_bytes(

@@ -227,6 +227,19 @@ class Config:
         return dataclasses.asdict(self)
 
 
+SECTIONS: dict[str, type] = {
+    "input": InputConfig,
+    "split": SplitConfig,
+    "label": LabelConfig,
+    "feature": FeatureConfig,
+    "vocabulary": VocabularyConfig,
+    "sequence": SequenceConfig,
+    "embedding": EmbeddingConfig,
+}
+"""The TOML sections and the dataclass whose fields are each one's keys (`[[feature]]` is an
+array of tables; `[vocabulary.NAME]` takes the keys of `[vocabulary]`)."""
+
+
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 
@@ -304,7 +317,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
       ConfigError: on any unknown key, unknown type, or inconsistent setting; the message
         names the source and the key.
     """
-    known = {"input", "split", "label", "feature", "vocabulary", "sequence", "embedding"}
+    known = set(SECTIONS)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(

@@ -5,7 +5,11 @@ import os
 import sys
 import traceback
 
-from pipeline.run import main
+from common import console
+
+console.start()  # before Beam and TensorFlow are imported
+
+from pipeline.run import main  # noqa: E402
 
 
 def _exit(code: int) -> None:

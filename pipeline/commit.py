@@ -99,6 +99,8 @@ OWN_FILES = frozenset(
         "transform_fn/saved_model.pb",
         "transform_fn/fingerprint.pb",
         "transform_fn/variables/variables.index",
+        artifacts.SCHEMA,
+        *(f"{artifacts.STATISTICS_DIR}/{split}.pb" for split in artifacts.SPLITS),
     }
 )
 """The files with fixed names that a pipeline run (and the planner) writes into OUTPUT."""

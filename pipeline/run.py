@@ -41,9 +41,9 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
-from common import artifacts, statistics
+from common import artifacts, console, statistics
 from common.config import LIST_TYPES, Config, ConfigError, load_config
-from pipeline import commit, report
+from pipeline import commit, feature_statistics, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
 from pipeline.input_checks import (
     folder_patterns,
@@ -250,6 +250,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "needs at least one train file per host. The files' bytes depend on the data and "
         "this number only",
     )
+    console.add_flags(parser)
     return parser.parse_known_args(argv)
 
 
@@ -324,7 +325,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         with beam.Pipeline(options=options) as p:
             build(p, config, args.input, header, staging, work_dir, **build_args)
-        LOG.info("Beam pipeline finished in %.1f s; summarizing", time.time() - started)
+        elapsed = time.time() - started
+        LOG.info("Beam pipeline finished in %.1f s; summarizing", elapsed)
 
         measured = json.loads(artifacts.read_text(work_dir, MEASUREMENTS))
         transform_output = tft.TFTransformOutput(staging)
@@ -338,18 +340,21 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         stats = summarize(config, measured, sizes)
         artifacts.write_json(staging, artifacts.STATS, stats)
+        feature_statistics.write(staging, stats, config, features.raw_schema(config))
         artifacts.write_json(staging, artifacts.CONFIG, config.to_dict())
         artifacts.write_text(
             staging, artifacts.REPORT, report.render(stats, config, f"Pipeline report: {output}")
         )
         rows = stats["rows"]
         LOG.info(
-            "Rows: %d read, %d train, %d validation, %d eval, %d rejected",
-            rows["read"],
-            rows["train"],
-            rows["validation"],
-            rows["eval"],
-            rows["rejected"],
+            "Rows: %s read (%s rows/s over both passes), %s train, %s validation, %s eval, "
+            "%s rejected",
+            f"{rows['read']:,}",
+            f"{rows['read'] / max(elapsed, 1e-9):,.0f}",
+            f"{rows['train']:,}",
+            f"{rows['validation']:,}",
+            f"{rows['eval']:,}",
+            f"{rows['rejected']:,}",
         )
         if rows["read"] != rows["train"] + rows["validation"] + rows["eval"] + rows["rejected"]:
             raise RuntimeError(f"rows do not add up: {rows}")
@@ -378,7 +383,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    console.configure_logging(console.start(argv))
     quiet_beam_input_errors()  # a damaged input is said in one line, below
     try:
         stats = run(argv)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from common import console
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The trainer's flags, checked (a bad value exits with argparse's usage error).
@@ -121,6 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="export a SavedModel that serves raw tf.Examples (default: on)",
     )
+    console.add_flags(parser)
     args = parser.parse_args(argv)
     try:
         args.hidden_units = [int(u) for u in args.hidden_units.split(",") if u.strip()]

@@ -235,6 +235,9 @@ def create_model_fn(
         train_op = _train_on_cpu(
             loss, tables, global_step, optimizer, learning_rate, embedding, bias_tables, bias_rate
         )
+        from trainer.progress import LOSS
+
+        tf.compat.v1.add_to_collection(LOSS, loss)  # for the progress line (trainer/progress.py)
         hooks = [
             tf.compat.v1.train.LoggingTensorHook(
                 {"loss": loss, "step": global_step},

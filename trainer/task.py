@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from common import artifacts, storage
+from common import artifacts, console, storage
 from trainer.checks import TrainerError, check_same_run
 from trainer.cli import parse_args
 from trainer.estimator import build_estimator, global_step
@@ -98,6 +97,7 @@ def train(
       The step training resumed from and the number of steps trained.
     """
     from trainer.inputs import make_input_fn
+    from trainer.progress import TrainingProgress
 
     train_input = make_input_fn(
         run.train_files,
@@ -111,7 +111,11 @@ def train(
     started = time.time()
     step_before = global_step(estimator)
     for target in eval_points(step_before, args.train_steps, args.eval_every_steps):
-        estimator.train(train_input, max_steps=target)
+        estimator.train(
+            train_input,
+            max_steps=target,
+            hooks=[TrainingProgress(args.train_steps, args.batch_size)],
+        )
         selection.evaluate(estimator, make_input_fn)
     steps = global_step(estimator) - step_before
     elapsed = time.time() - started
@@ -127,9 +131,16 @@ def train(
 
 def evaluate(args: argparse.Namespace, run: RunInputs, estimator) -> dict[str, Any]:
     """The last checkpoint's figures on the eval split; none when the split is empty."""
+    from trainer.progress import EvaluationProgress, eval_batches
+
     if run.eval_rows:
+        batches = eval_batches(run.eval_rows, args.batch_size, args.eval_steps)
         return jsonable(
-            estimator.evaluate(_eval_input_fn(args, run, run.eval_files), steps=args.eval_steps)
+            estimator.evaluate(
+                _eval_input_fn(args, run, run.eval_files),
+                steps=args.eval_steps,
+                hooks=[EvaluationProgress("evaluating", batches)],
+            )
         )
     # No figure is better than an invented one: an empty split has no AUC or loss.
     LOG.warning(
@@ -183,9 +194,9 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    verbose = console.start(argv)  # before TensorFlow is imported
     args = parse_args(argv)
+    console.configure_logging(verbose)
     try:
         metrics = train_and_evaluate(args)
     except (TrainerError, artifacts.PipelineOutputError) as e:

@@ -73,7 +73,8 @@ def read_json(directory: str, name: str) -> Any:
 
 
 def write_json(directory: str, name: str, value: Any) -> str:
-    return write_text(directory, name, json.dumps(value, indent=2) + "\n")
+    # Strict JSON: a NaN or infinity fails here, where it is made, not in a reader.
+    return write_text(directory, name, json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
 RENDERED_AFTER_COMMIT = frozenset({REPORT})

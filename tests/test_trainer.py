@@ -249,6 +249,17 @@ def test_export_predicts_like_the_estimator(trained):
     assert len(set(np.round(served, 5))) > 1
 
 
+@pytest.mark.parametrize("price", ["nan", "inf", "-inf"])
+def test_serving_refuses_a_number_the_pipeline_rejects(trained, price):
+    with open(trained["data"]) as f:
+        row = next(csv.DictReader(f))
+    serve = tf.saved_model.load(trained["metrics"]["export_dir"]).signatures["serving_default"]
+    good = serve(examples=tf.constant([raw_example(row)]))["probabilities"].numpy()
+    assert np.isfinite(good).all()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="feature 'price' holds NaN"):
+        serve(examples=tf.constant([raw_example(row), raw_example({**row, "price": price})]))
+
+
 def test_refuses_an_unfinished_pipeline_output(small_pipeline_output, tmp_path):
     copy = tmp_path / "unfinished"
     shutil.copytree(small_pipeline_output["output"], copy)

@@ -117,9 +117,7 @@ def smoothed_rates(sums: Sums, prior: float, smoothing: float = SMOOTHING) -> np
     return (sums.labels + smoothing * prior) / (sums.rows + smoothing)
 
 
-def grouped_auc(
-    scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray
-) -> float | None:
+def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float | None:
     """The exact ROC AUC of rows grouped by score: group i has `positives[i]` positive and
     `negatives[i]` negative rows, all scored `scores[i]`. Ties count one half, as in the
     Mann-Whitney statistic. None when a class is absent: no AUC is defined then."""

@@ -294,6 +294,39 @@ def check_model_dir(
         )
 
 
+def checkpoint_step(model_dir: str) -> int | None:
+    """The global step of MODEL_DIR's latest checkpoint; None without one."""
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    if not checkpoint:
+        return None
+    try:
+        return int(tf.train.load_variable(checkpoint, "global_step"))
+    except (tf.errors.OpError, ValueError) as e:
+        raise TrainerError(
+            f"checkpoint {checkpoint} cannot be read ({str(e).splitlines()[0]}); it is damaged "
+            "or cut short: delete it (and its line in MODEL_DIR/checkpoint) to resume from the "
+            "one before, or train into a new --model-dir"
+        ) from None
+
+
+def check_train_steps(model_dir: str, train_steps: int) -> None:
+    """Refuses a --train-steps the checkpoint is already past: such a run would train 0
+    steps and still evaluate, export and rewrite the training config as if it had.
+
+    Raises:
+      TrainerError: naming the checkpoint's step.
+    """
+    step = checkpoint_step(model_dir)
+    if step is not None and train_steps < step:
+        raise TrainerError(
+            f"{model_dir} holds a checkpoint at step {step}, past --train-steps {train_steps}: "
+            f"nothing to train. Give --train-steps above {step} to train on, or a new "
+            "--model-dir"
+        )
+
+
 def check_every_host_has_data(manifest: artifacts.Manifest, hosts: int) -> None:
     """Refuses a TPU whose hosts would not all read training examples.
 

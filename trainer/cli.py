@@ -116,7 +116,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gcp-project", default=None)
     parser.add_argument("--iterations-per-loop", type=int, default=100)
     parser.add_argument("--save-checkpoints-steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="initial values, data order and dropout: on CPU the same seed, data and flags "
+        "train the same model (default: 42)",
+    )
+    parser.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take MODEL_DIR's lock (trainer.lock) from a trainer that is gone; a lock of a "
+        "dead process on this host is broken without it",
+    )
     parser.add_argument(
         "--export",
         action=argparse.BooleanOptionalAction,

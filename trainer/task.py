@@ -34,12 +34,14 @@ from common import artifacts, console, storage
 from trainer.checks import TrainerError, check_same_run
 from trainer.cli import parse_args
 from trainer.estimator import build_estimator, global_step
-from trainer.prepare import RunInputs, prepare, write_training_config
+from trainer.lock import hold
+from trainer.prepare import RunInputs, check_model, prepare, write_training_config
 from trainer.selection import (
     BEST,
     EVAL_METRICS,
     HISTORY,
     Selection,
+    checkpoint_in,
     eval_points,
     jsonable,
     log_verdict,
@@ -56,7 +58,13 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
       The evaluation metrics, plus `trained_from_step` (the checkpoint training resumed
       from, 0 for a fresh start), `steps_trained`, and `export_dir` when a model was exported.
     """
-    run = prepare(args)
+    run = prepare(args)  # reads and checks the pipeline output; writes nothing
+    with hold(args.model_dir, break_lock=args.break_lock):
+        check_model(args, run)
+        return _train_and_evaluate(args, run)
+
+
+def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, Any]:
     write_training_config(args, run)
     measured = baselines(run)
     estimator = build_estimator(args, run.plan, run.config, run.cluster)
@@ -74,6 +82,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     check_same_run(args.pipeline_output, run.manifest)  # the evaluation read the run's own rows
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
     log_verdict(metrics)
+    for line in selection.describe(metrics):
+        LOG.info("%s", line)
     metrics["trained_from_step"] = step_before
     metrics["steps_trained"] = steps
     if args.export:
@@ -140,7 +150,8 @@ def evaluate(args: argparse.Namespace, run: RunInputs, estimator) -> dict[str, A
                 _eval_input_fn(args, run, run.eval_files),
                 steps=args.eval_steps,
                 hooks=[EvaluationProgress("evaluating", batches)],
-            )
+            ),
+            run.plan,
         )
     # No figure is better than an invented one: an empty split has no AUC or loss.
     LOG.warning(
@@ -176,7 +187,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
         path = estimator.export_saved_model(
             artifacts.join(args.model_dir, "export_best"),
             serving,
-            checkpoint_path=best["checkpoint"],
+            checkpoint_path=checkpoint_in(args.model_dir, best["checkpoint"]),
         )
         exports.append(path.decode() if isinstance(path, bytes) else path)
         best["export_dir"] = exports[-1]

@@ -214,19 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("%s", e)
         return 2
     except Exception as e:
-        import tensorflow as tf
+        from trainer.failures import failure_line
 
-        if not isinstance(e, tf.errors.DataLossError):
+        line = failure_line(e, args)
+        if line is None:
             raise
-        damage = artifacts.describe_damage(args.pipeline_output)  # names the shard, if it can
-        if damage:
-            LOG.error("%s", damage)
-            return 2
-        LOG.error(
-            "a file of %s is damaged (%s); rerun the pipeline with --overwrite",
-            args.pipeline_output,
-            e.message.splitlines()[0] if e.message else e,
-        )
+        LOG.error("%s", line)
         return 2
     print(json.dumps(metrics, indent=2))
     return 0

@@ -729,3 +729,21 @@ def test_the_same_seed_trains_the_same_model(small_pipeline_output, tmp_path):
     assert values[0][0] == values[1][0]
     np.testing.assert_array_equal(values[0][1], values[1][1])
     np.testing.assert_array_equal(values[0][2], values[1][2])
+
+
+def test_a_failed_command_ends_with_our_line_on_stderr(trained, tmp_path):
+    """After TensorFlow is loaded, its exit used to print a dozen `Exception ignored in:
+    AtomicFunction.__del__` tracebacks after the product's line."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--pipeline-output", trained["output"]]
+        + ["--model-dir", str(model_dir), "--train-steps", "5"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 2
+    assert "Exception ignored" not in done.stderr
+    assert "past --train-steps 5" in done.stderr.strip().splitlines()[-1]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -226,4 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common.process import run_main
+
+    run_main(main)

@@ -142,7 +142,9 @@ def test_an_eval_split_of_one_class_has_no_baseline_auc(tmp_path):
     rng = np.random.default_rng(3)
     train = _write(tmp_path / "train.gz", _random_rows(rng, 200, np.linspace(0.1, 0.9, 6)))
     for label in (0.0, 1.0):
-        held_out = _write(tmp_path / f"eval{label}.gz", [(1, 0, label), (2, 1, label), (3, 2, label)])
+        held_out = _write(
+            tmp_path / f"eval{label}.gz", [(1, 0, label), (2, 1, label), (3, 2, label)]
+        )
         measured = baselines.measure([train], [held_out], _plan())
         assert measured["baseline_auc_item_id"] is None
         assert measured["best_baseline_auc"] is None and measured["best_baseline"] is None

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from common import artifacts
+from common import artifacts, storage
 from common.config import read_pipeline_config
 from common.plan import EmbeddingPlan
 from embedding.columns import bias_feature, bias_features
@@ -486,12 +486,14 @@ def _with_validation_split(source: str, target, monkeypatch) -> str:
         copy = shard.replace("data/eval-", "data/validation-")
         shutil.copy(target / shard, target / copy)
         manifest["files"][copy] = manifest["files"][shard]
+        manifest["crc32c"][copy] = manifest["crc32c"][shard]
         manifest["data"]["validation"].append(copy)
     stats_path = target / artifacts.STATS
     stats = json.loads(stats_path.read_text())
     stats["rows"]["validation"] = stats["rows"]["eval"]
     stats_path.write_text(json.dumps(stats))
     manifest["files"][artifacts.STATS] = stats_path.stat().st_size
+    manifest["crc32c"][artifacts.STATS] = storage.crc32c(str(stats_path))
     (target / artifacts.SUCCESS).write_text(json.dumps(manifest))
     if "validation" not in artifacts.SPLITS:
         monkeypatch.setattr(artifacts, "SPLITS", (*artifacts.SPLITS, "validation"))

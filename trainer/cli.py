@@ -124,6 +124,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "train the same model (default: 42)",
     )
     parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TensorFlow's op determinism, so that the same --seed trains the same model on "
+        "CPU (default: on; docs/model.md gives its cost)",
+    )
+    parser.add_argument(
         "--break-lock",
         action="store_true",
         help="take MODEL_DIR's lock (trainer.lock) from a trainer that is gone; a lock of a "

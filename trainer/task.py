@@ -32,7 +32,7 @@ from typing import Any
 from common import artifacts, console, storage
 from trainer.checks import TrainerError, check_same_run
 from trainer.cli import parse_args
-from trainer.estimator import build_estimator, global_step
+from trainer.estimator import build_estimator, global_step, make_reproducible
 from trainer.lock import hold
 from trainer.prepare import RunInputs, check_model, prepare, write_training_config
 from trainer.selection import (
@@ -66,6 +66,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, Any]:
     write_training_config(args, run)
     measured = baselines(run)
+    make_reproducible(args.seed, args.deterministic)
     estimator = build_estimator(args, run.plan, run.config, run.cluster)
     selection = Selection(
         args, run.plan, run.validation_files, run.eval_files if run.eval_rows else []
@@ -108,24 +109,29 @@ def train(
     from trainer.inputs import make_input_fn
     from trainer.progress import TrainingProgress
 
-    train_input = make_input_fn(
-        run.train_files,
-        run.plan,
-        training=True,
-        drop_remainder=args.use_tpu,
-        seed=args.seed,
-        id_bias=args.id_bias,
-        oov_share=args.oov_train_share,
-    )
     started = time.time()
     step_before = global_step(estimator)
+    start = step_before
     for target in eval_points(step_before, args.train_steps, args.eval_every_steps):
+        # Each segment reads the data in an order of its own (the seed and the step it
+        # starts from): one seed for all would replay the same first batches after every
+        # evaluation or resume, and the same seed and steps still give the same model.
+        train_input = make_input_fn(
+            run.train_files,
+            run.plan,
+            training=True,
+            drop_remainder=args.use_tpu,
+            seed=args.seed + start,
+            id_bias=args.id_bias,
+            oov_share=args.oov_train_share,
+        )
         estimator.train(
             train_input,
             max_steps=target,
             hooks=[TrainingProgress(args.train_steps, args.batch_size)],
         )
         selection.evaluate(estimator, make_input_fn)
+        start = target
     steps = global_step(estimator) - step_before
     elapsed = time.time() - started
     LOG.info(

@@ -128,7 +128,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="TensorFlow's op determinism, so that the same --seed trains the same model on "
-        "CPU (default: on; docs/model.md gives its cost)",
+        "CPU (default: on; docs/commit.md gives its cost)",
     )
     parser.add_argument(
         "--break-lock",

@@ -15,7 +15,7 @@ def make_reproducible(seed: int, op_determinism: bool = True) -> None:
     TensorFlow's graph seed (RunConfig's `tf_random_seed`) does not reach everything: Keras
     draws the seeds of unseeded initializers from numpy's global generator, and some CPU
     kernels sum in thread order. This seeds Python's, numpy's and TensorFlow's generators
-    and turns on TensorFlow's op determinism (docs/model.md gives its measured cost). The
+    and turns on TensorFlow's op determinism (docs/commit.md gives its measured cost). The
     input order is the seed's too (`trainer.inputs`). On a TPU the host's part is the same;
     the TPU's own embedding and all-reduce arithmetic are not promised bit for bit.
     """

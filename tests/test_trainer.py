@@ -607,8 +607,10 @@ def test_a_damaged_shard_is_one_line_naming_the_output(small_pipeline_output, tm
     argv = ["--pipeline-output", str(output), "--model-dir", str(tmp_path / "m")]
     with caplog.at_level(logging.ERROR, logger="trainer"):
         assert task.main([*argv, "--train-steps", "2", "--batch-size", "64"]) == 2
-    assert f"a file of {output} is damaged" in caplog.text
-    assert "rerun the pipeline with --overwrite" in caplog.text
+    # The shard itself is named: its content is not the one the commit manifest records.
+    assert f"{shard}: the data shard is damaged" in caplog.text
+    assert f"--output {output} --overwrite" in caplog.text
+    assert len(caplog.records) == 1
 
 
 def _strict_json(path) -> dict:

@@ -483,3 +483,49 @@ def test_the_trainer_names_the_damaged_shard(small_pipeline_output, tmp_path, ca
     assert task.main([*args, "--train-steps", "2"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors[-1].startswith(f"{shard}: the data shard is damaged")
+
+
+def test_random_hand_edits_of_the_statistics_are_refused_in_one_line(tmp_path):
+    """A property: any edit of stats.json after the commit (a count, a histogram bucket, a
+    byte) is refused by every reader (`require_complete`, which the planner and the trainer
+    call first), in one line naming the file; a plan is made only from what the run
+    measured."""
+    import random
+
+    output = _output(str(tmp_path))
+    _commit_run(output, train_shards=1, tag="first")
+    path = storage.join(output, artifacts.STATS)
+    stats = {
+        "rows": {"read": 1000, "train": 800, "validation": 0, "eval": 150, "rejected": 50},
+        "sequences": {"history": {"histogram": {"0": 10, "5": 700, "40": 90}, "max": 40}},
+    }
+    original = json.dumps(stats)
+    # Commit a realistic stats.json by committing a run that wrote it.
+    run = commit.begin(output, True)
+    _stage(run, 1, "second")
+    storage.write_text(storage.join(run.staging, artifacts.STATS), original)
+    commit.commit(run, True)
+    artifacts.require_complete(output)
+    rng = random.Random(11)
+    for _ in range(60):
+        text = list(original)
+        kind = rng.choice(["digit", "swap", "drop"])
+        if kind == "digit":
+            positions = [i for i, c in enumerate(text) if c.isdigit()]
+            i = rng.choice(positions)
+            text[i] = str((int(text[i]) + rng.randrange(1, 10)) % 10)
+        elif kind == "swap":
+            i = rng.randrange(len(text) - 1)
+            if text[i] == text[i + 1]:
+                continue
+            text[i], text[i + 1] = text[i + 1], text[i]
+        else:
+            del text[rng.randrange(len(text))]
+        storage.write_text(path, "".join(text))
+        with pytest.raises(artifacts.PipelineOutputError) as error:
+            artifacts.require_complete(output)
+        message = str(error.value)
+        assert artifacts.STATS in message and "changed since run" in message
+        assert "\n" not in message
+    storage.write_text(path, original)
+    artifacts.require_complete(output)

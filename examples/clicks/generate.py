@@ -118,13 +118,102 @@ def generate(
     return out
 
 
+RATINGS_HEADER = (
+    "rating_id", "user_id", "item_id", "history", "genres", "age", "gender", "occupation",
+    "liked",
+)
+GENRES = 19
+AGES = ("18", "25", "35", "45", "50", "56", "1")
+OCCUPATIONS = 21
+
+
+def generate_ratings(
+    rows: int = 34_000,
+    seed: int = 7,
+    items: int = 1700,
+    users: int = 950,
+) -> list[tuple]:
+    """Rows shaped like a public movie-ratings log, one rating a row.
+
+    Returns `rows` rows of (rating_id, user_id, item_id, history, genres, age, gender,
+    occupation, liked). Each user rates a long, long-tailed number of distinct items in
+    time order (popular items first more often); a row is one of those ratings and its
+    `history` is every item the user rated before it, newest last: long and unique to the
+    user. `liked` (rating >= 4) follows the item's quality and the user's generosity, a
+    strong latent trait no column shows, with a weak genre taste; age, gender and
+    occupation barely matter. So an item's popularity is a strong baseline, a user's
+    generosity helps only where the user was seen in training, and a history identifies
+    its user.
+    """
+    rng = np.random.default_rng(seed)
+    # Long-tailed item popularity: the top tenth of the items hold about half the ratings.
+    weights = 1.0 / np.arange(1, items + 1) ** 1.15
+    rng.shuffle(weights)
+    weights /= weights.sum()
+    log_pop = np.log(weights)
+    quality = rng.normal(0.0, 1.05, size=items) + 0.25 * (log_pop - log_pop.mean()) / log_pop.std()
+    item_genres = [
+        np.sort(rng.choice(GENRES, size=int(rng.integers(1, 7)) if rng.random() < 0.25 else
+                           int(rng.integers(1, 4)), replace=False))
+        for _ in range(items)
+    ]  # fmt: skip
+    generosity = rng.normal(0.0, 1.1, size=users)
+    taste = rng.normal(0.0, 0.15, size=(users, GENRES))
+    age = rng.integers(0, len(AGES), size=users)
+    gender = rng.random(users) < 0.3
+    occupation = rng.integers(0, OCCUPATIONS, size=users)
+    # Demographics move generosity a little, so their baselines stay near 0.5.
+    generosity += 0.03 * (age - 3) / 3 + 0.03 * gender
+    # Every user's whole rating sequence; a row samples it, so histories run long.
+    counts = np.clip(np.round(rng.lognormal(np.log(75.0), 0.8, size=users)), 20, 737)
+    counts = counts.astype(int)
+    keep = rows / counts.sum()
+    out = []
+    rating = 0
+    for u in range(users):
+        # Distinct items drawn by popularity (Gumbel top-k), in rating order.
+        keys = np.log(weights) + rng.gumbel(size=items)
+        sequence = np.argsort(-keys)[: counts[u]]
+        sampled = np.flatnonzero(rng.random(counts[u]) < keep)
+        for position in sampled:
+            item = int(sequence[position])
+            genres = item_genres[item]
+            logit = -0.1 + quality[item] + generosity[u] + taste[u, genres].mean()
+            liked = int(rng.random() < 1.0 / (1.0 + np.exp(-logit)))
+            out.append(
+                (
+                    f"e{rating}",
+                    f"u{u}",
+                    f"m{item}",
+                    " ".join(f"m{h}" for h in sequence[:position]),
+                    " ".join(f"g{g}" for g in genres),
+                    AGES[age[u]],
+                    "F" if gender[u] else "M",
+                    f"o{occupation[u]}",
+                    liked,
+                )
+            )
+            rating += 1
+    order = rng.permutation(len(out))
+    return [out[i] for i in order[:rows]] if len(out) > rows else [out[i] for i in order]
+
+
+def _header(rows: Sequence[tuple]) -> tuple:
+    """The column names of generated rows: clicks or ratings."""
+    return RATINGS_HEADER if rows and len(rows[0]) == len(RATINGS_HEADER) else HEADER
+
+
 def _records(rows: Sequence[tuple]) -> list[dict]:
-    """Rows as records: the history a list of ids, the price and the label numbers."""
+    """Rows as records: the lists (history, genres) lists of ids, the price a number."""
+    header = _header(rows)
     records = []
     for row in rows:
-        record = dict(zip(HEADER, row, strict=True))
-        record["history"] = record["history"].split()
-        record["price"] = float(record["price"])
+        record = dict(zip(header, row, strict=True))
+        for name in ("history", "genres"):
+            if name in record:
+                record[name] = record[name].split()
+        if "price" in record:
+            record["price"] = float(record["price"])
         records.append(record)
     return records
 
@@ -134,7 +223,7 @@ def write_csv(path: str, rows: Sequence[tuple]) -> None:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wt", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(HEADER)
+        writer.writerow(_header(rows))
         writer.writerows(rows)
 
 
@@ -188,7 +277,15 @@ WRITERS = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument(
+        "--variant",
+        choices=("clicks", "ratings"),
+        default="clicks",
+        help="clicks: the click log (default); ratings: a movie-ratings log (about 950 users, "
+        "1,700 items, long unique histories, a label driven by item quality and a hidden "
+        "user generosity), with examples/clicks/ratings.toml",
+    )
+    parser.add_argument("--rows", type=int, default=None, help="default 50,000; ratings 34,000")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", default="examples/clicks/data/clicks.csv")
     parser.add_argument(
@@ -211,9 +308,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="catalogue size; a large one leaves items of the eval split unseen in training",
     )
     args = parser.parse_args(argv)
-    rows = generate(args.rows, seed=args.seed, items=args.items, label_model=args.label_model)
+    if args.variant == "ratings":
+        rows = generate_ratings(args.rows or 34_000, seed=args.seed)
+    else:
+        rows = generate(
+            args.rows or 50_000, seed=args.seed, items=args.items, label_model=args.label_model
+        )
     WRITERS[args.format](args.output, rows)
-    print(f"Wrote {args.rows} rows to {args.output} ({args.format})")
+    print(f"Wrote {len(rows)} rows to {args.output} ({args.format})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,16 @@ the feature key `FEATURE__bias` (`bias_feature`; TPU embedding feature keys must
 the input repeats the ids under that key). It is the linear part of the model: an item's own
 click rate is one number per id, learned directly rather than through the DNN.
 
+A split key kept as a feature (`key_features`, e.g. user_id when rows are split by user) gets
+its per-id bias only, no embedding: a term that absorbs each training key's own effect (a
+user's generosity) so that the other features' estimates come out cleaner, while the model
+cannot build anything on it that would not transfer to the unseen keys of eval, which all read
+its OOV row (trained by the input's OOV share to stand for the average key).
+
+The bias tables start where counting ends (`RowValues`): at each id's smoothed log-odds on the
+training split, measured by `trainer.baselines`, the same initializer on CPU and in the TPU's
+table config.
+
 The arguments are checked here before TensorFlow sees them, so a mistake is reported with the
 feature or table it concerns and the fix, instead of TensorFlow's positional message.
 """
@@ -39,6 +49,32 @@ def bias_feature(name: str) -> str:
 def bias_features(plan: EmbeddingPlan) -> list[str]:
     """The features that get a per-id bias: the categorical (one id a row) ones."""
     return sorted(n for n, f in plan.features.items() if f.type == "categorical")
+
+
+class RowValues:
+    """An initializer that gives each table row its own value (`values[row]`, every column of
+    the row alike): the per-id bias tables start from measured per-id log-odds.
+
+    A partitioned variable (the TPU's tables are split over hosts in contiguous row ranges)
+    calls it once per partition with the partition's shape and offset; each gets its rows.
+    Rows past the end of `values` (a TPU's padding rows) start at 0.
+    """
+
+    def __init__(self, values):
+        import numpy as np
+
+        self.values = np.asarray(values, dtype=np.float32).reshape(-1)
+
+    def __call__(self, shape, dtype=None, partition_info=None):
+        import numpy as np
+
+        offset = partition_info.var_offset[0] if partition_info is not None else 0
+        rows = int(shape[0])
+        column = np.zeros([rows], np.float32)
+        part = self.values[offset : offset + rows]
+        column[: len(part)] = part
+        value = np.repeat(column[:, None], int(shape[1]) if len(shape) > 1 else 1, axis=1)
+        return tf.constant(value.reshape([int(d) for d in shape]), dtype=dtype or tf.float32)
 
 
 class ColumnError(ValueError):
@@ -143,9 +179,15 @@ class FeatureColumns:
 
 
 def _table_columns(
-    table: TablePlan, plan: EmbeddingPlan, initializer: Callable | None, pool_sequences: bool
+    table: TablePlan,
+    plan: EmbeddingPlan,
+    initializer: Callable | None,
+    pool_sequences: bool,
+    key_features: Sequence[str] = (),
 ) -> list:
-    features = [plan.features[name] for name in table.features]
+    features = [plan.features[name] for name in table.features if name not in key_features]
+    if not features:
+        return []
     # A pooled sequence is looked up like a bag of ids: the TPU's combiner pools it.
     as_sequence = [f.type == "sequence" and not pool_sequences for f in features]
     lengths = [
@@ -160,7 +202,7 @@ def _table_columns(
         table.dimension,
         lengths,
         initializer,
-        {t.name: t.features for t in plan.tables.values()},
+        {t.name: [n for n in t.features if n not in key_features] for t in plan.tables.values()},
     )
     categorical = [
         (
@@ -210,11 +252,15 @@ def cosine_decay(learning_rate: float, total_steps: int) -> Callable:
 
 
 def _bias_columns(
-    table: TablePlan, plan: EmbeddingPlan, learning_rate_fn: Callable | None = None
+    table: TablePlan,
+    plan: EmbeddingPlan,
+    learning_rate_fn: Callable | None = None,
+    initial_values=None,
 ) -> list:
     """The dimension-1 bias columns of the table's categorical features, in one shared
-    table `TABLE__bias` (started at 0: an unseen id adds nothing), trained at
-    `learning_rate_fn(global step)` if given, else at the `[embedding]` rate."""
+    table `TABLE__bias`, trained at `learning_rate_fn(global step)` if given, else at the
+    `[embedding]` rate. The table starts at `initial_values` (one value a row, `RowValues`)
+    if given, else at 0 (an unseen id adds nothing)."""
     names = [n for n in table.features if plan.features[n].type == "categorical"]
     categorical = [
         tf.feature_column.categorical_column_with_identity(
@@ -222,7 +268,9 @@ def _bias_columns(
         )
         for n in names
     ]
-    zeros = tf.compat.v1.zeros_initializer()
+    zeros = (
+        tf.compat.v1.zeros_initializer() if initial_values is None else RowValues(initial_values)
+    )
     if len(categorical) == 1:
         return [
             tf.compat.v1.tpu.experimental.embedding_column(
@@ -250,6 +298,8 @@ def create_feature_columns(
     id_bias: bool = False,
     pool_sequences: bool = False,
     bias_learning_rate_fn: Callable | None = None,
+    key_features: Sequence[str] = (),
+    bias_initial_values: dict | None = None,
 ) -> FeatureColumns:
     """Builds the TPU embedding columns of every planned table.
 
@@ -265,10 +315,15 @@ def create_feature_columns(
         same ids.
       bias_learning_rate_fn: global step -> the bias tables' learning rate (e.g.
         `cosine_decay`); None trains them at the `[embedding]` rate.
+      key_features: categorical features (the split key) that get their bias only, no
+        embedding; without `id_bias` they get nothing.
+      bias_initial_values: table -> the initial value of each row of its bias table (e.g.
+        `trainer.baselines.initial_biases`); a table not in it starts at 0.
     """
     all_columns, dense, sequence, bias = [], [], {}, {}
+    initial = bias_initial_values or {}
     for table in plan.tables.values():
-        for column in _table_columns(table, plan, initializer, pool_sequences):
+        for column in _table_columns(table, plan, initializer, pool_sequences, key_features):
             all_columns.append(column)
             name = column.categorical_column.name
             if plan.features[name].type == "sequence" and not pool_sequences:
@@ -276,7 +331,9 @@ def create_feature_columns(
             else:
                 dense.append(column)
         if id_bias and any(plan.features[n].type == "categorical" for n in table.features):
-            for column in _bias_columns(table, plan, bias_learning_rate_fn):
+            for column in _bias_columns(
+                table, plan, bias_learning_rate_fn, initial.get(table.name)
+            ):
                 all_columns.append(column)
                 bias[column.categorical_column.name[: -len(BIAS_SUFFIX)]] = column
     return FeatureColumns(all=all_columns, dense=dense, sequence=sequence, bias=bias)

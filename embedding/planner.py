@@ -47,7 +47,9 @@ MIN_EVAL_TOKENS = 10
 """A feature of whose eval tokens (at least MIN_EVAL_TOKENS) at least UNSEEN_DROP_RATE were
 never seen in training is dropped: outside training it looks up an untrained OOV row almost
 always, so what it learned cannot help new rows (the split key used as a feature: every eval
-user is new). `keep = true` in its [[feature]] keeps it."""
+user is new). `keep = true` in its [[feature]] keeps it. The split key itself, when the config
+lists it as a categorical feature, is kept: the trainer gives it a per-id bias only, a term that
+absorbs each training key's own effect (`embedding.columns`)."""
 
 
 def auto_dimension(buckets: int) -> int:
@@ -119,10 +121,17 @@ def make_plan(
             plan = FeaturePlan(name=name, table=vocabulary, type=feature.type)
             unseen = _unseen_in_training(stats, name)
             if unseen is not None:
-                if not feature.keep:
+                if name == config.split.key and feature.type == "categorical":
+                    notes.append(
+                        f"{name}: the split key, kept for a per-key term in training only (the "
+                        "trainer gives it a per-id bias and no embedding; eval's unseen keys "
+                        "read its OOV row, trained to stand for the average key): " + unseen
+                    )
+                elif not feature.keep:
                     dropped[name] = unseen + "; set keep = true in its [[feature]] to keep it"
                     continue
-                notes.append(f"{name}: kept (keep = true) although {unseen}")
+                else:
+                    notes.append(f"{name}: kept (keep = true) although {unseen}")
             if feature.type == "bag":
                 measured_bag = stats["bags"][name]
                 histogram = measured_bag["histogram"]

@@ -117,6 +117,59 @@ def smoothed_rates(sums: Sums, prior: float, smoothing: float = SMOOTHING) -> np
     return (sums.labels + smoothing * prior) / (sums.rows + smoothing)
 
 
+def initial_biases(
+    train: dict[str, Sums], plan: EmbeddingPlan, scale: float = 1.0
+) -> tuple[dict[str, np.ndarray], float]:
+    """Where counting ends, as the model's starting point: each bias table's initial rows and
+    the output layer's initial bias.
+
+    For a binary label a row starts at its id's smoothed log-odds minus the prior's
+    (log(r / (1 - r)) - log(p / (1 - p)), `smoothed_rates`), for regression at its id's
+    smoothed mean minus the prior; an id never seen in training starts at 0. The output bias
+    is the prior's log-odds (or the mean). A table shared by several categorical features
+    counts their rows together. Each row is divided by `scale`, the factor the model puts on
+    its bias in the logit (`--id-bias-scale`).
+
+    Args:
+      train: per-feature sums over the training split (`split_sums`).
+      plan: the embedding plan.
+      scale: the factor on the bias in the model's logit.
+
+    Returns:
+      (table -> initial values, one per bucket; the initial logit). Tables of no counted
+      categorical feature, and every table when the split has no rows, are left out.
+    """
+    counted = [n for n in categorical_features(plan) if n in train]
+    if not counted or not train[counted[0]].rows.sum():
+        return {}, 0.0
+    first = train[counted[0]]
+    prior = float(first.labels.sum() / first.rows.sum())
+    binary = plan.label["type"] == "binary"
+    if binary:
+        prior = min(max(prior, 1e-6), 1 - 1e-6)
+    offset = float(np.log(prior / (1 - prior))) if binary else prior
+    tables: dict[str, Sums] = {}
+    for name in counted:
+        table = plan.features[name].table
+        size = int(plan.tables[table].vocabulary_size)
+        sums = train[name]
+        part = Sums(sums.rows[:size], sums.labels[:size], sums.squares[:size])
+        if table in tables:
+            old = tables[table]
+            part = Sums(old.rows + part.rows, old.labels + part.labels, old.squares + part.squares)
+        tables[table] = part
+    result = {}
+    for table, sums in tables.items():
+        rates = smoothed_rates(sums, prior)
+        if binary:
+            rates = np.clip(rates, 1e-6, 1 - 1e-6)
+            values = np.log(rates / (1 - rates)) - offset
+        else:
+            values = rates - prior
+        result[table] = (values / scale).astype(np.float32)
+    return result, offset
+
+
 def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float | None:
     """The exact ROC AUC of rows grouped by score: group i has `positives[i]` positive and
     `negatives[i]` negative rows, all scored `scores[i]`. Ties count one half, as in the
@@ -134,9 +187,13 @@ def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray
 
 
 def measure(
-    train_files: Sequence[str], eval_files: Sequence[str], plan: EmbeddingPlan
+    train_files: Sequence[str],
+    eval_files: Sequence[str],
+    plan: EmbeddingPlan,
+    train: dict[str, Sums] | None = None,
 ) -> dict[str, Any]:
-    """The single-feature baselines on `eval_files`, scored from `train_files`.
+    """The single-feature baselines on `eval_files`, scored from `train_files` (or from
+    their sums `train`, when already counted).
 
     Returns:
       For a binary label: `baseline_auc_<feature>` per categorical feature, and
@@ -146,7 +203,8 @@ def measure(
       `best_baseline_rmse`. Empty when an eval or train split has no rows.
     """
     features = categorical_features(plan)
-    train = split_sums(train_files, plan, features) if features else {}
+    if train is None:
+        train = split_sums(train_files, plan, features) if features else {}
     held_out = split_sums(eval_files, plan, features) if features else {}
     if not features:
         return {}

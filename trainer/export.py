@@ -43,7 +43,10 @@ def finite_numbers(raw: dict, numeric_features) -> dict:
 
 
 def make_serving_input_receiver_fn(
-    transform_output: tft.TFTransformOutput, plan: EmbeddingPlan, id_bias: bool = False
+    transform_output: tft.TFTransformOutput,
+    plan: EmbeddingPlan,
+    id_bias: bool = False,
+    key_features=(),
 ):
     raw_spec = dict(transform_output.raw_feature_spec())
     raw_spec.pop(plan.label["name"], None)
@@ -54,7 +57,7 @@ def make_serving_input_receiver_fn(
         serialized = tf.compat.v1.placeholder(tf.string, shape=[None], name="input_example")
         raw = finite_numbers(tf.io.parse_example(serialized, raw_spec), plan.numeric_features)
         transformed = transform_output.transform_raw_features(raw, drop_unused_features=True)
-        features = prepare_features(transformed, plan, id_bias=id_bias)
+        features = prepare_features(transformed, plan, id_bias=id_bias, key_features=key_features)
         return tf.estimator.export.ServingInputReceiver(features, {INPUT_NAME: serialized})
 
     return serving_input_receiver_fn

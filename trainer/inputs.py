@@ -85,6 +85,8 @@ def prepare_features(
     id_bias: bool = False,
     oov_share: float = 0.0,
     seed: int | None = None,
+    key_features: Sequence[str] = (),
+    sequence_dropout: float = 0.0,
 ) -> dict:
     """Drops negative ids (values outside a vocabulary without OOV buckets) and truncates
     sequences to their planned length. Used by training, evaluation and serving alike.
@@ -99,6 +101,14 @@ def prepare_features(
         `frequency_threshold = 1` every training id has its own row and nothing else would
         ever update the OOV row, which unseen ids read at eval and serving time.
       seed: the draw's seed.
+      key_features: categorical features the model reads only through their per-id bias
+        (the split key): they appear under their bias key only, with `id_bias`, and not at
+        all without it.
+      sequence_dropout: training only: each id of a sequence (a history) is left out with
+        this probability, a new draw every time a row is read, before the sequence is cut
+        to its planned length. A long history is unique to its user; seen whole every
+        epoch, the model can learn each training user from it, which does not carry over
+        to users it has never seen.
     """
     prepared = {}
     for name, feature in plan.features.items():
@@ -112,7 +122,14 @@ def prepare_features(
             # A bag is unordered: its cap bounds a row's ids (the plan's measured cap, met by
             # almost every row), it does not pick an end of an ordered history.
             length, end = feature.max_ids, "keep_first"
-        prepared[name] = keep_and_truncate(ids, tf.math.greater_equal(ids.values, 0), length, end)
+        keep = tf.math.greater_equal(ids.values, 0)
+        if sequence_dropout > 0 and feature.type == "sequence":
+            kept = tf.math.greater_equal(
+                tf.random.uniform(tf.shape(ids.values), seed=None if seed is None else seed + 1),
+                sequence_dropout,
+            )
+            keep = tf.math.logical_and(keep, kept)
+        prepared[name] = keep_and_truncate(ids, keep, length, end)
         if oov_share > 0 and feature.type == "categorical":
             prepared[name] = to_oov_bucket(
                 prepared[name], plan.tables[feature.table], oov_share, seed
@@ -120,6 +137,8 @@ def prepare_features(
     if id_bias:
         for name in bias_features(plan):
             prepared[bias_feature(name)] = prepared[name]
+    for name in key_features:
+        prepared.pop(name, None)
     for name in plan.numeric_features:
         value = tf.reshape(tf.cast(features[name], tf.float32), [-1])
         prepared[name] = tf.clip_by_value(value, -NUMERIC_CLIP, NUMERIC_CLIP)
@@ -187,6 +206,8 @@ def make_input_fn(
     seed: int | None = None,
     id_bias: bool = False,
     oov_share: float = 0.0,
+    key_features: Sequence[str] = (),
+    sequence_dropout: float = 0.0,
 ) -> Callable:
     """An Estimator `input_fn(params)` over a split's files.
 
@@ -203,8 +224,8 @@ def make_input_fn(
       drop_remainder: static batch shapes, as the TPU needs.
       num_epochs: passes over the data; None repeats forever when training, once otherwise.
       seed: shuffle seed, for reproducible order; host i uses seed + i.
-      id_bias, oov_share: as `prepare_features` takes them; `oov_share` applies only when
-        `training`.
+      id_bias, oov_share, key_features, sequence_dropout: as `prepare_features` takes
+        them; `oov_share` and `sequence_dropout` apply only when `training`.
 
     Raises:
       InputError: (when called) fewer files than the TPU has hosts.
@@ -248,6 +269,8 @@ def make_input_fn(
                 id_bias=id_bias,
                 oov_share=oov_share if training else 0.0,
                 seed=host_seed,
+                key_features=key_features,
+                sequence_dropout=sequence_dropout if training else 0.0,
             ), labels
 
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

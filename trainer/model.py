@@ -16,7 +16,12 @@ import tensorflow as tf
 
 from common.config import EmbeddingConfig
 from common.plan import EmbeddingPlan
-from embedding.columns import clip_updated_rows, cpu_optimizer, create_feature_columns
+from embedding.columns import (
+    bias_feature,
+    clip_updated_rows,
+    cpu_optimizer,
+    create_feature_columns,
+)
 
 PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"
@@ -97,6 +102,9 @@ def create_model_fn(
     embedding_l2: float = 0.0,
     cross_layers: int = 2,
     bias_learning_rate_fn: Callable | None = None,
+    key_features: Sequence[str] = (),
+    bias_initial_values: dict | None = None,
+    initial_logit: float = 0.0,
 ):
     """A TPUEstimator `model_fn` for the plan's features and label.
 
@@ -115,6 +123,13 @@ def create_model_fn(
       bias_learning_rate_fn: global step -> the per-id bias tables' learning rate (the one
         the `EmbeddingConfigSpec`'s columns carry, `embedding.columns.cosine_decay`); None:
         the `[embedding]` rate.
+      key_features: categorical features that get their per-id bias only (the split key:
+        `embedding.columns.create_feature_columns`); the input carries them under their bias
+        key only.
+      bias_initial_values: table -> its bias table's initial rows
+        (`trainer.baselines.initial_biases`); None: zeros.
+      initial_logit: the output layer's initial bias (the training split's log-odds, or its
+        label mean for regression), so that the model starts at the prior.
     """
     binary = plan.label["type"] == "binary"
     embedding = embedding or EmbeddingConfig()
@@ -128,6 +143,8 @@ def create_model_fn(
             id_bias=id_bias,
             pool_sequences=not history_attention,
             bias_learning_rate_fn=bias_learning_rate_fn,
+            key_features=key_features,
+            bias_initial_values=bias_initial_values,
         )
         before = set(_refs(tf.compat.v1.trainable_variables()))
         pooled = {}
@@ -171,7 +188,12 @@ def create_model_fn(
             net = x0 * tf.compat.v1.layers.dense(net, width, name=f"cross_{i}") + net
         for i, units in enumerate(hidden_units):
             net = tf.compat.v1.layers.dense(net, units, activation=tf.nn.relu, name=f"hidden_{i}")
-        logits = tf.compat.v1.layers.dense(net, 1, name="logits")
+        logits = tf.compat.v1.layers.dense(
+            net,
+            1,
+            name="logits",
+            bias_initializer=tf.compat.v1.constant_initializer(float(initial_logit)),
+        )
         if biases:
             # The scale makes the bias learn faster than the table rate (about id_bias_scale
             # times under Adagrad or Adam, which normalize the gradient's size), the same
@@ -201,9 +223,13 @@ def create_model_fn(
             # Per categorical feature, which rows carry an OOV id: the model on values it
             # never saw in training.
             unseen = {
-                UNSEEN + name: oov_rows(features[name], plan.tables[feature.table].entries)
+                UNSEEN + name: oov_rows(
+                    features[bias_feature(name) if name in key_features else name],
+                    plan.tables[feature.table].entries,
+                )
                 for name, feature in sorted(plan.features.items())
                 if feature.type == "categorical"
+                and (name not in key_features or bias_feature(name) in features)
             }
             return tf.compat.v1.estimator.tpu.TPUEstimatorSpec(
                 mode,

@@ -53,6 +53,9 @@ VARIANTS = {
     "no-cross": ["--cross-layers", "0"],
     "embedding-l2": ["--embedding-l2", "0.001"],
     "no-bias-decay": ["--no-id-bias-decay"],
+    "no-bias-init": ["--no-bias-init"],
+    "no-key-term": ["--no-key-term"],
+    "history-dropout-0.5": ["--history-dropout", "0.5"],
 }
 LR_FEATURES = ("user_id", "item_id")
 LR_C = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -71,6 +74,11 @@ def prepare(run_dir: str, dataset: str, seed: int) -> str:
     base = os.path.join(run_dir, f"{dataset}-{seed}")
     output = os.path.join(base, "pipeline")
     if os.path.exists(os.path.join(output, "_SUCCESS")):
+        # The plan is made again: the planner's code may have changed since.
+        _run(
+            [sys.executable, "-m", "embedding", "--pipeline-output", output],
+            os.path.join(base, "plan.log"),
+        )
         return output
     os.makedirs(base, exist_ok=True)
     data = os.path.join(base, "data.csv")

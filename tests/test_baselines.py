@@ -151,3 +151,34 @@ def test_an_eval_split_of_one_class_has_no_baseline_auc(tmp_path):
         assert "both classes" in measured["baselines_undefined"]
         assert not baselines.model_loses({"auc": None, **measured})
         assert baselines.summary({"auc": 0.7, **measured}) == ""
+
+
+def test_initial_biases_are_the_smoothed_log_odds_around_the_prior():
+    # item 0: 30 rows, 24 liked; item 1: 10 rows, 1 liked; item 2 never seen; 4 the OOV.
+    rows = np.array([30, 10, 0, 0, 0, 0, 0], float)
+    labels = np.array([24, 1, 0, 0, 0, 0, 0], float)
+    sums = {"item_id": baselines.Sums(rows, labels, labels)}
+    plan = _plan()
+    del plan.features["device"], plan.tables["device"]
+    values, logit = baselines.initial_biases(sums, plan, scale=10.0)
+    prior = 25 / 40
+    assert logit == pytest.approx(np.log(prior / (1 - prior)))
+    rate0 = (24 + 10 * prior) / 40
+    rate1 = (1 + 10 * prior) / 20
+    expected = np.zeros(6)
+    expected[0] = np.log(rate0 / (1 - rate0)) - logit
+    expected[1] = np.log(rate1 / (1 - rate1)) - logit
+    assert values["items"].shape == (6,)  # the table's buckets, not the sums' extra slot
+    np.testing.assert_allclose(values["items"], expected / 10.0, rtol=1e-5, atol=1e-7)
+    assert values["items"][0] > 0 > values["items"][1]
+
+
+def test_initial_biases_for_regression_are_the_smoothed_means(tmp_path):
+    train = _write(tmp_path / "t.gz", [(0, 0, 4.0), (0, 1, 2.0), (1, 2, 0.0), (1, 0, 0.0)])
+    plan = _plan("regression")
+    values, mean = baselines.initial_biases(baselines.split_sums([train], plan), plan)
+    assert mean == pytest.approx(1.5)
+    expected = (6.0 + 10 * 1.5) / 12 - 1.5
+    assert values["items"][0] == pytest.approx(expected)
+    assert values["items"][2] == 0.0
+    assert set(values) == {"items", "device"}

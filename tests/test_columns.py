@@ -135,3 +135,45 @@ def test_a_bag_is_pooled_by_the_tpu_lookup_with_max_sequence_length_0():
     expected = table[[1, 2, 3]].sum(axis=0) / np.sqrt(3)
     np.testing.assert_allclose(pooled.numpy()[0], expected, rtol=1e-5)
     np.testing.assert_allclose(pooled.numpy()[1], table[4], rtol=1e-5)
+
+
+def test_bias_tables_start_at_the_given_rows_whole_or_partitioned():
+    from embedding.columns import RowValues, bias_feature
+
+    the_plan = plan()
+    size = the_plan.tables["items"].vocabulary_size
+    start = np.linspace(-1.0, 1.0, size).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        columns = create_feature_columns(
+            the_plan, id_bias=True, bias_initial_values={"items": start}
+        )
+        ids = tf.SparseTensor(
+            [[0, 0], [1, 0], [2, 0]], tf.constant([0, 7, size - 1], tf.int64), [3, 1]
+        )
+        features = {bias_feature("item_id"): ids}
+        looked_up = tf.compat.v1.keras.layers.DenseFeatures([columns.bias["item_id"]])(features)
+        # A TPU splits a table over its hosts: each part gets its own rows.
+        parts = tf.compat.v1.get_variable(
+            "split",
+            shape=(size, 1),
+            initializer=RowValues(start),
+            partitioner=tf.compat.v1.fixed_size_partitioner(3),
+        )
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            got, whole = session.run([looked_up, tf.concat(list(parts), axis=0)])
+    np.testing.assert_array_equal(got[:, 0], start[[0, 7, size - 1]])
+    np.testing.assert_array_equal(whole[:, 0], start)
+    # Tables without given rows start at 0, as before.
+    assert "device" in columns.bias
+
+
+def test_the_split_key_gets_a_bias_and_no_embedding():
+    the_plan = plan()
+    columns = create_feature_columns(the_plan, id_bias=True, key_features=["user_id"])
+    assert "user_id" not in [c.categorical_column.name for c in columns.all]
+    assert "user_id" in columns.bias
+    assert sorted(c.categorical_column.name for c in columns.dense) == ["device", "item_id"]
+    nothing = create_feature_columns(the_plan, key_features=["user_id"])
+    assert not any("user_id" in c.categorical_column.name for c in nothing.all)

@@ -125,3 +125,35 @@ def test_numeric_z_scores_are_clipped_for_training_and_serving_alike():
     plan = SimpleNamespace(features={}, numeric_features=["price"])
     prepared = prepare_features({"price": tf.constant([0.5, -1e3, 1e6, 5.0])}, plan)
     np.testing.assert_array_equal(prepared["price"].numpy(), [0.5, -5.0, 5.0, 5.0])
+
+
+def test_the_split_key_is_read_through_its_bias_key_only():
+    features = {
+        "item_id": tf.constant([4, 1, 0], tf.int64),
+        "history": _parsed([[1], [], [2]]),
+        "price": tf.zeros([3]),
+    }
+    prepared = prepare_features(features, _oov_plan(), id_bias=True, key_features=["item_id"])
+    assert _rows(prepared["item_id__bias"], 3) == [[4], [1], [0]]
+    assert "item_id" not in prepared
+    without_bias = prepare_features(features, _oov_plan(), key_features=["item_id"])
+    assert "item_id" not in without_bias and "item_id__bias" not in without_bias
+
+
+def test_sequence_dropout_leaves_out_a_share_of_each_history_in_order():
+    history = [list(range(50))] * 200
+    features = {
+        "item_id": _parsed([[1]] * 200),
+        "history": _parsed(history),
+        "price": tf.zeros([200]),
+    }
+    plan = _oov_plan()
+    plan.features["history"].max_sequence_length = 50
+    prepared = prepare_features(features, plan, sequence_dropout=0.3, seed=5)
+    rows = _rows(prepared["history"], 200)
+    kept = sum(len(r) for r in rows) / (50 * 200)
+    assert 0.65 < kept < 0.75, kept
+    assert all(r == sorted(r) and set(r) <= set(range(50)) for r in rows), "order is kept"
+    assert len({tuple(r) for r in rows}) > 190, "a new draw for every row"
+    assert _rows(prepared["item_id"], 200) == [[1]] * 200, "categorical ids are left alone"
+    assert _rows(prepare_features(features, plan)["history"], 200) == history

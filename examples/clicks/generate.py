@@ -119,7 +119,14 @@ def generate(
 
 
 RATINGS_HEADER = (
-    "rating_id", "user_id", "item_id", "history", "genres", "age", "gender", "occupation",
+    "rating_id",
+    "user_id",
+    "item_id",
+    "history",
+    "genres",
+    "age",
+    "gender",
+    "occupation",
     "liked",
 )
 GENRES = 19

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import shutil
 import socket
 
@@ -41,7 +42,7 @@ from embedding.columns import (
 from embedding.planner import make_plan
 from tests.test_planner import config as planner_config
 from tests.test_planner import stats as planner_stats
-from trainer import inputs, prepare, selection, task, tpu_setup
+from trainer import baselines, inputs, prepare, selection, task, tpu_setup
 from trainer.model import create_model_fn
 
 MASTER = "grpc://10.240.1.2:8470"
@@ -457,12 +458,55 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     )
     parts = [v for v in graph.get_collection("variables") if v.op.name.startswith("items/part")]
     assert len(parts) == 2
+    _assert_bias_tables_start_at_the_log_odds(graph, plan, shards)
     resumed = task.train_and_evaluate(_args(output, tpu_dir, "--train-steps", "8", attention))
     assert resumed["trained_from_step"] == 6
     assert resumed["global_step"] == 8
 
     stats = artifacts.read_json(output, artifacts.STATS)
     assert metrics["examples"] == stats["rows"]["eval"]
+
+
+def _assert_bias_tables_start_at_the_log_odds(graph: tf.Graph, plan, train_files) -> None:
+    """The TPU graph initializes each bias table, split over the hosts, at the training
+    split's per-id log-odds (`baselines.initial_biases`), as the CPU graph does."""
+    # The flag's default factor on the bias: the bias tables hold log-odds / scale.
+    scale = task.parse_args(["--pipeline-output", "o", "--model-dir", "m", "--train-steps", "1"])
+    sums = baselines.split_sums(train_files, plan)
+    expected, _ = baselines.initial_biases(sums, plan, scale.id_bias_scale)
+    variables = graph.get_collection("variables")
+    checked = 0
+    for table, values in expected.items():
+        categorical = [
+            n for n in plan.tables[table].features if plan.features[n].type == "categorical"
+        ]
+        name = f"{table if len(categorical) > 1 else categorical[0]}__bias"
+        # A shared table is TABLE__bias, a single column's bias_F/F__bias_embedding/...
+        parts = sorted(
+            (
+                v
+                for v in variables
+                if re.fullmatch(rf"(.*/)?{name}(_embedding/embedding_weights)?/part_\d+", v.op.name)
+            ),
+            key=lambda v: v.op.name,
+        )
+        assert len(parts) == 2, (name, [v.op.name for v in variables if "__bias" in v.op.name])
+        with graph.as_default():
+            initial_names = [p.initial_value.name for p in parts]
+        subgraph = tf.compat.v1.graph_util.extract_sub_graph(
+            graph.as_graph_def(), [n.split(":")[0] for n in initial_names]
+        )
+        for node in subgraph.node:
+            node.device = ""
+        copy = tf.Graph()
+        with copy.as_default():
+            tf.graph_util.import_graph_def(subgraph, name="")
+        with tf.compat.v1.Session(graph=copy) as session:
+            initial = session.run(initial_names)
+        np.testing.assert_allclose(np.concatenate(initial)[:, 0], values, rtol=1e-6, err_msg=name)
+        assert np.abs(values).max() > 0.01, "measured rates, not zeros"
+        checked += 1
+    assert checked == len(expected) >= 2
 
 
 def _per_host_batches(files, plan, host, hosts):

@@ -104,6 +104,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="share of the categorical ids replaced by the OOV bucket in training, so the OOV "
         "row that unseen ids read is trained (0 turns it off)",
     )
+    parser.add_argument(
+        "--bias-init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the per-id bias tables at each id's smoothed log-odds on the training "
+        "split and the output at the prior, where counting ends (default: on)",
+    )
+    parser.add_argument(
+        "--key-term",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a split key listed as a categorical feature (user_id) gets a per-id bias only, "
+        "no embedding: it absorbs each training key's own effect; --no-key-term leaves it "
+        "out of the model (default: on)",
+    )
+    parser.add_argument(
+        "--history-dropout",
+        type=float,
+        default=0.0,
+        help="training only: share of each sequence's ids left out, a new draw each time a "
+        "row is read, so that a long history cannot identify its user (0: none)",
+    )
     parser.add_argument("--use-tpu", action="store_true", help="train on a Cloud TPU")
     parser.add_argument("--tpu", default=None, help="the TPU name (or grpc:// address)")
     parser.add_argument(
@@ -160,6 +182,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag in ("eval_every_steps", "eval_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.history_dropout < 1.0:
+        parser.error(f"--history-dropout must be in [0, 1), got {args.history_dropout}")
     if not 0.0 <= args.oov_train_share < 1.0:
         parser.error(f"--oov-train-share must be in [0, 1), got {args.oov_train_share}")
     if args.use_tpu and not args.tpu:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from common.config import Config
 from common.plan import EmbeddingPlan
@@ -26,7 +27,14 @@ def make_reproducible(seed: int, op_determinism: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Config, cluster=None):
+def build_estimator(
+    args: argparse.Namespace,
+    plan: EmbeddingPlan,
+    config: Config,
+    cluster=None,
+    start: tuple[dict, float] = ({}, 0.0),
+    key_features: Sequence[str] = (),
+):
     """The TPUEstimator: TPU embeddings on a Cloud TPU with --use-tpu, on CPU without.
 
     `train_batch_size` is the global batch; under PER_HOST_V2 the `input_fn` of each host is
@@ -42,6 +50,10 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
       plan: the embedding plan.
       config: the pipeline's config (its `[embedding]` section trains the tables).
       cluster: the TPU's resolver when --use-tpu (made from the flags when None).
+      start: (table -> its bias table's initial rows, the output's initial bias), from
+        `trainer.baselines.initial_biases`; the same values reach the CPU's tables and the
+        TPU's table configs.
+      key_features: the split key as a feature: a per-id bias only (`prepare.key_features`).
     """
     import tensorflow as tf
 
@@ -75,11 +87,14 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
         if args.id_bias and args.id_bias_decay
         else None
     )
+    bias_values, initial_logit = start
     columns = create_feature_columns(
         plan,
         id_bias=args.id_bias,
         pool_sequences=not args.history_attention,
         bias_learning_rate_fn=bias_rate,
+        key_features=key_features,
+        bias_initial_values=bias_values,
     )
     return tpu.TPUEstimator(
         model_fn=create_model_fn(
@@ -95,6 +110,9 @@ def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Confi
             embedding_l2=args.embedding_l2,
             cross_layers=args.cross_layers,
             bias_learning_rate_fn=bias_rate,
+            key_features=key_features,
+            bias_initial_values=bias_values,
+            initial_logit=initial_logit,
         ),
         config=run_config,
         use_tpu=args.use_tpu,

@@ -53,6 +53,8 @@ class RunInputs:
       fingerprints: the vocabularies' fingerprints, written with the training config.
       plan_edits: where the plan differs from the measured one (a user's choice).
       cluster: the TPU's resolver with --use-tpu, else None.
+      key_features: the split key, where it is a planned categorical feature and
+        --key-term is on: the model gives it a per-id bias only (`key_features`).
     """
 
     manifest: artifacts.Manifest
@@ -66,6 +68,7 @@ class RunInputs:
     fingerprints: dict[str, Any]
     plan_edits: list[str] = dataclasses.field(default_factory=list)
     cluster: Any = None
+    key_features: tuple[str, ...] = ()
 
 
 def prepare(args: argparse.Namespace) -> RunInputs:
@@ -85,6 +88,8 @@ def prepare(args: argparse.Namespace) -> RunInputs:
             ),
         )
     plan = load_or_make_plan(args.pipeline_output)
+    if not args.key_term:
+        plan = without_split_key(plan, config)
     refusal = capacity_refusal(args, config, plan)
     if refusal:
         raise TrainerError(refusal)
@@ -110,6 +115,35 @@ def prepare(args: argparse.Namespace) -> RunInputs:
         fingerprints=fingerprints,
         plan_edits=_plan_edits(plan, stats, config),
         cluster=check_tpu(args, manifest, train_files) if args.use_tpu else None,
+        key_features=key_features(plan, config),
+    )
+
+
+def key_features(plan: EmbeddingPlan, config: Config) -> tuple[str, ...]:
+    """The split key, where the plan has it as a categorical feature: a term that absorbs
+    each training key's own effect (a user's generosity), read through its per-id bias only
+    (`embedding.columns`); eval's unseen keys all read its OOV row."""
+    feature = plan.features.get(config.split.key)
+    return (feature.name,) if feature is not None and feature.type == "categorical" else ()
+
+
+def without_split_key(plan: EmbeddingPlan, config: Config) -> EmbeddingPlan:
+    """The plan less the split key (--no-key-term): the model never reads it."""
+    key = config.split.key
+    if key not in plan.features:
+        return plan
+    table = plan.features[key].table
+    tables = dict(plan.tables)
+    left = [n for n in tables[table].features if n != key]
+    if left:
+        tables[table] = dataclasses.replace(tables[table], features=left)
+    else:
+        del tables[table]
+    return dataclasses.replace(
+        plan,
+        tables=tables,
+        features={n: f for n, f in plan.features.items() if n != key},
+        dropped={**plan.dropped, key: "the split key, left out by --no-key-term"},
     )
 
 

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from common import artifacts, console, storage
@@ -65,9 +66,11 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, Any]:
     write_training_config(args, run)
-    measured = baselines(run)
+    measured, start = baselines(args, run)
     make_reproducible(args.seed, args.deterministic)
-    estimator = build_estimator(args, run.plan, run.config, run.cluster)
+    estimator = build_estimator(
+        args, run.plan, run.config, run.cluster, start, key_features=run.key_features
+    )
     selection = Selection(
         args, run.plan, run.validation_files, run.eval_files if run.eval_rows else []
     )
@@ -91,11 +94,15 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
     return metrics
 
 
-def baselines(run: RunInputs) -> dict[str, Any]:
-    """The single-feature baselines' figures on the eval split; none without eval rows."""
-    from trainer.baselines import measure
+def baselines(args: argparse.Namespace, run: RunInputs) -> tuple[dict[str, Any], tuple]:
+    """The single-feature baselines' figures on the eval split (none without eval rows), and
+    from the same training counts the model's start (--bias-init: `initial_biases`)."""
+    from trainer.baselines import categorical_features, initial_biases, measure, split_sums
 
-    return measure(run.train_files, run.eval_files, run.plan) if run.eval_rows else {}
+    train = split_sums(run.train_files, run.plan) if categorical_features(run.plan) else {}
+    measured = measure(run.train_files, run.eval_files, run.plan, train) if run.eval_rows else {}
+    use = args.bias_init and args.id_bias
+    return measured, initial_biases(train, run.plan, args.id_bias_scale) if use else ({}, 0.0)
 
 
 def train(
@@ -124,13 +131,15 @@ def train(
             seed=args.seed + start,
             id_bias=args.id_bias,
             oov_share=args.oov_train_share,
+            key_features=run.key_features,
+            sequence_dropout=args.history_dropout,
         )
         estimator.train(
             train_input,
             max_steps=target,
             hooks=[TrainingProgress(args.train_steps, args.batch_size)],
         )
-        selection.evaluate(estimator, make_input_fn)
+        selection.evaluate(estimator, partial(make_input_fn, key_features=run.key_features))
         start = target
     steps = global_step(estimator) - step_before
     elapsed = time.time() - started
@@ -170,7 +179,9 @@ def evaluate(args: argparse.Namespace, run: RunInputs, estimator) -> dict[str, A
 def _eval_input_fn(args: argparse.Namespace, run: RunInputs, files: list[str]):
     from trainer.inputs import make_input_fn
 
-    return make_input_fn(files, run.plan, training=False, id_bias=args.id_bias)
+    return make_input_fn(
+        files, run.plan, training=False, id_bias=args.id_bias, key_features=run.key_features
+    )
 
 
 def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[str, Any]) -> None:
@@ -180,7 +191,9 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
     from trainer.export import make_serving_input_receiver_fn
 
     best = metrics[BEST]
-    serving = make_serving_input_receiver_fn(run.transform_output, run.plan, id_bias=args.id_bias)
+    serving = make_serving_input_receiver_fn(
+        run.transform_output, run.plan, id_bias=args.id_bias, key_features=run.key_features
+    )
     # The run id is checked before and after the exports read the transform graph: equal,
     # they read the vocabularies of the run the model was trained on.
     check_same_run(args.pipeline_output, run.manifest)

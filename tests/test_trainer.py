@@ -526,9 +526,22 @@ def test_periodic_evaluation_selects_and_exports_the_best_checkpoint_on_validati
     reader = tf.train.load_checkpoint(str(model_dir / best["checkpoint"]))
     assert reader.get_tensor("global_step") == best["step"]
     assert best["eval"]["global_step"] == best["step"]
-    assert os.path.isdir(best["export_dir"]) and best["export_dir"] != metrics["export_dir"]
-    # The top level is the last checkpoint's evaluation on eval, next to the baselines.
-    assert written["global_step"] == 30 and written["examples"] > 0
+    # The chosen checkpoint is the exported model, and the top level holds its figures on
+    # eval; the last checkpoint's stand under `last` when it was not the one chosen.
+    assert os.path.isdir(best["export_dir"]) and best["export_dir"] == metrics["export_dir"]
+    assert not (model_dir / "export_best").exists()
+    assert written["global_step"] == best["step"] and written["examples"] > 0
+    assert written["auc"] == best["eval"]["auc"]
+    if best["step"] != 30:
+        assert written["last"]["global_step"] == 30
+    else:
+        assert "last" not in written
+    # The verdict: the chosen model against the best baseline, both on validation.
+    assert written["verdict"]["judged_on"] == "validation"
+    assert written["verdict"]["auc"] == pytest.approx(best["validation_auc"])
+    assert written["beats_baseline"] == (
+        written["verdict"]["auc"] >= written["verdict"]["best_baseline_auc"]
+    )
     assert written["best_baseline"] in ("item_id", "region", "device")
     assert written["best_baseline_auc"] == written[f"baseline_auc_{written['best_baseline']}"]
     # TensorBoard: train summaries in MODEL_DIR, validation and eval curves beside them.
@@ -751,3 +764,27 @@ def test_a_failed_command_ends_with_our_line_on_stderr(trained, tmp_path):
     assert done.returncode == 2
     assert "Exception ignored" not in done.stderr
     assert "past --train-steps 5" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_model_chosen_on_validation_is_not_below_the_best_baseline(
+    small_pipeline_output, tmp_path, monkeypatch
+):
+    """On small data, the default periodic evaluation chooses a checkpoint whose validation
+    AUC is at least the best single-feature baseline's, less the noise of a few hundred
+    rows, and says so in the verdict."""
+    import json
+
+    output = _with_validation_split(small_pipeline_output["output"], tmp_path / "out", monkeypatch)
+    model_dir = tmp_path / "model"
+    task.train_and_evaluate(_args(output, model_dir, "--train-epochs", "4", "--no-export"))
+    written = json.loads((model_dir / "eval_metrics.json").read_text())
+    config = json.loads((model_dir / "training_config.json").read_text())
+    stats = artifacts.read_json(output, artifacts.STATS)
+    # Four passes over the train rows at batch 64, and five evaluations over them.
+    assert config["train_steps"] == -(-4 * stats["rows"]["train"] // 64)
+    assert len(written["history"]) == 5
+    judged = written["verdict"]
+    assert judged["judged_on"] == "validation"
+    rows = stats["rows"]["validation"]
+    noise = 2 * 0.5 / rows**0.5  # two standard errors of an AUC near 0.5 on these rows
+    assert judged["auc"] >= judged["best_baseline_auc"] - noise, judged

@@ -6,9 +6,27 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from common import console
+
+EVALUATIONS = 5
+"""Evaluations on the validation split over a run, by default: the checkpoint chosen is at
+most a fifth of the run from the best one, for about a tenth more time on the ratings data."""
+
+
+def resolve_length(args: argparse.Namespace, train_rows: int, has_validation: bool) -> None:
+    """Sets `args.train_steps` from --train-epochs and the train split's rows, and
+    `args.eval_every_steps` from its default (EVALUATIONS evaluations over the run with a
+    validation split, none without; 0: none). The resolved values are the ones written to
+    training_config.json."""
+    if args.train_epochs is not None:
+        args.train_steps = max(1, math.ceil(args.train_epochs * train_rows / args.batch_size))
+    if args.eval_every_steps is None and has_validation:
+        args.eval_every_steps = max(1, math.ceil(args.train_steps / EVALUATIONS))
+    if not args.eval_every_steps:
+        args.eval_every_steps = None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -23,7 +41,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--pipeline-output", required=True, help="the pipeline's OUTPUT")
     parser.add_argument("--model-dir", required=True, help="checkpoints and exports (or gs://)")
-    parser.add_argument("--train-steps", type=int, required=True, help="total training steps")
+    length = parser.add_mutually_exclusive_group(required=True)
+    length.add_argument("--train-steps", type=int, help="total training steps")
+    length.add_argument(
+        "--train-epochs",
+        type=float,
+        help="total training in passes over the train split: the steps are epochs x "
+        "stats.json's train rows / --batch-size, rounded up",
+    )
     parser.add_argument(
         "--eval-steps",
         type=int,
@@ -35,8 +60,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="also evaluate every N steps during training: on the validation split, which "
-        "selects the best checkpoint (exported to export_best/), or on eval for the curves "
-        "only when the pipeline output has no validation split",
+        "selects the checkpoint that is exported and reported, or on eval for the curves "
+        f"only when the pipeline output has no validation split (default: {EVALUATIONS} "
+        "evaluations over the run when there is a validation split, none without; 0: none)",
+    )
+    parser.add_argument(
+        "--require-beats-baseline",
+        action="store_true",
+        help="exit with status 3, after writing everything, when the chosen model scores "
+        "below the best single-feature baseline (judged on validation, else on eval)",
     )
     parser.add_argument(
         "--batch-size",
@@ -171,7 +203,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--hidden-units must be integers separated by commas: {args.hidden_units}")
     for flag in ("train_steps", "batch_size", "iterations_per_loop", "save_checkpoints_steps"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if not args.hidden_units or min(args.hidden_units) < 1:
         parser.error(f"--hidden-units must be positive layer sizes, got {args.hidden_units}")
@@ -179,9 +211,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--embedding-learning-rate must be > 0")
     if args.cross_layers < 0:
         parser.error("--cross-layers must be >= 0")
-    for flag in ("eval_every_steps", "eval_steps"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.train_epochs is not None and args.train_epochs <= 0:
+        parser.error(f"--train-epochs must be > 0, got {args.train_epochs}")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        parser.error("--eval-steps must be >= 1")
+    if args.eval_every_steps is not None and args.eval_every_steps < 0:
+        parser.error("--eval-every-steps must be >= 0 (0: no evaluation during training)")
     if not 0.0 <= args.history_dropout < 1.0:
         parser.error(f"--history-dropout must be in [0, 1), got {args.history_dropout}")
     if not 0.0 <= args.oov_train_share < 1.0:

@@ -188,10 +188,15 @@ def create_model_fn(
             net = x0 * tf.compat.v1.layers.dense(net, width, name=f"cross_{i}") + net
         for i, units in enumerate(hidden_units):
             net = tf.compat.v1.layers.dense(net, units, activation=tf.nn.relu, name=f"hidden_{i}")
+        # Started from counts, the network's output starts at 0 (a zero kernel): the first
+        # prediction is the count's, and the network learns only what improves on it. A
+        # random output layer would add a random score per row on top of the count, which
+        # costs more than the early steps can win back.
         logits = tf.compat.v1.layers.dense(
             net,
             1,
             name="logits",
+            kernel_initializer=tf.compat.v1.zeros_initializer() if bias_initial_values else None,
             bias_initializer=tf.compat.v1.constant_initializer(float(initial_logit)),
         )
         if biases:

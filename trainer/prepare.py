@@ -31,6 +31,7 @@ from trainer.checks import (
     plan_edits,
     vocabulary_fingerprints,
 )
+from trainer.cli import resolve_length
 from trainer.selection import VALIDATION
 from trainer.tpu_setup import capacity_refusal, check_tpu_batch, tpu_cluster, tpu_topology
 
@@ -99,10 +100,12 @@ def prepare(args: argparse.Namespace) -> RunInputs:
     check_vocabularies(plan, transform_output)
     fingerprints = vocabulary_fingerprints(plan, transform_output)
     stats = artifacts.read_json(args.pipeline_output, artifacts.STATS)
+    # A split the pipeline wrote with no rows (its one empty file) is no split to select on.
+    has_validation = bool(manifest.data.get(VALIDATION) and stats["rows"].get(VALIDATION, 0))
+    resolve_length(args, int(stats["rows"]["train"]), has_validation)
+    check_model_dir(args.model_dir, plan, config, vars(args), fingerprints)
     check_same_run(args.pipeline_output, manifest)
     train_files = manifest.data_files("train")
-    # A split the pipeline wrote with no rows (its one empty file) is no split to select on.
-    has_validation = manifest.data.get(VALIDATION) and stats["rows"].get(VALIDATION, 0)
     return RunInputs(
         manifest=manifest,
         train_files=train_files,

@@ -138,12 +138,12 @@ class Selection:
             }
 
     def best_summary(self, estimator, eval_input_fn) -> dict[str, Any]:
-        """What was selected, with the best checkpoint's eval figures when it is not the
-        last one (the top-level figures are the last checkpoint's)."""
+        """What was selected, with the best checkpoint's eval figures (`chosen_figures`
+        makes them the top-level figures when it is not the last checkpoint)."""
         if not self.files:
             reason = (
                 "no validation rows in the pipeline output ([split] validation_fraction): "
-                "nothing was selected; export/ holds the last checkpoint only"
+                "nothing was selected; export/ holds the last checkpoint"
             )
             if self.args.eval_every_steps:
                 LOG.warning("%s", reason)
@@ -225,6 +225,68 @@ def _keep_checkpoint(checkpoint: str, model_dir: str) -> str:
 def without_run_only(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics less what only this run's return value carries (`RUN_ONLY`)."""
     return {k: v for k, v in metrics.items() if k not in RUN_ONLY}
+
+
+def chosen_figures(last: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the model the run exports: the checkpoint chosen on validation where
+    one was chosen before the last step (the last checkpoint's figures then sit under
+    `last`), else the last checkpoint's."""
+    chosen = best.get("eval") or {}
+    if (
+        best.get("checkpoint")
+        and chosen.get("examples")
+        and best["step"] != last.get("global_step")
+    ):
+        return {**chosen, "last": last}
+    return last
+
+
+def verdict(
+    metrics: dict[str, Any], validation_baselines: dict[str, Any], best: dict[str, Any]
+) -> dict[str, Any]:
+    """The chosen model against the best single-feature baseline, as TFX's Evaluator blesses
+    a model: on the validation split where the model was chosen there (the rows the choice
+    saw, not the eval rows it is reported on), else on eval.
+
+    Returns:
+      `beats_baseline` (the model scores at least the baseline: AUC >=, RMSE <=) and
+      `verdict` (where it was judged, both figures); empty where either figure is missing.
+    """
+    for metric, higher in (("auc", True), ("rmse", False)):
+        baseline_key = f"best_baseline_{metric}"
+        on_validation = best.get(f"{VALIDATION}_{metric}")
+        if on_validation is not None and validation_baselines.get(baseline_key) is not None:
+            judged_on, model, baselines = VALIDATION, on_validation, validation_baselines
+        elif metrics.get(metric) is not None and metrics.get(baseline_key) is not None:
+            judged_on, model, baselines = "eval", metrics[metric], metrics
+        else:
+            continue
+        base = float(baselines[baseline_key])
+        beats = float(model) >= base if higher else float(model) <= base
+        return {
+            "beats_baseline": beats,
+            "verdict": {
+                "judged_on": judged_on,
+                metric: float(model),
+                "best_baseline": baselines["best_baseline"],
+                baseline_key: base,
+            },
+        }
+    return {}
+
+
+def losing_line(metrics: dict[str, Any]) -> str:
+    """One plain line when the chosen model loses to counting one column; empty otherwise."""
+    if metrics.get("beats_baseline") is not False:
+        return ""
+    judged = metrics["verdict"]
+    metric = "auc" if "auc" in judged else "rmse"
+    return (
+        f"The model does not beat counting: its {judged['judged_on']} {metric.upper()} "
+        f"{judged[metric]:.4f} is worse than the {judged['best_baseline']} baseline's "
+        f"{judged[f'best_baseline_{metric}']:.4f}; do not deploy it as it is (train longer, "
+        "change the model, or use the baseline)."
+    )
 
 
 def log_verdict(metrics: dict[str, Any]) -> None:

@@ -42,9 +42,12 @@ from trainer.selection import (
     HISTORY,
     Selection,
     checkpoint_in,
+    chosen_figures,
     eval_points,
     jsonable,
     log_verdict,
+    losing_line,
+    verdict,
     without_run_only,
 )
 
@@ -66,7 +69,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, Any]:
     write_training_config(args, run)
-    measured, start = baselines(args, run)
+    measured, on_validation, start = baselines(args, run)
     make_reproducible(args.seed, args.deterministic)
     estimator = build_estimator(
         args, run.plan, run.config, run.cluster, start, key_features=run.key_features
@@ -77,11 +80,13 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
     step_before, steps = train(args, run, estimator, selection)
 
     check_same_run(args.pipeline_output, run.manifest)
-    metrics = evaluate(args, run, estimator)
+    best = selection.best_summary(estimator, _eval_input_fn(args, run, run.eval_files))
+    metrics = chosen_figures(evaluate(args, run, estimator), best)
     metrics.update(measured)
     if selection.history:
         metrics[HISTORY] = selection.history
-    metrics[BEST] = selection.best_summary(estimator, _eval_input_fn(args, run, run.eval_files))
+    metrics[BEST] = best
+    metrics.update(verdict(metrics, on_validation, best))
     check_same_run(args.pipeline_output, run.manifest)  # the evaluation read the run's own rows
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
     log_verdict(metrics)
@@ -94,15 +99,19 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
     return metrics
 
 
-def baselines(args: argparse.Namespace, run: RunInputs) -> tuple[dict[str, Any], tuple]:
-    """The single-feature baselines' figures on the eval split (none without eval rows), and
-    from the same training counts the model's start (--bias-init: `initial_biases`)."""
+def baselines(args: argparse.Namespace, run: RunInputs) -> tuple[dict, dict, tuple]:
+    """The single-feature baselines' figures on the eval split (none without eval rows) and
+    on the validation split (the verdict's), and from the same training counts the model's
+    start (--bias-init: `initial_biases`)."""
     from trainer.baselines import categorical_features, initial_biases, measure, split_sums
 
     train = split_sums(run.train_files, run.plan) if categorical_features(run.plan) else {}
     measured = measure(run.train_files, run.eval_files, run.plan, train) if run.eval_rows else {}
+    validation = run.validation_files
+    on_validation = measure(run.train_files, validation, run.plan, train) if validation else {}
     use = args.bias_init and args.id_bias
-    return measured, initial_biases(train, run.plan, args.id_bias_scale) if use else ({}, 0.0)
+    start = initial_biases(train, run.plan, args.id_bias_scale) if use else ({}, 0.0)
+    return measured, on_validation, start
 
 
 def train(
@@ -185,38 +194,36 @@ def _eval_input_fn(args: argparse.Namespace, run: RunInputs, files: list[str]):
 
 
 def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[str, Any]) -> None:
-    """Exports the last checkpoint to export/ and the selected one to export_best/, both
-    serving raw tf.Examples; removes them again when the pipeline output was recommitted
-    while they read its transform graph."""
+    """Exports the chosen checkpoint (the one validation chose, else the last) to export/,
+    serving raw tf.Examples; removes it again when the pipeline output was recommitted while
+    it read its transform graph."""
     from trainer.export import make_serving_input_receiver_fn
 
     best = metrics[BEST]
     serving = make_serving_input_receiver_fn(
         run.transform_output, run.plan, id_bias=args.id_bias, key_features=run.key_features
     )
-    # The run id is checked before and after the exports read the transform graph: equal,
-    # they read the vocabularies of the run the model was trained on.
+    # The run id is checked before and after the export reads the transform graph: equal,
+    # it read the vocabularies of the run the model was trained on.
     check_same_run(args.pipeline_output, run.manifest)
-    exports = []
-    path = estimator.export_saved_model(artifacts.join(args.model_dir, "export"), serving)
-    exports.append(path.decode() if isinstance(path, bytes) else path)
-    metrics["export_dir"] = exports[-1]
+    path = estimator.export_saved_model(
+        artifacts.join(args.model_dir, "export"),
+        serving,
+        checkpoint_path=checkpoint_in(args.model_dir, best["checkpoint"])
+        if best.get("checkpoint")
+        else None,
+    )
+    path = path.decode() if isinstance(path, bytes) else path
+    metrics["export_dir"] = path
     if best.get("checkpoint"):
-        path = estimator.export_saved_model(
-            artifacts.join(args.model_dir, "export_best"),
-            serving,
-            checkpoint_path=checkpoint_in(args.model_dir, best["checkpoint"]),
-        )
-        exports.append(path.decode() if isinstance(path, bytes) else path)
-        best["export_dir"] = exports[-1]
+        best["export_dir"] = path
     try:
         check_same_run(args.pipeline_output, run.manifest)
     except TrainerError:
-        for export_dir in exports:
-            storage.delete_tree(export_dir)
-            parent = export_dir.rstrip("/").rsplit("/", 1)[0]
-            if not storage.list_files(parent):
-                storage.delete_tree(parent)
+        storage.delete_tree(path)
+        parent = path.rstrip("/").rsplit("/", 1)[0]
+        if not storage.list_files(parent):
+            storage.delete_tree(parent)
         raise
     if best.get("export_dir"):
         artifacts.write_json(args.model_dir, EVAL_METRICS, without_run_only(metrics))
@@ -240,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("%s", line)
         return 2
     print(json.dumps(metrics, indent=2))
+    line = losing_line(metrics)
+    if line:
+        LOG.warning("%s", line)  # the last line of the run, plainly
+        if args.require_beats_baseline:
+            return 3
     return 0
 
 

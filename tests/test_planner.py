@@ -216,7 +216,9 @@ def _with_eval(measured, feature, tokens, unseen_rate):
 def test_a_feature_whose_eval_values_training_never_saw_is_dropped_with_its_reason():
     measured = _with_eval(stats(), "user_id", 50, 1.0)
     _with_eval(measured, "item_id", 50, 0.3)
-    plan = make_plan(measured, config())
+    # Rows split by another column: user_id is a feature like any other.
+    by_session = {"key": "session_id"}
+    plan = make_plan(measured, config(split=by_session))
     assert "user_id" not in plan.features and "user_id" not in plan.tables
     assert plan.dropped["user_id"].startswith("100.0% of its 50 eval values never occur")
     assert "keep = true" in plan.dropped["user_id"]
@@ -224,12 +226,22 @@ def test_a_feature_whose_eval_values_training_never_saw_is_dropped_with_its_reas
     assert "user_id: " in format_plan(plan)
     # Kept on request, with a note; and not judged on too few eval tokens.
     kept = config(
-        feature=[{"name": "user_id", "type": "categorical", "keep": True}, *config_features()]
+        split=by_session,
+        feature=[{"name": "user_id", "type": "categorical", "keep": True}, *config_features()],
     )
     plan = make_plan(measured, kept)
     assert "user_id" in plan.features
     assert any(n.startswith("user_id: kept (keep = true) although 100.0%") for n in plan.notes)
-    assert "user_id" in make_plan(_with_eval(stats(), "user_id", 9, 1.0), config()).features
+    few = _with_eval(stats(), "user_id", 9, 1.0)
+    assert "user_id" in make_plan(few, config(split=by_session)).features
+
+
+def test_the_split_key_listed_as_a_feature_is_kept_for_its_training_only_term():
+    measured = _with_eval(stats(), "user_id", 50, 1.0)
+    plan = make_plan(measured, config())
+    assert "user_id" in plan.features and "user_id" not in plan.dropped
+    (note,) = [n for n in plan.notes if n.startswith("user_id: the split key")]
+    assert "per-id bias" in note
 
 
 def config_features():

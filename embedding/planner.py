@@ -125,7 +125,8 @@ def make_plan(
                     notes.append(
                         f"{name}: the split key, kept for a per-key term in training only (the "
                         "trainer gives it a per-id bias and no embedding; eval's unseen keys "
-                        "read its OOV row, trained to stand for the average key): " + unseen
+                        "read its OOV row, trained to stand for the average key): "
+                        + unseen.split(" (")[0]
                     )
                 elif not feature.keep:
                     dropped[name] = unseen + "; set keep = true in its [[feature]] to keep it"

@@ -171,6 +171,9 @@ def test_initial_biases_are_the_smoothed_log_odds_around_the_prior():
     assert values["items"].shape == (6,)  # the table's buckets, not the sums' extra slot
     np.testing.assert_allclose(values["items"], expected / 10.0, rtol=1e-5, atol=1e-7)
     assert values["items"][0] > 0 > values["items"][1]
+    # Started from the counts of some features only: the others' tables are left out.
+    only, same_logit = baselines.initial_biases(sums, plan, scale=10.0, features=["history"])
+    assert only == {} and same_logit == pytest.approx(logit)
 
 
 def test_initial_biases_for_regression_are_the_smoothed_means(tmp_path):

@@ -118,7 +118,10 @@ def smoothed_rates(sums: Sums, prior: float, smoothing: float = SMOOTHING) -> np
 
 
 def initial_biases(
-    train: dict[str, Sums], plan: EmbeddingPlan, scale: float = 1.0
+    train: dict[str, Sums],
+    plan: EmbeddingPlan,
+    scale: float = 1.0,
+    features: Sequence[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Where counting ends, as the model's starting point: each bias table's initial rows and
     the output layer's initial bias.
@@ -134,6 +137,8 @@ def initial_biases(
       train: per-feature sums over the training split (`split_sums`).
       plan: the embedding plan.
       scale: the factor on the bias in the model's logit.
+      features: the features whose counts the model starts from (default: every counted
+        categorical feature); the others' tables start at 0.
 
     Returns:
       (table -> initial values, one per bucket; the initial logit). Tables of no counted
@@ -143,6 +148,8 @@ def initial_biases(
     if not counted or not train[counted[0]].rows.sum():
         return {}, 0.0
     first = train[counted[0]]
+    if features is not None:
+        counted = [n for n in counted if n in features]
     prior = float(first.labels.sum() / first.rows.sum())
     binary = plan.label["type"] == "binary"
     if binary:

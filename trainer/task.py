@@ -109,8 +109,12 @@ def baselines(args: argparse.Namespace, run: RunInputs) -> tuple[dict, dict, tup
     measured = measure(run.train_files, run.eval_files, run.plan, train) if run.eval_rows else {}
     validation = run.validation_files
     on_validation = measure(run.train_files, validation, run.plan, train) if validation else {}
+    # Counting ends at the best single feature on validation: summing every feature's
+    # log-odds would also add those whose rates only tell the few keys behind each value
+    # apart (an occupation's rate is its users' generosity), which do not carry over.
+    counted = [*run.key_features, *([on_validation["best_baseline"]] if on_validation else [])]
     use = args.bias_init and args.id_bias
-    start = initial_biases(train, run.plan, args.id_bias_scale) if use else ({}, 0.0)
+    start = initial_biases(train, run.plan, args.id_bias_scale, counted) if use else ({}, 0.0)
     return measured, on_validation, start
 
 

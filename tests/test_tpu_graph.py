@@ -42,6 +42,7 @@ from embedding.columns import (
 from embedding.planner import make_plan
 from tests.test_planner import config as planner_config
 from tests.test_planner import stats as planner_stats
+from tests.test_trainer import _with_validation_split
 from trainer import baselines, inputs, prepare, selection, task, tpu_setup
 from trainer.model import create_model_fn
 
@@ -171,6 +172,7 @@ def _args(output, model_dir, *extra):
 
 
 TPU_FLAGS = ("--use-tpu", "--tpu", "my-tpu", "--iterations-per-loop", "4")
+NO_PERIODIC = ("--eval-every-steps", "0")
 
 
 def _library_nodes(graph: tf.Graph, op_type: str) -> list:
@@ -400,7 +402,9 @@ def _shard(files: list[str], directory, count: int) -> list[str]:
 def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoints(
     small_pipeline_output, tmp_path, monkeypatch
 ):
-    output, plan = small_pipeline_output["output"], small_pipeline_output["plan"]
+    plan = small_pipeline_output["plan"]
+    # A validation split: the bias tables start from its best single feature's counts.
+    output = _with_validation_split(small_pipeline_output["output"], tmp_path / "out", monkeypatch)
     adam = EmbeddingConfig(optimizer="adam", learning_rate=0.01, clip_weight_max=0.5)
     real_config = read_pipeline_config
 
@@ -419,7 +423,7 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     cpu_dir = tmp_path / "cpu"
     # This model attends over the history: the TPU looks it up as a sequence.
     attention = "--history-attention"
-    task.train_and_evaluate(_args(output, cpu_dir, "--train-steps", "6", attention))
+    task.train_and_evaluate(_args(output, cpu_dir, "--train-steps", "6", attention, *NO_PERIODIC))
     cpu_checkpoint = tf.train.latest_checkpoint(str(cpu_dir))
     assert "items/Adam/m" in _checkpoint_values(cpu_checkpoint)
 
@@ -428,7 +432,7 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     tpu = FakeTPU(hosts=2, cores_per_host=16)
     with tpu.installed():
         metrics = task.train_and_evaluate(
-            _args(output, model_dir, "--train-steps", "12", attention, *TPU_FLAGS)
+            _args(output, model_dir, "--train-steps", "12", attention, *NO_PERIODIC, *TPU_FLAGS)
         )
     graph = tpu.train_graph
     _assert_configuration_is_the_plan(
@@ -458,8 +462,12 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     )
     parts = [v for v in graph.get_collection("variables") if v.op.name.startswith("items/part")]
     assert len(parts) == 2
-    _assert_bias_tables_start_at_the_log_odds(graph, plan, shards)
-    resumed = task.train_and_evaluate(_args(output, tpu_dir, "--train-steps", "8", attention))
+    _assert_bias_tables_start_at_the_log_odds(
+        graph, plan, shards, artifacts.data_files(output, "validation")
+    )
+    resumed = task.train_and_evaluate(
+        _args(output, tpu_dir, "--train-steps", "8", attention, *NO_PERIODIC)
+    )
     assert resumed["trained_from_step"] == 6
     assert resumed["global_step"] == 8
 
@@ -467,16 +475,23 @@ def test_tpu_pod_2_hosts_16_cores_adam_splits_input_by_host_and_moves_checkpoint
     assert metrics["examples"] == stats["rows"]["eval"]
 
 
-def _assert_bias_tables_start_at_the_log_odds(graph: tf.Graph, plan, train_files) -> None:
-    """The TPU graph initializes each bias table, split over the hosts, at the training
-    split's per-id log-odds (`baselines.initial_biases`), as the CPU graph does."""
+def _assert_bias_tables_start_at_the_log_odds(
+    graph: tf.Graph, plan, train_files, validation_files
+) -> None:
+    """The TPU graph initializes each bias table, split over the hosts, where the CPU graph
+    does: the best single feature's on validation at its training log-odds
+    (`baselines.initial_biases`), every other one at 0."""
     # The flag's default factor on the bias: the bias tables hold log-odds / scale.
     scale = task.parse_args(["--pipeline-output", "o", "--model-dir", "m", "--train-steps", "1"])
     sums = baselines.split_sums(train_files, plan)
-    expected, _ = baselines.initial_biases(sums, plan, scale.id_bias_scale)
+    best = baselines.measure(train_files, validation_files, plan, sums)["best_baseline"]
+    expected, _ = baselines.initial_biases(sums, plan, scale.id_bias_scale, [best])
+    assert list(expected) == [plan.features[best].table]
     variables = graph.get_collection("variables")
-    checked = 0
-    for table, values in expected.items():
+    tables = {
+        plan.features[n].table for n in plan.features if plan.features[n].type == "categorical"
+    }
+    for table in sorted(tables):
         categorical = [
             n for n in plan.tables[table].features if plan.features[n].type == "categorical"
         ]
@@ -502,11 +517,12 @@ def _assert_bias_tables_start_at_the_log_odds(graph: tf.Graph, plan, train_files
         with copy.as_default():
             tf.graph_util.import_graph_def(subgraph, name="")
         with tf.compat.v1.Session(graph=copy) as session:
-            initial = session.run(initial_names)
-        np.testing.assert_allclose(np.concatenate(initial)[:, 0], values, rtol=1e-6, err_msg=name)
-        assert np.abs(values).max() > 0.01, "measured rates, not zeros"
-        checked += 1
-    assert checked == len(expected) >= 2
+            initial = np.concatenate(session.run(initial_names))[:, 0]
+        if table in expected:
+            np.testing.assert_allclose(initial, expected[table], rtol=1e-6, err_msg=name)
+            assert np.abs(initial).max() > 0.01, "measured rates, not zeros"
+        else:
+            np.testing.assert_array_equal(initial, 0.0, err_msg=name)
 
 
 def _per_host_batches(files, plan, host, hosts):

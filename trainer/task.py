@@ -100,22 +100,11 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
 
 
 def baselines(args: argparse.Namespace, run: RunInputs) -> tuple[dict, dict, tuple]:
-    """The single-feature baselines' figures on the eval split (none without eval rows) and
-    on the validation split (the verdict's), and from the same training counts the model's
-    start (--bias-init: `initial_biases`)."""
-    from trainer.baselines import categorical_features, initial_biases, measure, split_sums
+    """The baselines on eval and validation, and the model's start (`measure_and_start`)."""
+    from trainer.baselines import measure_and_start
 
-    train = split_sums(run.train_files, run.plan) if categorical_features(run.plan) else {}
-    measured = measure(run.train_files, run.eval_files, run.plan, train) if run.eval_rows else {}
-    validation = run.validation_files
-    on_validation = measure(run.train_files, validation, run.plan, train) if validation else {}
-    # Counting ends at the best single feature on validation: summing every feature's
-    # log-odds would also add those whose rates only tell the few keys behind each value
-    # apart (an occupation's rate is its users' generosity), which do not carry over.
-    counted = [*run.key_features, *([on_validation["best_baseline"]] if on_validation else [])]
-    use = args.bias_init and args.id_bias
-    start = initial_biases(train, run.plan, args.id_bias_scale, counted) if use else ({}, 0.0)
-    return measured, on_validation, start
+    start = args.bias_init and args.id_bias
+    return measure_and_start(run, args.id_bias_scale if start else None)
 
 
 def train(

@@ -289,6 +289,16 @@ def losing_line(metrics: dict[str, Any]) -> str:
     )
 
 
+def final_word(metrics: dict[str, Any], required: bool) -> int:
+    """Logs `losing_line`, the run's last line, when the model loses; returns the exit
+    status: 3 when it loses and --require-beats-baseline asks for a winner, else 0."""
+    line = losing_line(metrics)
+    if not line:
+        return 0
+    LOG.warning("%s", line)
+    return 3 if required else 0
+
+
 def log_verdict(metrics: dict[str, Any]) -> None:
     """Logs the model against its best single-feature baseline; warns when it loses."""
     from trainer.baselines import model_loses

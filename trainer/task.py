@@ -44,9 +44,9 @@ from trainer.selection import (
     checkpoint_in,
     chosen_figures,
     eval_points,
+    final_word,
     jsonable,
     log_verdict,
-    losing_line,
     verdict,
     without_run_only,
 )
@@ -199,12 +199,9 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
     # The run id is checked before and after the export reads the transform graph: equal,
     # it read the vocabularies of the run the model was trained on.
     check_same_run(args.pipeline_output, run.manifest)
+    chosen = checkpoint_in(args.model_dir, best["checkpoint"]) if best.get("checkpoint") else None
     path = estimator.export_saved_model(
-        artifacts.join(args.model_dir, "export"),
-        serving,
-        checkpoint_path=checkpoint_in(args.model_dir, best["checkpoint"])
-        if best.get("checkpoint")
-        else None,
+        artifacts.join(args.model_dir, "export"), serving, checkpoint_path=chosen
     )
     path = path.decode() if isinstance(path, bytes) else path
     metrics["export_dir"] = path
@@ -240,12 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("%s", line)
         return 2
     print(json.dumps(metrics, indent=2))
-    line = losing_line(metrics)
-    if line:
-        LOG.warning("%s", line)  # the last line of the run, plainly
-        if args.require_beats_baseline:
-            return 3
-    return 0
+    return final_word(metrics, args.require_beats_baseline)
 
 
 if __name__ == "__main__":

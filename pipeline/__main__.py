@@ -1,8 +1,12 @@
-"""`python -m pipeline`: see pipeline/run.py."""
+"""`python -m pipeline`: see pipeline/run.py. Runs in the pipeline environment only."""
 
 import sys
 
-from pipeline.run import main
+from common import environments
 
 if __name__ == "__main__":
+    # Before anything imports Beam or TensorFlow: one line naming the right environment.
+    environments.require(environments.PIPELINE, "python -m pipeline")
+    from pipeline.run import main
+
     sys.exit(main())

@@ -41,7 +41,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
-from common import artifacts, statistics
+from common import artifacts, environments, statistics
 from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
@@ -216,6 +216,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
             "pipeline option (--runner DataflowRunner --project P --region R ...)."
         ),
     )
+    environments.add_version_flag(parser, environments.PIPELINE)
     parser.add_argument("--config", required=True, help="the feature config (TOML)")
     parser.add_argument(
         "--input",
@@ -376,6 +377,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    environments.require(environments.PIPELINE, "python -m pipeline")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_beam_input_errors()  # a damaged input is said in one line, below
     try:

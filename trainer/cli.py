@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from common import environments
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The trainer's flags, checked (a bad value exits with argparse's usage error).
@@ -19,6 +21,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m trainer.task",
         description="Train TPUEstimator on the pipeline's output, on a Cloud TPU or on CPU.",
     )
+    environments.add_version_flag(parser, environments.TRAINER)
     parser.add_argument("--pipeline-output", required=True, help="the pipeline's OUTPUT")
     parser.add_argument("--model-dir", required=True, help="checkpoints and exports (or gs://)")
     parser.add_argument("--train-steps", type=int, required=True, help="total training steps")

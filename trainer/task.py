@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from common import artifacts, storage
+from common import artifacts, environments, storage
 from trainer.checks import TrainerError, check_same_run
 from trainer.cli import parse_args
 from trainer.estimator import build_estimator, global_step
@@ -183,6 +183,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    environments.require(environments.TRAINER, "python -m trainer.task")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     args = parse_args(argv)

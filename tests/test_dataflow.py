@@ -14,7 +14,7 @@ from examples.clicks import generate
 from pipeline import run as pipeline_run
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_env]
 
 DATAFLOW = [
     "--runner",

@@ -21,7 +21,7 @@ from common import artifacts
 from tests.conftest import SMALL_ROWS, raw_example
 from trainer import task
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer_env]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pipeline import sources
 from pipeline.input_files import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_env]
 
 ROWS = 300
 

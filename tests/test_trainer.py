@@ -28,7 +28,7 @@ from trainer import checks, task
 from trainer.estimator import build_estimator
 from trainer.inputs import make_input_fn
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer_env]
 
 
 def _args(output, model_dir, *extra):

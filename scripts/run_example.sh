@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole chain on generated example data: set up, generate, measure, plan, train, evaluate,
-# export. Outputs go under runs/example/ (override with RUN_DIR=...).
+# export. Outputs go under runs/example/ (override with RUN_DIR=...). The pipeline runs in the
+# pipeline environment (.venvs/pipeline/), the planner and the trainer in the trainer's (.venv/);
+# they meet through the files under RUN_DIR.
 #   ROWS=50000 TRAIN_STEPS=3000 BATCH_SIZE=256 bash scripts/run_example.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,14 +17,15 @@ MODEL="$RUN_DIR/model"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}" TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 bash scripts/setup.sh
+PIPELINE_PY=.venvs/pipeline/bin/python
 PY=.venv/bin/python
 started=$SECONDS
 
 echo; echo "== 1/4 Generating $ROWS example rows -> $DATA"
-$PY -m examples.clicks.generate --rows "$ROWS" --output "$DATA"
+$PIPELINE_PY -m examples.clicks.generate --rows "$ROWS" --output "$DATA"
 
 echo; echo "== 2/4 Pipeline: vocabularies, statistics, transformed TFRecords -> $OUTPUT"
-$PY -m pipeline --config examples/clicks/features.toml --input "$DATA" --output "$OUTPUT" \
+$PIPELINE_PY -m pipeline --config examples/clicks/features.toml --input "$DATA" --output "$OUTPUT" \
   --overwrite
 
 echo; echo "== 3/4 Embedding plan"

@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+WHERE=0
+if [ "${1:-}" = --where ]; then WHERE=1; shift; fi  # print the role and folder, set up nothing
 ROLE="${1:-${ROLE:-}}"
 case "$ROLE" in
   pipeline | trainer | "") ;;
@@ -41,11 +43,17 @@ if [ -z "$ROLE" ] && { [ -n "${PYTHON:-}" ] || [ -n "${UV_PROJECT_ENVIRONMENT:-}
 fi
 
 if [ -z "$ROLE" ]; then
+  if [ "$WHERE" = 1 ]; then echo "pipeline .venvs/pipeline"; echo "trainer .venv"; exit 0; fi
   bash "$0" pipeline
   bash "$0" trainer
   exit 0
 fi
 
+if [ "$WHERE" = 1 ]; then
+  [ "$ROLE" = pipeline ] && default=.venvs/pipeline || default=.venv
+  echo "$ROLE ${UV_PROJECT_ENVIRONMENT:-$default}"
+  exit 0
+fi
 if ! command -v uv >/dev/null 2>&1; then
   echo "Installing uv (the lock file's resolver and installer) with pip..."
   python3 -m pip install --quiet "uv==0.13.9"

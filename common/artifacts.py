@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 from common import storage
@@ -23,6 +24,9 @@ CONFIG = "config.json"
 PLAN = "embedding_plan.json"
 SUCCESS = "_SUCCESS"
 REPORT = "report.html"
+STATISTICS_DIR = "statistics"
+"""Per split, `<split>.pb`: a DatasetFeatureStatisticsList (pipeline/feature_statistics.py)."""
+SCHEMA = "schema.pbtxt"
 DATA_DIR = "data"
 REJECTED_DIR = "rejected"
 WORK_DIR = ".work"
@@ -37,7 +41,15 @@ TFRECORD_SUFFIX = ".tfrecord.gz"
 EMPTY_SHARD_BYTES = 20
 """The size of a gzip stream without data (header, an empty block, trailer): a shard of at
 most this size holds no examples; one more byte of data makes the stream longer."""
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""Version 2 records each file's CRC32C beside its size; version 1 (sizes only) is still read,
+its small files then checked by size only (see `require_complete`)."""
+READ_MANIFEST_VERSIONS = (1, 2)
+CHECKSUMS_DIR = "crc32c"
+"""Under the run's `.work/`: each data shard's CRC32C, computed as the shard is written."""
+
+
+LOG = logging.getLogger("pipeline")
 
 
 class PipelineOutputError(RuntimeError):
@@ -61,7 +73,8 @@ def read_json(directory: str, name: str) -> Any:
 
 
 def write_json(directory: str, name: str, value: Any) -> str:
-    return write_text(directory, name, json.dumps(value, indent=2) + "\n")
+    # Strict JSON: a NaN or infinity fails here, where it is made, not in a reader.
+    return write_text(directory, name, json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
 RENDERED_AFTER_COMMIT = frozenset({REPORT})
@@ -88,6 +101,8 @@ class Manifest:
         size in bytes.
       data: per split ("train", "validation", "eval"), the relative paths of its TFRecord
         shards, sorted (an empty list for a split without shards).
+      crc32c: every file's CRC32C as Cloud Storage reports it (base64 of the big-endian
+        value), by the same paths as `files`; empty in a version 1 manifest.
     """
 
     output: str
@@ -95,29 +110,68 @@ class Manifest:
     committed_at: str
     files: dict[str, int]
     data: dict[str, list[str]]
+    crc32c: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of_files(
-        cls, output: str, run_id: str, committed_at: str, files: dict[str, int]
+        cls,
+        output: str,
+        run_id: str,
+        committed_at: str,
+        files: dict[str, int],
+        crc32c: dict[str, str] | None = None,
     ) -> Manifest:
-        """The manifest of a run that wrote `files` (relative path -> size)."""
+        """The manifest of a run that wrote `files` (relative path -> size), whose CRC32Cs
+        are `crc32c` (relative path -> checksum, for each of `files`; None: unknown, a
+        version 1 manifest)."""
+        crc32c = crc32c or {}
+        if crc32c and set(crc32c) != set(files):
+            missing = sorted(set(files) ^ set(crc32c))
+            raise ValueError(f"files and checksums differ (first: {missing[0]})")
         data = {split: sorted(f for f in files if is_data_shard(f, split)) for split in SPLITS}
-        return cls(output, run_id, committed_at, dict(sorted(files.items())), data)
+        return cls(
+            output,
+            run_id,
+            committed_at,
+            dict(sorted(files.items())),
+            data,
+            dict(sorted(crc32c.items())),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "manifest_version": MANIFEST_VERSION,
+        value = {
+            "manifest_version": MANIFEST_VERSION if self.crc32c else 1,
             "run_id": self.run_id,
             "committed_at": self.committed_at,
             "files": self.files,
+            "crc32c": self.crc32c,
             "data": self.data,
         }
+        if not self.crc32c:
+            del value["crc32c"]
+        return value
+
+    def verified_files(self) -> list[str]:
+        """The files checked by content whenever the output is read: all but the data
+        shards (their records carry their own CRCs; `damaged_files` checks them after a read
+        failed), the rejected rows (read by no stage) and the files re-rendered after the
+        commit."""
+        return [
+            f
+            for f in self.files
+            if not f.startswith((DATA_DIR + "/", REJECTED_DIR + "/"))
+            and f not in RENDERED_AFTER_COMMIT
+        ]
 
     @classmethod
     def from_dict(cls, output: str, value: Any) -> Manifest:
         """Parses a manifest; raises ValueError (saying what is wrong) if it is not one."""
-        if not isinstance(value, dict) or value.get("manifest_version") != MANIFEST_VERSION:
-            raise ValueError(f"not a version {MANIFEST_VERSION} commit manifest")
+        if not isinstance(value, dict) or value.get("manifest_version") not in (
+            READ_MANIFEST_VERSIONS
+        ):
+            raise ValueError(
+                f"not a version {' or '.join(map(str, READ_MANIFEST_VERSIONS))} commit manifest"
+            )
         files, data = value.get("files"), value.get("data")
         if not all(isinstance(value.get(key), str) for key in ("run_id", "committed_at")):
             raise ValueError("run_id or committed_at missing")
@@ -138,7 +192,14 @@ class Manifest:
             unlisted = [s for s in shards if s not in files]
             if unlisted:
                 raise ValueError(f"{split} shard {unlisted[0]} is not among the files")
-        return cls(output, value["run_id"], value["committed_at"], files, data)
+        crc32c = value.get("crc32c", {})
+        if value["manifest_version"] >= 2 and (
+            not isinstance(crc32c, dict)
+            or set(crc32c) != set(files)
+            or not all(isinstance(v, str) for v in crc32c.values())
+        ):
+            raise ValueError("crc32c must map each of the files to its checksum")
+        return cls(output, value["run_id"], value["committed_at"], files, data, crc32c)
 
     def empty_shards(self, split: str) -> set[str]:
         """The full paths of a split's shards that hold no examples."""
@@ -214,7 +275,61 @@ def require_complete(pipeline_output: str) -> Manifest:
             f"changed since run {manifest.run_id} committed them (first: {changed[0]}); "
             + _rerun(manifest.output)
         )
+    if not manifest.crc32c:
+        LOG.warning(
+            "%s: its %s (written by an older version) records no checksums: its files are "
+            "checked by size only; %s to have them checked by content",
+            manifest.output,
+            SUCCESS,
+            _rerun(manifest.output).replace(" before planning or training", ""),
+        )
+        return manifest
+    for relative in manifest.verified_files():
+        _verify(manifest, relative)
     return manifest
+
+
+def _verify(manifest: Manifest, relative: str) -> None:
+    """Refuses a file whose CRC32C differs from the one its manifest records."""
+    path = join(manifest.output, relative)
+    actual = storage.crc32c(path)
+    if actual != manifest.crc32c[relative]:
+        raise PipelineOutputError(
+            f"{path}: its content changed since run {manifest.run_id} committed it (crc32c "
+            f"{actual}, {SUCCESS} records {manifest.crc32c[relative]}); " + _rerun(manifest.output)
+        )
+
+
+def damaged_files(manifest: Manifest, relatives: list[str] | None = None) -> list[str]:
+    """The full paths of the files (default: all the manifest lists) whose content no longer
+    has the CRC32C the manifest records: after a read failed, to name the file to blame.
+    Empty for a manifest without checksums."""
+    if not manifest.crc32c:
+        return []
+    return [
+        join(manifest.output, relative)
+        for relative in (relatives if relatives is not None else list(manifest.files))
+        if storage.exists(join(manifest.output, relative))
+        and storage.crc32c(join(manifest.output, relative)) != manifest.crc32c[relative]
+    ]
+
+
+def describe_damage(pipeline_output: str) -> str | None:
+    """After a read of the data shards failed as damaged: the shard(s) whose content is not
+    what the commit recorded, as a one-line message; None when none can be named."""
+    try:
+        manifest = read_manifest(pipeline_output)
+        shards = [f for split in SPLITS for f in manifest.data.get(split, [])]
+        damaged = damaged_files(manifest, shards)
+    except Exception:  # noqa: BLE001 - naming the file is a courtesy on the error path
+        return None
+    if not damaged:
+        return None
+    more = f" ({len(damaged) - 1} more)" if len(damaged) > 1 else ""
+    return (
+        f"{damaged[0]}{more}: the data shard is damaged (its crc32c differs from the one "
+        f"{SUCCESS} records); {_rerun(manifest.output)}"
+    )
 
 
 def data_files(pipeline_output: str, split: str) -> list[str]:

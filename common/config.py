@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,21 @@ a bag is unordered and pooled whole by the table's combiner."""
 TRUNCATE_MODES = ("keep_first", "keep_last")
 COMBINERS = ("mean", "sum", "sqrtn")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
+BIAS_SUFFIX = "__bias"
+"""The model keys a feature's per-id bias under `<feature>__bias` and its table under
+`<vocabulary>__bias` (embedding/columns.py): no feature or vocabulary may be named so."""
+
+
+def vocabulary_file_name(vocabulary: str) -> str:
+    """The file name tf.Transform gives a vocabulary under `transform_fn/assets/`.
+
+    tf.Transform's own rule (`tensorflow_transform.analyzers.sanitized_vocab_filename`):
+    every character other than a word character, a space or `-` becomes `_`, the ends are
+    stripped of spaces, and each run of spaces and `-` becomes one `-`. Two vocabularies
+    whose names map to one file overwrite each other's asset.
+    """
+    name = re.sub(r"[^\w\s-]", "_", vocabulary).strip()
+    return re.sub(r"[-\s]+", "-", name)
 
 
 class ConfigError(ValueError):
@@ -211,6 +227,19 @@ class Config:
         return dataclasses.asdict(self)
 
 
+SECTIONS: dict[str, type] = {
+    "input": InputConfig,
+    "split": SplitConfig,
+    "label": LabelConfig,
+    "feature": FeatureConfig,
+    "vocabulary": VocabularyConfig,
+    "sequence": SequenceConfig,
+    "embedding": EmbeddingConfig,
+}
+"""The TOML sections and the dataclass whose fields are each one's keys (`[[feature]]` is an
+array of tables; `[vocabulary.NAME]` takes the keys of `[vocabulary]`)."""
+
+
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 
@@ -288,7 +317,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
       ConfigError: on any unknown key, unknown type, or inconsistent setting; the message
         names the source and the key.
     """
-    known = {"input", "split", "label", "feature", "vocabulary", "sequence", "embedding"}
+    known = set(SECTIONS)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
@@ -301,10 +330,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
     input_config = _take(data.get("input", {}), InputConfig, "input", source)
     _one_of(input_config.format, INPUT_FORMATS, "input.format", source)
-    if len(input_config.field_delimiter) != 1 or input_config.field_delimiter in '"\r\n':
+    delimiter = input_config.field_delimiter
+    if len(delimiter) != 1 or not delimiter.isascii() or delimiter in '"\r\n':
+        # The CSV readers split lines of bytes on one byte: a character beyond ASCII is more.
         raise ConfigError(
-            f"{source}: input.field_delimiter must be one character other than a quote or a "
-            f"line break, got {input_config.field_delimiter!r}"
+            f"{source}: input.field_delimiter must be one ASCII character other than a quote "
+            f"or a line break, got {delimiter!r}"
         )
     if not input_config.list_delimiter:
         raise ConfigError(f"{source}: input.list_delimiter must not be empty")
@@ -368,6 +399,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             if isinstance(length, bool) or not isinstance(length, int) or length < 1:
                 raise ConfigError(f"{source}: {where}.max_sequence_length must be an integer >= 1")
         features.append(feature)
+    _check_reserved_and_file_names(features, source)
     numeric = {f.name for f in features if f.type == "numeric"}
     clash = sorted(numeric & {f.vocabulary for f in features if f.vocabulary})
     if clash:
@@ -447,6 +479,31 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         sequence=sequence,
         embedding=embedding,
     )
+
+
+def _check_reserved_and_file_names(features: list[FeatureConfig], source: str) -> None:
+    """Refuses names the model reserves, and vocabularies that would share one asset file."""
+    for feature in features:
+        for what, name in (("feature", feature.name), ("vocabulary", feature.vocabulary or "")):
+            if name.endswith(BIAS_SUFFIX):
+                raise ConfigError(
+                    f"{source}: {what} name {name!r} ends with {BIAS_SUFFIX!r}, which the model "
+                    "uses for its per-id bias keys; rename it"
+                )
+    files: dict[str, str] = {}
+    for feature in features:
+        if feature.type == "numeric":
+            continue
+        vocabulary = feature.vocabulary or feature.name
+        file_name = vocabulary_file_name(vocabulary)
+        other = files.setdefault(file_name, vocabulary)
+        if other != vocabulary:
+            raise ConfigError(
+                f"{source}: vocabularies {other!r} and {vocabulary!r} would both be written as "
+                f"transform_fn/assets/{file_name} (tf.Transform turns characters other than "
+                "letters, digits, _ and - into _ and spaces into -) and overwrite each other; "
+                "rename one"
+            )
 
 
 def _check_dimension(value: Any, key: str, source: str, allow_none: bool = False) -> None:

@@ -81,18 +81,3 @@ def version(role: str) -> str:
     stack = ", ".join(f"{name} {installed(name) or 'missing'}" for name in STACK[role])
     python = ".".join(map(str, sys.version_info[:3]))
     return f"tpu-embedding-pipeline {project} ({role} environment: {stack}; Python {python})"
-
-
-def add_version_flag(parser, role: str) -> None:
-    """`--version`: prints `version(role)` on one line (argparse's own action wraps it) and
-    exits, importing nothing."""
-    import argparse
-
-    class _Version(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            print(version(role))
-            parser.exit()
-
-    parser.add_argument(
-        "--version", nargs=0, action=_Version, help="print the versions this runs on and exit"
-    )

@@ -146,6 +146,26 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def crc32c_text(checksum) -> str:
+    """A `google_crc32c.Checksum` as Cloud Storage reports an object's crc32c: the base64 of
+    the big-endian CRC32C."""
+    import base64
+
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+def crc32c(path: str) -> str:
+    """The CRC32C of the file `path` as Cloud Storage reports it (`crc32c_text`), read in
+    blocks of 8 MiB."""
+    import google_crc32c
+
+    checksum = google_crc32c.Checksum()
+    with _filesystems().open(path, compression_type=_uncompressed()) as f:
+        while block := f.read(8 << 20):
+            checksum.update(block)
+    return crc32c_text(checksum)
+
+
 def open_stream(path: str, buffer_bytes: int):
     """Opens the file `path` to be read as a stream, about `buffer_bytes` fetched at a time.
 

@@ -2,7 +2,11 @@
 
 import sys
 
-from embedding.cli import main
+from common import console
+
+console.start()  # before TensorFlow is imported
+
+from embedding.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from common import artifacts
+from common import artifacts, console
 from embedding import capacity
 from embedding.planner import PlanError, format_plan, plan_pipeline_output
 
@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="shrink to fit --tpu-type: lower top_k of vocabularies marked `shrinkable = true` "
         '(printed as config changes, with the coverage they cost), then the "auto" dimensions',
     )
+    console.add_flags(parser)
     args = parser.parse_args(argv)
+    console.configure_logging(console.start(argv))
     if args.fit and not args.tpu_type:
         parser.error("--fit needs --tpu-type: the slice to fit the tables to")
     try:

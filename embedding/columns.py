@@ -27,10 +27,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from common.config import EmbeddingConfig
+from common.config import BIAS_SUFFIX, EmbeddingConfig
 from common.plan import EmbeddingPlan, TablePlan
-
-BIAS_SUFFIX = "__bias"
 
 
 def bias_feature(name: str) -> str:

@@ -9,13 +9,19 @@ no atomic rename of many objects:
 2. `commit`, once everything is written: delete the staging `.work/`, list the staging files
    (the manifest), refuse again if OUTPUT appeared without `--overwrite`, then
    a. invalidate the old commit: delete `OUTPUT/_SUCCESS` first;
-   b. delete every object of the old OUTPUT (its stale shards, its plan, everything);
+   b. delete the files of the old OUTPUT, each of which was checked to be ours: those its
+      manifest lists (and the planner's plan and report), or, without a readable manifest,
+      those whose names a run writes; a file that is not ours is never deleted (the run is
+      refused, naming it, before Beam starts and again here);
    c. move the staging files into OUTPUT (one rename of the directory locally; a copy and a
       delete of each object on Cloud Storage), the data shards renamed
       `data/<split>-<run id>-SSSSS-of-NNNNN.tfrecord.gz`;
    d. check that OUTPUT holds exactly the listed files with their sizes;
-   e. write `OUTPUT/_SUCCESS` LAST: the manifest (run id, time, every file and its size, the
-      shards of each split). Readers read exactly what it lists (`artifacts.require_complete`).
+   e. write `OUTPUT/_SUCCESS` LAST: the manifest (run id, time, every file with its size and
+      its CRC32C, the shards of each split). The shards' CRC32Cs were computed as they were
+      written (pipeline/sinks.py); the other files are read once for theirs before step 2a.
+      Readers read exactly what it lists, and check the small files' content
+      (`artifacts.require_complete`).
 3. A run that fails before step 2a leaves the previous OUTPUT untouched and committed:
    `abandon` deletes its staging prefix (best effort). A run over `--max-rejected-fraction`
    commits nothing and keeps its staging prefix with `rejected/`, `stats.json` and
@@ -80,23 +86,26 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-OWN_TOP_LEVEL = frozenset(
+OWN_FILES = frozenset(
     {
         artifacts.SUCCESS,
         artifacts.STATS,
         artifacts.CONFIG,
         artifacts.PLAN,
         artifacts.REPORT,
-        artifacts.DATA_DIR,
-        artifacts.REJECTED_DIR,
-        artifacts.WORK_DIR,
-        "transform_fn",
-        "transformed_metadata",
-        "metadata",
+        "metadata/schema.pbtxt",
+        "transformed_metadata/schema.pbtxt",
+        "transformed_metadata/asset_map",
+        "transform_fn/saved_model.pb",
+        "transform_fn/fingerprint.pb",
+        "transform_fn/variables/variables.index",
+        artifacts.SCHEMA,
+        *(f"{artifacts.STATISTICS_DIR}/{split}.pb" for split in artifacts.SPLITS),
     }
 )
-"""The top-level names a pipeline run (and the planner) writes into OUTPUT: --overwrite
-replaces an OUTPUT that holds nothing else, and refuses any other."""
+"""The files with fixed names that a pipeline run (and the planner) writes into OUTPUT."""
+WRITTEN_AFTER_COMMIT = frozenset({artifacts.PLAN, artifacts.REPORT})
+"""Files the planner writes into a committed OUTPUT, which its manifest may not list."""
 
 
 def normalize_output(output: str) -> str:
@@ -114,29 +123,58 @@ MARKERS = (artifacts.SUCCESS, artifacts.CONFIG, artifacts.STATS)
 """Files of which a pipeline output (or one a failed commit left half-written) has one."""
 
 
-def _own(relative: str) -> bool:
-    """Whether a file under OUTPUT is one a pipeline run or the planner writes there."""
-    top, _, rest = relative.partition("/")
-    if top not in OWN_TOP_LEVEL:
-        return False
-    if top == artifacts.DATA_DIR:
+def _own_name(relative: str) -> bool:
+    """Whether a file under OUTPUT has a name a pipeline run or the planner writes there."""
+    if relative in OWN_FILES:
+        return True
+    directory, _, name = relative.rpartition("/")
+    if directory == artifacts.DATA_DIR:
         return any(artifacts.is_data_shard(relative, split) for split in artifacts.SPLITS)
-    if top == artifacts.REJECTED_DIR:
-        return "/" not in rest and rest.endswith(".jsonl")
-    return True
+    if directory == artifacts.REJECTED_DIR:
+        return name.startswith("rejected-") and name.endswith(".jsonl")
+    if directory == "transform_fn/variables":
+        return name.startswith("variables.data-")
+    return directory == "transform_fn/assets"  # the vocabularies, named after the config's
 
 
-def _check_replaceable(output: str, inputs: list[str]) -> None:
-    """Refuses to replace an OUTPUT that is not a pipeline output or holds the inputs."""
+def _ours(output: str, present: dict[str, int]) -> set[str]:
+    """The files under OUTPUT that a pipeline run of ours wrote.
+
+    With a committed manifest, exactly the files it lists (and the planner's); without one
+    (a commit that failed half-way), the files whose names a run writes.
+    """
+    if artifacts.SUCCESS in present:
+        try:
+            manifest = artifacts.read_manifest(output)
+        except artifacts.PipelineOutputError:
+            pass  # damaged or from an older version: judged by the names, below
+        else:
+            listed = set(manifest.files) | {artifacts.SUCCESS} | WRITTEN_AFTER_COMMIT
+            return listed & set(present)
+    return {f for f in present if _own_name(f)}
+
+
+def _check_replaceable(output: str, inputs: list[str]) -> list[str]:
+    """Refuses to replace an OUTPUT that is not a pipeline output or holds the inputs.
+
+    Returns:
+      The files under OUTPUT (relative paths), every one of them ours, to be replaced.
+    """
+    if storage.is_file(output):
+        raise InputError(
+            f"--output {output} is a file, not a folder: --overwrite replaces only a pipeline "
+            "output; choose another --output"
+        )
     present = storage.list_files(output)
-    foreign = sorted(f for f in present if not _own(f))
+    ours = _ours(output, present)
+    foreign = sorted(f for f in present if f not in ours)
     if present and not foreign and not any(marker in present for marker in MARKERS):
         foreign = [f"(none of {', '.join(MARKERS)}: not a pipeline output)"]
-    if foreign or storage.is_file(output):
-        shown = foreign[0] if foreign else f"{output} is a file, not a folder"
+    if foreign:
         raise InputError(
-            f"--output {output} holds files a pipeline run does not write (first: {shown}): "
-            "--overwrite replaces only a pipeline output; choose another --output"
+            f"--output {output} holds files a pipeline run does not write (first: {foreign[0]}): "
+            "--overwrite replaces only a pipeline output, and deletes no other file; move it "
+            "or choose another --output"
         )
     prefix = storage.join(output, "")
     inside = [path for path in inputs if normalize_output(path).startswith(prefix)]
@@ -145,6 +183,7 @@ def _check_replaceable(output: str, inputs: list[str]) -> None:
             f"--output {output} holds the input {inside[0]}: replacing it would delete the "
             "data being read; choose another --output"
         )
+    return sorted(present)
 
 
 def _check_writable(staging: str) -> None:
@@ -225,28 +264,42 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
         commit and must be rewritten by a rerun.
     """
     output = run.output
+    written = _checksums_written(run)
     storage.delete_tree(run.work_dir)
     rename = _committed_name(run.run_id)
     staged = storage.list_files(run.staging)
     if not staged:
         raise RuntimeError(f"{run.staging}: the run wrote no files; nothing to commit")
     files = {rename(relative): size for relative, size in staged.items()}
+    # The shards' checksums were computed as they were written; the other files (the
+    # transform graph, the statistics, the rejected rows: small next to the shards) are
+    # read once here.
+    crc32c = {
+        rename(relative): written.get(relative)
+        or storage.crc32c(artifacts.join(run.staging, *relative.split("/")))
+        for relative in staged
+    }
     if storage.exists(output) and not overwrite:
         raise InputError(f"--output {output} appeared while the pipeline ran; not replaced")
+    replaced: list[str] = []
     if storage.exists(output):
-        _check_replaceable(output, [])  # again: files may have been added while the run ran
+        # Again: files may have been added while the run ran.
+        replaced = _check_replaceable(output, [])
     try:
         if storage.exists(output):
             LOG.info("Replacing the existing %s (--overwrite)", output)
             storage.delete_files([artifacts.join(output, artifacts.SUCCESS)])
-            storage.delete_tree(output)
+            # Exactly the files checked: one that appeared since stays, and fails the move.
+            storage.delete_files([artifacts.join(output, *f.split("/")) for f in replaced])
+            if not storage.is_remote(output):
+                _remove_empty_directories(output, including_root=True)
         storage.move_tree(run.staging, output, rename)
         moved = storage.list_files(output)
         if moved != files:
             wrong = sorted(set(moved.items()) ^ set(files.items()))
             raise RuntimeError(f"{output} does not hold the files staged (first: {wrong[0]})")
         manifest = artifacts.Manifest.of_files(
-            output, run.run_id, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files
+            output, run.run_id, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files, crc32c
         )
         storage.write_text(
             artifacts.join(output, artifacts.SUCCESS),
@@ -260,6 +313,16 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
         ) from e
     LOG.info("Committed run %s as %s (%d files)", run.run_id, output, len(files))
     return manifest
+
+
+def _checksums_written(run: Run) -> dict[str, str]:
+    """The CRC32Cs the data shards' writer recorded (`sinks.WriteTFRecordLists`), by the
+    shards' paths relative to the staging prefix."""
+    directory = artifacts.join(run.work_dir, artifacts.CHECKSUMS_DIR)
+    return {
+        f"{artifacts.DATA_DIR}/{name}": storage.read_text(artifacts.join(directory, name))
+        for name in storage.list_files(directory)
+    }
 
 
 def abandon(run: Run) -> None:
@@ -287,9 +350,9 @@ def keep_for_inspection(run: Run) -> str:
     return run.staging
 
 
-def _remove_empty_directories(root: str) -> None:
+def _remove_empty_directories(root: str, including_root: bool = False) -> None:
     import os
 
     for directory, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
-        if directory != root and not os.listdir(directory):
+        if (directory != root or including_root) and not os.listdir(directory):
             os.rmdir(directory)

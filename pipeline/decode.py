@@ -39,6 +39,21 @@ class RowError(ValueError):
     """A raw row that cannot be used; the message is the reason recorded in rejected/."""
 
 
+class _DuplicateKey(Exception):
+    """A JSON object that names one key twice (json.loads would keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return row
+
+
 def reason_kind(reason: str) -> str:
     """The reason without the row's own values, to count reasons of one kind together."""
     return re.sub(r"'[^']*'", "'...'", reason)
@@ -220,6 +235,20 @@ class RowDecoder:
           RowError: the row cannot be used; the message says why.
         """
         values: dict[str, list[Any]] = {}
+        try:
+            return self._decode_values(get, values)
+        except UnicodeEncodeError:
+            # Only JSON can spell text that is not Unicode: an escaped lone surrogate
+            # ("\\ud800") decodes to a str that no UTF-8 encoder takes.
+            failed = next((n for n, _ in self._columns if n not in values), self._key)
+            raise RowError(
+                f"{failed}: the value is not valid Unicode text (a lone surrogate, such as an "
+                "escaped \\ud800 without its pair)"
+            ) from None
+
+    def _decode_values(
+        self, get: Callable[[str], Any], values: dict[str, list[Any]]
+    ) -> tuple[str, dict[str, list[Any]]]:
         for name, kind in self._columns:
             raw = get(name)
             if kind in LIST_TYPES:
@@ -271,7 +300,11 @@ class RowDecoder:
         if not line.strip():
             raise RowError("blank line")
         try:
-            row = json.loads(line)
+            # A repeated key is refused, as a CSV header that repeats a column is: which of
+            # the two values is meant cannot be known.
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise RowError(f"the JSON object repeats the key {e.args[0]!r}") from None
         except json.JSONDecodeError as e:
             raise RowError(f"malformed JSON: {e.msg} at column {e.colno}") from None
         except ValueError as e:  # e.g. an integer of more digits than Python converts

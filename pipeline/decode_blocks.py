@@ -16,10 +16,12 @@ from typing import Any
 import apache_beam as beam
 
 from common.config import Config
+from common.progress import Progress
 from pipeline import decode
 
 REJECTED = "rejected"
-PROGRESS_EVERY = 100_000
+PROGRESS_EVERY_S = 10.0
+"""Seconds between two progress lines of one worker."""
 
 
 def _shown(record: Any, fmt: str) -> str:
@@ -65,18 +67,19 @@ class DecodeBlocks(beam.DoFn):
 
         self._decoder = BlockDecoder(self._config, self._header, self._schema)
         self._seen = 0
+        # A line every few seconds from each worker; a bar would garble between processes.
+        self._progress = Progress(
+            logging.getLogger("pipeline"),
+            f"{'measuring' if self._counted else 'transforming'} pass, this worker",
+            unit="rows read",
+            every_s=PROGRESS_EVERY_S,
+            bar=False,
+        )
 
     def process(self, element):
         source, records = element
-        before = self._seen
         self._seen += len(records)
-        if self._seen // PROGRESS_EVERY > before // PROGRESS_EVERY:
-            logging.getLogger("pipeline").info(
-                "%s rows decoded by this worker, %s pass (now reading %s)",
-                f"{self._seen:,}",
-                "measuring" if self._counted else "transforming",
-                source,
-            )
+        self._progress.update(self._seen, f"now {source}")
         block = self._decoder.decode(records)
         yield from block.train
         for split in (decode.VALIDATION, decode.EVAL):

@@ -166,6 +166,7 @@ def build(
             work_dir=artifacts.join(work_dir, "runs", split),
             num_shards=num_shards,
             rows=first_pass_rows[split],
+            checksum_dir=artifacts.join(work_dir, artifacts.CHECKSUMS_DIR),
         )
         written.append(
             examples

@@ -26,6 +26,37 @@ from pipeline.input_files import InputError, csv_header, header_mismatch, open_c
 LOG = logging.getLogger("pipeline")
 
 
+def folder_patterns(patterns: Sequence[str]) -> list[str]:
+    """The --input patterns with a folder named without its trailing separator given one.
+
+    Beam reads `DIR/` as the files in DIR, but `DIR` as one "file" that cannot be read:
+    one rule for both spellings. A pattern with glob characters is left as it is; so is one
+    naming a file. On Cloud Storage a "folder" is a prefix with objects under it.
+    """
+    result = []
+    for pattern in patterns:
+        separator = "/" if storage.is_remote(pattern) else _local_separator()
+        plain = not any(c in pattern for c in storage.GLOB_CHARACTERS)
+        if plain and not pattern.endswith(separator) and _is_folder(pattern):
+            pattern += separator
+        result.append(pattern)
+    return result
+
+
+def _local_separator() -> str:
+    import os
+
+    return os.sep
+
+
+def _is_folder(path: str) -> bool:
+    if not storage.is_remote(path):
+        import os
+
+        return os.path.isdir(path)
+    return not storage.is_file(path) and storage.exists(path)
+
+
 def match_inputs(patterns: Sequence[str]) -> list[FileMetadata]:
     """Every file the patterns match, once each, in pattern order and sorted within one.
 
@@ -112,7 +143,8 @@ def _inspect_csv(path: str, config: Config) -> tuple[list[str], bool]:
     except UnicodeDecodeError:
         raise InputError(f"{path}: the header row is not UTF-8 text") from None
     except ValueError as e:
-        raise InputError(str(e)) from None
+        message = str(e)
+        raise InputError(message if message.startswith(path) else f"{path}: {message}") from None
     return header, len(lines) > 1
 
 

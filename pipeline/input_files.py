@@ -11,6 +11,7 @@ member's end and checksum (Beam's own decompression stops quietly at a cut, so a
 from __future__ import annotations
 
 import bz2
+import csv
 import io
 import lzma
 import zlib
@@ -30,8 +31,19 @@ def csv_header(line: bytes, delimiter: str) -> list[str]:
 
     Raises:
       UnicodeDecodeError: the line is not UTF-8.
+      ValueError: the line holds a carriage return (the file's lines end with a CR alone, as
+        on old Macs, so the whole file reads as one line), or is not CSV.
     """
-    return decode.parse_header(line.decode("utf-8-sig").rstrip("\r\n"), delimiter)
+    text = line.decode("utf-8-sig").rstrip("\r\n")
+    if "\r" in text:
+        raise ValueError(
+            "the header line holds a carriage return (CR): the file's lines end with CR alone "
+            "(old Mac line ends); convert them to LF or CRLF line ends"
+        )
+    try:
+        return decode.parse_header(text, delimiter)
+    except csv.Error as e:
+        raise ValueError(f"the header line is not CSV: {e}") from None
 
 
 def header_mismatch(path: str, first: str) -> str:

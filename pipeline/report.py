@@ -272,5 +272,22 @@ def render(
         parts.append("</table>")
     if capacity:
         parts += capacity_section(capacity)
+    parts.append(_files_section())
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _files_section() -> str:
+    """Links to the files beside the report that other tools read."""
+    from pipeline.feature_statistics import SCHEMA, SPLITS, statistics_file
+
+    links = [
+        "<a href='stats.json'>stats.json</a> (every figure above)",
+        *(
+            f"<a href='{statistics_file(split)}'>{statistics_file(split)}</a> ({split} split, "
+            "a DatasetFeatureStatisticsList: tfdv.load_stats_binary, Facets)"
+            for split in SPLITS
+        ),
+        f"<a href='{SCHEMA}'>{SCHEMA}</a> (the raw schema: tfdv.load_schema_text)",
+    ]
+    return "<h2>Files</h2><ul>" + "".join(f"<li>{link}</li>" for link in links) + "</ul>"

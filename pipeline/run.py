@@ -44,11 +44,12 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from common import artifacts, environments, statistics
+from common import artifacts, console, environments, statistics
 from common.config import LIST_TYPES, Config, ConfigError, load_config
-from pipeline import commit, report
+from pipeline import commit, feature_statistics, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
 from pipeline.input_checks import (
+    folder_patterns,
     inspect_inputs,
     match_inputs,
     out_of_space,
@@ -222,7 +223,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
             "pipeline option (--runner DataflowRunner --project P --region R ...)."
         ),
     )
-    environments.add_version_flag(parser, environments.PIPELINE)
     parser.add_argument("--config", required=True, help="the feature config (TOML)")
     parser.add_argument(
         "--input",
@@ -256,6 +256,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "needs at least one train file per host. The files' bytes depend on the data and "
         "this number only",
     )
+    console.add_flags(parser, environments.PIPELINE)
     return parser.parse_known_args(argv)
 
 
@@ -311,6 +312,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: give a number of rows >= 1")
     config = load_config(args.config)
+    args.input = folder_patterns(args.input)
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)
     output = args.output.rstrip("/")
@@ -351,7 +353,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         with beam.Pipeline(options=options) as p:
             build(p, config, args.input, header, staging, work_dir, **build_args)
-        LOG.info("Beam pipeline finished in %.1f s; summarizing", time.time() - started)
+        elapsed = time.time() - started
+        LOG.info("Beam pipeline finished in %.1f s; summarizing", elapsed)
 
         measured = json.loads(artifacts.read_text(work_dir, MEASUREMENTS))
         transform_output = tft.TFTransformOutput(staging)
@@ -365,18 +368,21 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         stats = summarize(config, measured, sizes)
         artifacts.write_json(staging, artifacts.STATS, stats)
+        feature_statistics.write(staging, stats, config, features.raw_schema(config))
         artifacts.write_json(staging, artifacts.CONFIG, config.to_dict())
         artifacts.write_text(
             staging, artifacts.REPORT, report.render(stats, config, f"Pipeline report: {output}")
         )
         rows = stats["rows"]
         LOG.info(
-            "Rows: %d read, %d train, %d validation, %d eval, %d rejected",
-            rows["read"],
-            rows["train"],
-            rows["validation"],
-            rows["eval"],
-            rows["rejected"],
+            "Rows: %s read (%s rows/s over both passes), %s train, %s validation, %s eval, "
+            "%s rejected",
+            f"{rows['read']:,}",
+            f"{rows['read'] / max(elapsed, 1e-9):,.0f}",
+            f"{rows['train']:,}",
+            f"{rows['validation']:,}",
+            f"{rows['eval']:,}",
+            f"{rows['rejected']:,}",
         )
         if rows["read"] != rows["train"] + rows["validation"] + rows["eval"] + rows["rejected"]:
             raise RuntimeError(f"rows do not add up: {rows}")
@@ -406,7 +412,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     environments.require(environments.PIPELINE, "python -m pipeline")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    console.configure_logging(console.start(argv))
     quiet_beam_input_errors()  # a damaged input is said in one line, below
     try:
         stats = run(argv)

@@ -66,7 +66,7 @@ class CsvHeader:
             raise InputError(f"{path}: the file is empty; a CSV input needs a header row")
         try:
             names = tuple(csv_header(line, self.delimiter))
-        except UnicodeDecodeError:
+        except ValueError:  # not UTF-8, or a CR inside the line: not the header
             names = None
         if names != self.names:
             raise InputError(header_mismatch(path, self.first_file))

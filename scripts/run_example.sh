@@ -4,6 +4,7 @@
 # pipeline environment (.venvs/pipeline/), the planner and the trainer in the trainer's (.venv/);
 # they meet through the files under RUN_DIR.
 #   ROWS=50000 TRAIN_STEPS=3000 BATCH_SIZE=256 bash scripts/run_example.sh
+# VERBOSE=1 passes -v to each command: the libraries' logs are shown too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,8 @@ RUN_DIR="${RUN_DIR:-runs/example}"
 DATA="$RUN_DIR/clicks.csv"
 OUTPUT="$RUN_DIR/pipeline"
 MODEL="$RUN_DIR/model"
-export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}" TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+V=()
+if [ -n "${VERBOSE:-}" ] && [ "${VERBOSE}" != 0 ]; then V=(-v); fi
 
 bash scripts/setup.sh
 PIPELINE_PY=.venvs/pipeline/bin/python
@@ -26,21 +28,17 @@ $PIPELINE_PY -m examples.clicks.generate --rows "$ROWS" --output "$DATA"
 
 echo; echo "== 2/4 Pipeline: vocabularies, statistics, transformed TFRecords -> $OUTPUT"
 $PIPELINE_PY -m pipeline --config examples/clicks/features.toml --input "$DATA" --output "$OUTPUT" \
-  --overwrite
+  --overwrite "${V[@]}" > "$RUN_DIR/pipeline.json"
 
 echo; echo "== 3/4 Embedding plan"
-$PY -m embedding --pipeline-output "$OUTPUT"
+$PY -m embedding --pipeline-output "$OUTPUT" "${V[@]}" > "$RUN_DIR/plan.txt"
+sed -n '/^Tables/,/^TPU capacity/{/^TPU capacity/!p}' "$RUN_DIR/plan.txt"
+echo "(the whole plan: $RUN_DIR/plan.txt)"
 
 echo; echo "== 4/4 Training $TRAIN_STEPS steps at batch $BATCH_SIZE (TPUEstimator on CPU) -> $MODEL"
 rm -rf "$MODEL"
 $PY -m trainer.task --pipeline-output "$OUTPUT" --model-dir "$MODEL" \
-  --train-steps "$TRAIN_STEPS" --batch-size "$BATCH_SIZE" > "$RUN_DIR/train.log" 2>&1 &
-trainer=$!
-# Progress: the loss every 100 steps, then the evaluation and the export.
-tail -n +1 -f "$RUN_DIR/train.log" --pid "$trainer" \
-  | grep --line-buffered -E "loss = [0-9.]+, step = [0-9]+|global_step/sec|trainer:|Saving dict|SavedModel written" \
-  | sed -u -E 's/^[0-9-]+ [0-9:,]+ (tensorflow|trainer): //' || true
-wait "$trainer" || { echo "training failed; see $RUN_DIR/train.log"; exit 1; }
+  --train-steps "$TRAIN_STEPS" --batch-size "$BATCH_SIZE" "${V[@]}" > "$RUN_DIR/metrics.json"
 
 $PY - "$MODEL" "$OUTPUT" "$DATA" "$RUN_DIR" "$((SECONDS - started))" <<'PY'
 import glob, json, sys
@@ -49,10 +47,11 @@ metrics = json.load(open(f"{model}/eval_metrics.json"))
 rows = json.load(open(f"{output}/stats.json"))["rows"]
 exports = sorted(glob.glob(f"{model}/export/*"))
 print()
-print(f"Eval AUC {metrics['auc']:.4f}  (loss {metrics['loss']:.4f}, "
+auc = "undefined" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+print(f"Eval AUC {auc}  (loss {metrics['loss']:.4f}, "
       f"accuracy {metrics['accuracy']:.4f}, step {metrics['global_step']}, "
       f"{metrics['examples']} examples of held-out users)")
-if "best_baseline_auc" in metrics:
+if metrics.get("auc") is not None and metrics.get("best_baseline_auc") is not None:
     margin = metrics["auc"] - metrics["best_baseline_auc"]
     print(f"Best single-feature baseline: {metrics['best_baseline']} "
           f"AUC {metrics['best_baseline_auc']:.4f} (model {margin:+.4f})")
@@ -68,6 +67,7 @@ print(f"  rejected rows        {output}/rejected/")
 print(f"  checkpoints          {model}/")
 print(f"  eval metrics         {model}/eval_metrics.json")
 print(f"  serving SavedModel   {exports[-1] if exports else '(none)'}")
-print(f"  training log         {run_dir}/train.log")
+print(f"  statistics for TFDV  {output}/statistics/train.pb, eval.pb; {output}/schema.pbtxt")
+print(f"  report               {output}/report.html")
 print(f"Done in {seconds} s (after setup).")
 PY

@@ -70,6 +70,7 @@ echo "Syncing the $ROLE environment $ENV_DIR/ from uv.lock with $PYTHON" \
   "(a first run downloads about 1 GB of wheels)..."
 # --compile-bytecode: every later start of TensorFlow and Beam skips compiling their sources
 # (several seconds a command, and every pipeline run and test pays it).
-UV_PYTHON_DOWNLOADS=never uv sync --frozen --extra "$ROLE" --extra dev --python "$PYTHON" \
-  --compile-bytecode
+EXTRAS=(--extra "$ROLE" --extra dev)
+if [ "$ROLE" = trainer ]; then EXTRAS+=(--extra trainer-dev); fi
+UV_PYTHON_DOWNLOADS=never uv sync --frozen "${EXTRAS[@]}" --python "$PYTHON" --compile-bytecode
 echo "The $ROLE environment is ready: $ENV_DIR/bin/python ($("$ENV_DIR"/bin/python --version))"

@@ -138,3 +138,18 @@ def test_summary_and_loss_warning():
     )
     assert baselines.model_loses(metrics)
     assert not baselines.model_loses({**metrics, "auc": 0.72})
+
+
+def test_an_eval_split_of_one_class_has_no_baseline_auc(tmp_path):
+    rng = np.random.default_rng(3)
+    train = _write(tmp_path / "train.gz", _random_rows(rng, 200, np.linspace(0.1, 0.9, 6)))
+    for label in (0.0, 1.0):
+        held_out = _write(
+            tmp_path / f"eval{label}.gz", [(1, 0, label), (2, 1, label), (3, 2, label)]
+        )
+        measured = baselines.measure([train], [held_out], _plan())
+        assert measured["baseline_auc_item_id"] is None
+        assert measured["best_baseline_auc"] is None and measured["best_baseline"] is None
+        assert "both classes" in measured["baselines_undefined"]
+        assert not baselines.model_loses({"auc": None, **measured})
+        assert baselines.summary({"auc": 0.7, **measured}) == ""

@@ -190,3 +190,30 @@ def test_sequences_keep_their_tokens_and_drop_empty_ones():
     assert histories == sorted(
         [(b"i1", b"i2", b"i1"), (), (b"i9",), (b"i1", b"i1", b"i1"), (b"i3",)]
     )
+
+
+def test_the_block_path_rejects_json_rows_by_the_row_rule():
+    import dataclasses
+
+    from common.config import InputConfig
+
+    config = dataclasses.replace(CONFIG, input=InputConfig(format="jsonl"))
+    good = (
+        b'{"user_id": "u1", "item_id": "i1", "history": [], "device": "d", "price": 1, '
+        b'"clicked": 0}'
+    )
+    lines = [
+        good,
+        good.replace(b'"clicked": 0', b'"clicked": 0, "clicked": 1'),
+        good.replace(b'"i1"', b'"i1\\ud800"'),
+    ]
+    block = BlockDecoder(config, None, SCHEMA).decode(lines)
+    assert sum(b.num_rows for split in decode.SPLITS for b in block.split(split)) == 1
+    assert sorted(block.rejected) == [
+        (1, "the JSON object repeats the key 'clicked'"),
+        (
+            2,
+            "item_id: the value is not valid Unicode text (a lone surrogate, such as an "
+            "escaped \\ud800 without its pair)",
+        ),
+    ]

@@ -117,14 +117,17 @@ def test_bucket_roots_and_glob_characters_are_refused(gcs_bucket, tmp_path):
 
 
 def _fail_after_invalidating(monkeypatch, output):
-    delete_tree = storage.delete_tree
+    delete_files = storage.delete_files
+    success = storage.join(output, artifacts.SUCCESS)
 
-    def failing(path):
-        if path == output:
+    def failing(paths):
+        paths = list(paths)
+        if any(p.startswith(storage.join(output, "")) and p != success for p in paths):
+            delete_files(paths[:2])
             raise OSError("injected: the connection dropped while deleting the old output")
-        return delete_tree(path)
+        return delete_files(paths)
 
-    monkeypatch.setattr(storage, "delete_tree", failing)
+    monkeypatch.setattr(storage, "delete_files", failing)
 
 
 def _fail_during_the_copy(monkeypatch, output):
@@ -292,6 +295,7 @@ def test_the_validation_split_is_committed_and_read_like_the_others(tmp_path):
     old["data"].pop("validation")
     for shard in manifest.data["validation"]:
         old["files"].pop(shard)
+        old["crc32c"].pop(shard)
         storage.delete_files([storage.join(output, shard)])
     storage.write_text(success, json.dumps(old))
     assert artifacts.data_files(output, "validation") == []
@@ -357,3 +361,174 @@ def test_an_output_that_cannot_be_written_is_refused_before_beam(tmp_path):
     blocker.write_text("")
     with pytest.raises(InputError, match="cannot write beside it"):
         commit.begin(str(blocker / "out"), overwrite=False, inputs=[])
+
+
+def test_overwrite_deletes_no_file_it_did_not_write(any_root):
+    # A folder that only looks like a pipeline output lost all four files, a README the
+    # pipeline never writes among them.
+    workspace = storage.join(any_root, "ws")
+    mine = {
+        "config.json": "{}",
+        "data/train-00000-of-00001.tfrecord.gz": "x",
+        "metadata/README.txt": "my notes",
+        "transform_fn/saved_model.pb": "y",
+    }
+    for relative, text in mine.items():
+        storage.write_text(storage.join(workspace, *relative.split("/")), text)
+    with pytest.raises(InputError, match=r"first: metadata/README\.txt\)"):
+        commit.begin(workspace, overwrite=True)
+    assert storage.list_files(workspace) == {k: len(v) for k, v in mine.items()}
+
+    # A committed output: exactly what its manifest lists (and the planner's plan) is ours.
+    output = _output(any_root)
+    _commit_run(output, train_shards=2, tag="first")
+    storage.write_text(storage.join(output, artifacts.PLAN), "{}")
+    notes = storage.join(output, "transform_fn", "assets", "notes.txt")
+    storage.write_text(notes, "mine")
+    with pytest.raises(InputError, match=r"first: transform_fn/assets/notes\.txt\)"):
+        commit.begin(output, overwrite=True)
+    storage.delete_files([notes])
+    run, manifest = _commit_run(output, train_shards=1, tag="second", overwrite=True)
+    assert set(storage.list_files(output)) == set(manifest.files) | {artifacts.SUCCESS}
+
+    # A file that appears while the run runs is not deleted by the commit either.
+    run = commit.begin(output, overwrite=True)
+    _stage(run, 1, "third")
+    late = storage.join(output, "late.txt")
+    storage.write_text(late, "mine")
+    with pytest.raises(InputError, match=r"first: late\.txt"):
+        commit.commit(run, overwrite=True)
+    assert storage.read_text(late) == "mine"
+
+
+def test_the_manifest_records_each_files_crc32c_and_loads_refuse_a_same_size_edit(any_root):
+    # Two vocabulary lines swapped, or stats.json's "eval": 411 edited to 0 (same size once
+    # padded), passed the size check and trained a model whose serving scores differed.
+    import base64
+
+    import google_crc32c
+
+    output = _output(any_root)
+    run, manifest = _commit_run(output, train_shards=2, tag="first")
+    on_disk = json.loads(storage.read_text(storage.join(output, artifacts.SUCCESS)))
+    assert on_disk["manifest_version"] == 2
+    assert set(on_disk["crc32c"]) == set(on_disk["files"])
+    for relative, checksum in on_disk["crc32c"].items():
+        data = storage.read_bytes(storage.join(output, *relative.split("/")))
+        expected = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+        assert checksum == expected, relative
+    artifacts.require_complete(output)
+
+    for relative, edit in [
+        ("transform_fn/assets/items", lambda text: "i2\ni1\n"),
+        ("stats.json", lambda text: text.replace("first", "fir5t")),
+        ("config.json", lambda text: "[]"),
+        ("transform_fn/saved_model.pb", lambda text: text.upper()),
+    ]:
+        path = storage.join(output, *relative.split("/"))
+        before = storage.read_text(path)
+        after = edit(before)
+        assert len(after) == len(before) and after != before
+        storage.write_text(path, after)
+        with pytest.raises(artifacts.PipelineOutputError) as error:
+            artifacts.require_complete(output)
+        message = str(error.value)
+        assert message.startswith(f"{path}: its content changed since run {run.run_id}")
+        assert "\n" not in message
+        storage.write_text(path, before)
+    artifacts.require_complete(output)
+
+
+def test_a_damaged_shard_is_named_by_its_checksum(any_root):
+    output = _output(any_root)
+    _commit_run(output, train_shards=2, tag="first")
+    assert artifacts.describe_damage(output) is None
+    manifest = artifacts.require_complete(output)
+    shard = manifest.data_files("train")[1]
+    data = bytearray(storage.read_bytes(shard))
+    data[3] ^= 0x01
+    storage.write_bytes(shard, bytes(data))
+    artifacts.require_complete(output)  # same size, and shards are not read on every load
+    assert artifacts.describe_damage(output).startswith(f"{shard}: the data shard is damaged")
+
+
+def test_a_manifest_from_before_checksums_is_read_by_size_with_a_warning(any_root, caplog):
+    output = _output(any_root)
+    _commit_run(output, train_shards=1, tag="first")
+    success = storage.join(output, artifacts.SUCCESS)
+    old = json.loads(storage.read_text(success))
+    old["manifest_version"] = 1
+    del old["crc32c"]
+    storage.write_text(success, json.dumps(old))
+    stats = storage.join(output, "stats.json")
+    storage.write_text(stats, storage.read_text(stats).replace("first", "fir5t"))
+    assert artifacts.require_complete(output).crc32c == {}
+    assert "records no checksums: its files are checked by size only" in caplog.text
+    old["manifest_version"] = 2
+    storage.write_text(success, json.dumps(old))
+    with pytest.raises(artifacts.PipelineOutputError, match="crc32c must map each of the files"):
+        artifacts.require_complete(output)
+
+
+@pytest.mark.slow
+def test_the_trainer_names_the_damaged_shard(small_pipeline_output, tmp_path, caplog):
+    # A damaged record once named only the OUTPUT: "a file of OUTPUT is damaged".
+    from trainer import task
+
+    output = str(tmp_path / "out")
+    shutil.copytree(small_pipeline_output["output"], output)
+    manifest = artifacts.require_complete(output)
+    (shard,) = manifest.data_files("train")
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0x40
+    open(shard, "wb").write(bytes(data))
+    args = ["--pipeline-output", output, "--model-dir", str(tmp_path / "m")]
+    assert task.main([*args, "--train-steps", "2"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[-1].startswith(f"{shard}: the data shard is damaged")
+
+
+def test_random_hand_edits_of_the_statistics_are_refused_in_one_line(tmp_path):
+    """A property: any edit of stats.json after the commit (a count, a histogram bucket, a
+    byte) is refused by every reader (`require_complete`, which the planner and the trainer
+    call first), in one line naming the file; a plan is made only from what the run
+    measured."""
+    import random
+
+    output = _output(str(tmp_path))
+    _commit_run(output, train_shards=1, tag="first")
+    path = storage.join(output, artifacts.STATS)
+    stats = {
+        "rows": {"read": 1000, "train": 800, "validation": 0, "eval": 150, "rejected": 50},
+        "sequences": {"history": {"histogram": {"0": 10, "5": 700, "40": 90}, "max": 40}},
+    }
+    original = json.dumps(stats)
+    # Commit a realistic stats.json by committing a run that wrote it.
+    run = commit.begin(output, True)
+    _stage(run, 1, "second")
+    storage.write_text(storage.join(run.staging, artifacts.STATS), original)
+    commit.commit(run, True)
+    artifacts.require_complete(output)
+    rng = random.Random(11)
+    for _ in range(60):
+        text = list(original)
+        kind = rng.choice(["digit", "swap", "drop"])
+        if kind == "digit":
+            positions = [i for i, c in enumerate(text) if c.isdigit()]
+            i = rng.choice(positions)
+            text[i] = str((int(text[i]) + rng.randrange(1, 10)) % 10)
+        elif kind == "swap":
+            i = rng.randrange(len(text) - 1)
+            if text[i] == text[i + 1]:
+                continue
+            text[i], text[i + 1] = text[i + 1], text[i]
+        else:
+            del text[rng.randrange(len(text))]
+        storage.write_text(path, "".join(text))
+        with pytest.raises(artifacts.PipelineOutputError) as error:
+            artifacts.require_complete(output)
+        message = str(error.value)
+        assert artifacts.STATS in message and "changed since run" in message
+        assert "\n" not in message
+    storage.write_text(path, original)
+    artifacts.require_complete(output)

@@ -266,3 +266,54 @@ def test_truncate_is_only_for_sequences():
     )
     with pytest.raises(ConfigError, match=r"feature\[0\] \('item_id'\).truncate is only for"):
         parse_config(data, source="f.toml")
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("a/b", "a_b"), ("a.b", "a_b"), ("a b", "a-b"), ("a b", "a--b"), ("x ", "x")],
+)
+def test_vocabularies_that_tf_transform_writes_to_one_file_are_refused(first, second):
+    # tf.Transform sanitizes vocab_filename; two names that map to one asset file overwrote
+    # each other, and every id of one column became the OOV id, with exit code 0.
+    features = [
+        {"name": "item_id", "type": "categorical", "vocabulary": first},
+        {"name": "history", "type": "sequence", "vocabulary": second},
+    ]
+    with pytest.raises(ConfigError, match=rf"vocabularies {first!r} and {second!r}.*assets/"):
+        parse_config(with_changes(feature=features))
+    # Feature names are vocabulary names when no vocabulary is given: the same rule.
+    features = [{"name": first, "type": "categorical"}, {"name": second, "type": "categorical"}]
+    with pytest.raises(ConfigError, match="would both be written as"):
+        parse_config(with_changes(feature=features))
+
+
+def test_the_vocabulary_file_rule_is_tf_transforms():
+    from tensorflow_transform.analyzers import sanitized_vocab_filename
+
+    from common.config import vocabulary_file_name
+
+    for name in ["items", "a/b", "a.b", " a  b ", "a--b", "é ü", "x\ty", "a-_-b", "α/β", "k:v"]:
+        assert vocabulary_file_name(name) == sanitized_vocab_filename(name), name
+
+
+@pytest.mark.parametrize("delimiter", ["；", "é", "ab", "\t\t"])
+def test_a_field_delimiter_must_be_one_ascii_character(delimiter):
+    # A non-ASCII delimiter passed the check and died inside Beam's CSV reading.
+    with pytest.raises(ConfigError, match="field_delimiter must be one ASCII character"):
+        parse_config(with_changes(input={"field_delimiter": delimiter}))
+    assert parse_config(with_changes(input={"field_delimiter": "\t"})).input.field_delimiter
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        {"name": "item_id__bias", "type": "categorical"},
+        {"name": "price__bias", "type": "numeric"},
+        {"name": "tags", "type": "bag", "vocabulary": "items__bias"},
+    ],
+)
+def test_names_the_model_uses_for_its_bias_keys_are_refused(feature):
+    # A feature named item_id__bias trained until the model's bias key collided with it.
+    features = [*MINIMAL["feature"], feature]
+    with pytest.raises(ConfigError, match="ends with '__bias'"):
+        parse_config(with_changes(feature=features))

@@ -302,3 +302,37 @@ def test_reason_kind_drops_the_values():
 def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read(decoder):
     history = " ".join(f"i{n}" for n in range(100_000))  # about 590 KB in one cell
     assert len(decoder.decode(f"u1,i7,{history},9.5,1,x")[1]["history"]) == 100_000
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (
+            '{"user_id": "u", "item_id": "a", "history": [], "price": 1, "clicked": 0, '
+            '"clicked": 1}',
+            "the JSON object repeats the key 'clicked'",
+        ),
+        (
+            '{"user_id": "u", "item_id": "a", "history": ["i1\\ud800"], "price": 1, "clicked": 0}',
+            "history: the value is not valid Unicode text (a lone surrogate",
+        ),
+        (
+            '{"user_id": "u", "item_id": "\\udc00", "history": [], "price": 1, "clicked": 0}',
+            "item_id: the value is not valid Unicode text",
+        ),
+        (
+            '{"user_id": "u\\ud800", "item_id": "a", "history": [], "price": 1, "clicked": 0}',
+            "user_id: the value is not valid Unicode text",
+        ),
+    ],
+)
+def test_a_repeated_key_or_a_lone_surrogate_is_a_rejected_row(any_format, line, reason):
+    # Last-wins on a repeated key silently took one of two labels; a lone surrogate escape
+    # ended the whole run with a UnicodeEncodeError naming no file.
+    with pytest.raises(RowError) as error:
+        any_format.decode_json(line)
+    assert str(error.value).startswith(reason)
+    paired = (
+        '{"user_id": "u", "item_id": "\\ud83d\\ude00", "history": [], "price": 1, "clicked": 0}'
+    )
+    assert any_format.decode_json(paired)[1]["item_id"] == ["😀".encode()]

@@ -161,3 +161,45 @@ def test_beam_logs_no_traceback_for_an_input_error(caplog):
             _ = p | beam.Create(["x"]) | beam.Map(fail)
     beam_records = [r for r in caplog.records if r.name == "apache_beam.runners.common"]
     assert [r.exc_info[0] for r in beam_records] == [KeyError]  # a bug keeps its traceback
+
+
+def test_a_folder_named_without_its_trailing_separator_is_read_as_with_one(tmp_path):
+    # `--input DIR` once matched DIR itself as a "file" and died opening it with a traceback.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.csv", "b.csv"):
+        generate.write_csv(str(folder / name), generate.generate(2))
+    (tmp_path / "in.csv").write_text("not in the folder")
+    patterns = input_checks.folder_patterns([str(folder), str(folder) + "/", str(tmp_path / "*")])
+    assert patterns == [str(folder) + "/", str(folder) + "/", str(tmp_path / "*")]
+    with_slash = [f.path for f in match_inputs([str(folder) + "/"])]
+    assert sorted(with_slash) == [str(folder / "a.csv"), str(folder / "b.csv")]
+    assert [f.path for f in match_inputs(patterns[:1])] == with_slash
+    assert inspect_inputs(match_inputs(patterns[:1]), _config()) == list(generate.HEADER)
+    assert input_checks.folder_patterns([str(folder / "a.csv")]) == [str(folder / "a.csv")]
+
+
+def test_a_folder_on_cloud_storage_is_read_as_with_its_separator(gcs_root):
+    from common import storage
+
+    for name in ("a.csv", "b.csv"):
+        storage.write_text(storage.join(gcs_root, "in", name), "user_id\n")
+    storage.write_text(storage.join(gcs_root, "in.csv"), "user_id\n")
+    folder = storage.join(gcs_root, "in")
+    assert input_checks.folder_patterns([folder]) == [folder + "/"]
+    assert sorted(f.path for f in match_inputs([folder + "/"])) == [
+        storage.join(folder, "a.csv"),
+        storage.join(folder, "b.csv"),
+    ]
+    single = storage.join(gcs_root, "in.csv")
+    assert input_checks.folder_patterns([single]) == [single]
+
+
+def test_a_csv_header_with_old_mac_line_ends_is_one_line(tmp_path):
+    # Lines ending in CR alone: the whole file is one line, and the csv module's error
+    # ended the run in a traceback.
+    path = tmp_path / "mac.csv"
+    generate.write_csv(str(path), generate.generate(3))
+    path.write_bytes(path.read_bytes().replace(b"\r\n", b"\r"))
+    with pytest.raises(InputError, match=r"mac\.csv: the header line holds a carriage return"):
+        inspect_inputs(match_inputs([str(path)]), _config())

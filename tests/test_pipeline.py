@@ -408,3 +408,39 @@ def test_a_full_disk_is_one_line_naming_the_output_and_commits_nothing(
     assert f"--output {output}: no space left on the device" in errors[-1].getMessage()
     assert not [r for r in caplog.records if r.exc_info]  # no traceback logged
     assert not glob.glob(output + "*")  # neither OUTPUT nor its staging prefix
+
+
+def test_a_failure_after_tensorflow_loaded_ends_with_our_line_on_stderr(rows, tmp_path):
+    # TensorFlow's function objects, collected at interpreter exit, printed 13
+    # `Exception ignored in: AtomicFunction.__del__` tracebacks after the product's line.
+    import subprocess
+    import sys
+
+    generate.write_csv(str(tmp_path / "a.csv"), rows[:20])
+    with open(tmp_path / "b.csv", "w") as f:
+        f.write("item_id,user_id,history,device,region,price,clicked\ni1,u1,i2,mobile,r1,9.5,1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--config", str(EXAMPLE_CONFIG)]
+        + ["--input", str(tmp_path / "*.csv"), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 2
+    assert "Exception ignored" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "pipeline: " in last and "b.csv: its header differs" in last
+
+
+def test_the_manifest_of_a_real_run_records_each_files_crc32c(rows, tmp_path):
+    from common import storage
+
+    data = str(tmp_path / "rows.csv")
+    generate.write_csv(data, rows)
+    output, _ = _run(tmp_path, "out", "csv", [data], "--num-shards", "3")
+    manifest = artifacts.require_complete(output)
+    assert len(manifest.data["train"]) == 3
+    assert set(manifest.crc32c) == set(manifest.files)
+    for relative, checksum in manifest.crc32c.items():
+        assert storage.crc32c(os.path.join(output, relative)) == checksum, relative

@@ -157,3 +157,15 @@ def test_a_run_is_read_back_across_block_boundaries_on_cloud_storage(gcs_root, m
     storage.write_bytes(path, storage.read_bytes(path)[:-3])
     with pytest.raises(OSError, match="a.run: the run file ends inside a record"):
         list(sinks.read_run(path))
+
+
+def test_each_files_crc32c_is_recorded_as_it_is_written(tmp_path):
+    from common import storage
+
+    checksums = tmp_path / "crc32c"
+    lists = [[f"record {i}-{j}".encode() * 50 for j in range(i % 7)] for i in range(300)]
+    written = _write(tmp_path, "out", lists, num_shards=3, checksum_dir=str(checksums))
+    recorded = {p.name: p.read_text() for p in checksums.iterdir()}
+    prefix = str(tmp_path / "out" / "data" / "train")
+    assert recorded == {f"train{suffix}": storage.crc32c(prefix + suffix) for suffix in written}
+    assert len(set(recorded.values())) == 3

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from common import artifacts
+from common import artifacts, storage
 from common.config import read_pipeline_config
 from common.plan import EmbeddingPlan
 from embedding.columns import bias_feature, bias_features
@@ -249,6 +250,17 @@ def test_export_predicts_like_the_estimator(trained):
     assert len(set(np.round(served, 5))) > 1
 
 
+@pytest.mark.parametrize("price", ["nan", "inf", "-inf"])
+def test_serving_refuses_a_number_the_pipeline_rejects(trained, price):
+    with open(trained["data"]) as f:
+        row = next(csv.DictReader(f))
+    serve = tf.saved_model.load(trained["metrics"]["export_dir"]).signatures["serving_default"]
+    good = serve(examples=tf.constant([raw_example(row)]))["probabilities"].numpy()
+    assert np.isfinite(good).all()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="feature 'price' holds NaN"):
+        serve(examples=tf.constant([raw_example(row), raw_example({**row, "price": price})]))
+
+
 def test_refuses_an_unfinished_pipeline_output(small_pipeline_output, tmp_path):
     copy = tmp_path / "unfinished"
     shutil.copytree(small_pipeline_output["output"], copy)
@@ -300,8 +312,9 @@ def test_a_checkpoint_of_another_model_is_refused_before_anything_is_written(tra
     model_dir = tmp_path / "model"
     shutil.copytree(trained["model_dir"], model_dir)
 
-    def bigger_items(plan):
+    def bigger_items(plan):  # a valid plan of another model: a bigger vocabulary
         plan["tables"]["items"]["vocabulary_size"] = 50_000
+        plan["tables"]["items"]["entries"] = 50_000 - plan["tables"]["items"]["num_oov_buckets"]
 
     _edit_json(model_dir / artifacts.PLAN, bigger_items)  # as if trained on another output
     config_before = (model_dir / "training_config.json").read_bytes()
@@ -331,7 +344,15 @@ def test_a_plan_that_does_not_match_its_vocabulary_is_refused(small_pipeline_out
         plan["tables"]["items"]["vocabulary_size"] = 50_000
 
     _edit_json(output / artifacts.PLAN, hand_edited)
-    with pytest.raises(task.TrainerError, match=r"table 'items' has 50000 rows in the plan"):
+    with pytest.raises(artifacts.PipelineOutputError, match=r"items.vocabulary_size is 50000"):
+        task.train_and_evaluate(_args(str(output), tmp_path / "m", "--train-steps", "1"))
+    assert not (tmp_path / "m").exists()
+
+    def consistently_edited(plan):  # valid in itself, but not the vocabulary's size
+        plan["tables"]["items"]["entries"] = 49_999
+
+    _edit_json(output / artifacts.PLAN, consistently_edited)
+    with pytest.raises(task.TrainerError, match=r"entries is 49999, but its vocabulary file"):
         task.train_and_evaluate(_args(str(output), tmp_path / "m", "--train-steps", "1"))
     assert not (tmp_path / "m").exists()
     # A vocabulary file gone from the transform graph: the commit manifest misses it.
@@ -347,8 +368,7 @@ def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
     import json
 
     from examples.clicks.generate import generate, write_csv
-    from pipeline.run import run as run_pipeline
-    from tests.conftest import EXAMPLE_CONFIG
+    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
 
     config = tmp_path / "features.toml"
     text = EXAMPLE_CONFIG.read_text()
@@ -379,8 +399,7 @@ def test_empty_validation_or_eval_splits_select_and_report_nothing_invented(
 
     from examples.clicks.generate import generate, write_csv
     from pipeline.decode import split_of
-    from pipeline.run import run as run_pipeline
-    from tests.conftest import EXAMPLE_CONFIG
+    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
 
     config = tmp_path / "features.toml"
     text = EXAMPLE_CONFIG.read_text()
@@ -465,12 +484,14 @@ def _with_validation_split(source: str, target, monkeypatch) -> str:
         copy = shard.replace("data/eval-", "data/validation-")
         shutil.copy(target / shard, target / copy)
         manifest["files"][copy] = manifest["files"][shard]
+        manifest["crc32c"][copy] = manifest["crc32c"][shard]
         manifest["data"]["validation"].append(copy)
     stats_path = target / artifacts.STATS
     stats = json.loads(stats_path.read_text())
     stats["rows"]["validation"] = stats["rows"]["eval"]
     stats_path.write_text(json.dumps(stats))
     manifest["files"][artifacts.STATS] = stats_path.stat().st_size
+    manifest["crc32c"][artifacts.STATS] = storage.crc32c(str(stats_path))
     (target / artifacts.SUCCESS).write_text(json.dumps(manifest))
     if "validation" not in artifacts.SPLITS:
         monkeypatch.setattr(artifacts, "SPLITS", (*artifacts.SPLITS, "validation"))
@@ -498,7 +519,9 @@ def test_periodic_evaluation_selects_and_exports_the_best_checkpoint_on_validati
     assert best["step"] == top["global_step"]
     assert best["validation_auc"] == pytest.approx(top["auc"])
     # Its eval figures are those of its own checkpoint, which was kept and exported.
-    reader = tf.train.load_checkpoint(best["checkpoint"])
+    # Recorded relative to MODEL_DIR, so that the directory can be copied or moved.
+    assert best["checkpoint"] == f"best/model.ckpt-{best['step']}"
+    reader = tf.train.load_checkpoint(str(model_dir / best["checkpoint"]))
     assert reader.get_tensor("global_step") == best["step"]
     assert best["eval"]["global_step"] == best["step"]
     assert os.path.isdir(best["export_dir"]) and best["export_dir"] != metrics["export_dir"]
@@ -582,5 +605,146 @@ def test_a_damaged_shard_is_one_line_naming_the_output(small_pipeline_output, tm
     argv = ["--pipeline-output", str(output), "--model-dir", str(tmp_path / "m")]
     with caplog.at_level(logging.ERROR, logger="trainer"):
         assert task.main([*argv, "--train-steps", "2", "--batch-size", "64"]) == 2
-    assert f"a file of {output} is damaged" in caplog.text
-    assert "rerun the pipeline with --overwrite" in caplog.text
+    # The shard itself is named: its content is not the one the commit manifest records.
+    assert f"{shard}: the data shard is damaged" in caplog.text
+    assert f"--output {output} --overwrite" in caplog.text
+    assert len(caplog.records) == 1
+
+
+def _strict_json(path) -> dict:
+    """Parses JSON as strict parsers do: NaN and infinities are not JSON."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_split_of_one_class_has_no_auc_and_selects_nothing(tmp_path, caplog):
+    """Eval and validation rows all negative (training mixed): TensorFlow's AUC says 1.0
+    and selection used to rank checkpoints by it; no AUC is defined for such rows."""
+    import logging
+
+    from examples.clicks.generate import generate, write_csv
+    from pipeline.decode import split_of
+    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
+
+    config = tmp_path / "features.toml"
+    text = EXAMPLE_CONFIG.read_text()
+    config.write_text(
+        text.replace("eval_fraction = 0.1", "eval_fraction = 0.1\nvalidation_fraction = 0.1")
+    )
+    rows = [
+        r if split_of(r[0], 0.1, 0.1) == "train" else (*r[:-1], 0) for r in generate(900, seed=5)
+    ]
+    data = tmp_path / "clicks.csv"
+    write_csv(str(data), rows)
+    output = str(tmp_path / "out")
+    stats = run_pipeline(["--config", str(config), "--input", str(data), "--output", output])
+    assert stats["rows"]["eval"] > 0 and stats["rows"]["validation"] > 0
+    model_dir = tmp_path / "model"
+    with caplog.at_level(logging.INFO, "trainer"):
+        task.train_and_evaluate(
+            _args(output, model_dir, "--train-steps", "6", "--eval-every-steps", "2")
+        )
+    written = _strict_json(model_dir / "eval_metrics.json")
+    assert written["auc"] is None and "both classes" in written["undefined"]["auc"]
+    assert (written["positives"], written["negatives"]) == (0, stats["rows"]["eval"])
+    assert written["best_baseline_auc"] is None and written["best_baseline"] is None
+    assert all(v is None for k, v in written.items() if k.startswith("auc_unseen_"))
+    assert all(h["auc"] is None for h in written["history"])
+    best = written["best"]
+    assert "checkpoint" not in best and "undefined" in best["reason"]
+    assert not (model_dir / "best").exists() and not (model_dir / "export_best").exists()
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"eval split: {stats['rows']['eval']:,} rows, 0 positive" in "\n".join(lines)
+    assert not any("auc 1.0" in line.lower() for line in lines)
+
+
+def test_a_copied_model_dir_uses_its_own_best_checkpoint(
+    small_pipeline_output, tmp_path, monkeypatch
+):
+    output = _with_validation_split(small_pipeline_output["output"], tmp_path / "out", monkeypatch)
+    model_dir = tmp_path / "model"
+    task.train_and_evaluate(
+        _args(output, model_dir, "--train-steps", "20", "--eval-every-steps", "10", "--no-export")
+    )
+    best = _strict_json(model_dir / "eval_metrics.json")["best"]
+    assert best["checkpoint"].startswith("best/")
+    moved = tmp_path / "moved"
+    shutil.move(str(model_dir), moved)
+    metrics = task.train_and_evaluate(
+        _args(output, moved, "--train-steps", "30", "--eval-every-steps", "10", "--no-export")
+    )
+    assert str(model_dir) not in json.dumps(metrics)
+    reader = tf.train.load_checkpoint(str(moved / metrics["best"]["checkpoint"]))
+    assert reader.get_tensor("global_step") == metrics["best"]["step"]
+
+
+def test_fewer_steps_than_the_checkpoint_is_refused_before_anything_is_written(trained, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
+    with pytest.raises(task.TrainerError, match="checkpoint at step 20, past --train-steps 10"):
+        task.train_and_evaluate(_args(trained["output"], model_dir, "--train-steps", "10"))
+    assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before
+
+
+def test_a_damaged_checkpoint_is_named_as_a_checkpoint(trained, tmp_path, caplog):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    latest = tf.train.latest_checkpoint(str(model_dir))
+    (data,) = glob.glob(latest + ".data-*")
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    argv = ["--pipeline-output", trained["output"], "--model-dir", str(model_dir)]
+    assert task.main([*argv, "--train-steps", "40", "--batch-size", "64"]) == 2
+    message = caplog.records[-1].getMessage()
+    assert "checkpoint" in message and "rerun the pipeline" not in message
+    assert str(model_dir) in message
+
+
+def test_two_trainers_on_one_model_dir(trained, tmp_path):
+    from trainer import lock
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    with lock.hold(str(model_dir)):  # another trainer holds it
+        with pytest.raises(task.TrainerError, match="in use by another trainer"):
+            task.train_and_evaluate(_args(trained["output"], model_dir, "--train-steps", "30"))
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("-20")
+
+
+def test_the_same_seed_trains_the_same_model(small_pipeline_output, tmp_path):
+    output = small_pipeline_output["output"]
+    values = []
+    for run in ("a", "b"):
+        metrics = task.train_and_evaluate(
+            _args(output, tmp_path / run, "--train-steps", "30", "--no-export", "--seed", "7")
+        )
+        reader = tf.train.load_checkpoint(str(tmp_path / run))
+        values.append(
+            (metrics["auc"], reader.get_tensor("items"), reader.get_tensor("logits/kernel"))
+        )
+    assert values[0][0] == values[1][0]
+    np.testing.assert_array_equal(values[0][1], values[1][1])
+    np.testing.assert_array_equal(values[0][2], values[1][2])
+
+
+def test_a_failed_command_ends_with_our_line_on_stderr(trained, tmp_path):
+    """After TensorFlow is loaded, its exit used to print a dozen `Exception ignored in:
+    AtomicFunction.__del__` tracebacks after the product's line."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--pipeline-output", trained["output"]]
+        + ["--model-dir", str(model_dir), "--train-steps", "5"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 2
+    assert "Exception ignored" not in done.stderr
+    assert "past --train-steps 5" in done.stderr.strip().splitlines()[-1]

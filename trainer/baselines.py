@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.plan import EmbeddingPlan
+from trainer.metrics import auc_undefined
 
 LOG = logging.getLogger("trainer")
 
@@ -116,10 +117,10 @@ def smoothed_rates(sums: Sums, prior: float, smoothing: float = SMOOTHING) -> np
     return (sums.labels + smoothing * prior) / (sums.rows + smoothing)
 
 
-def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float:
+def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float | None:
     """The exact ROC AUC of rows grouped by score: group i has `positives[i]` positive and
     `negatives[i]` negative rows, all scored `scores[i]`. Ties count one half, as in the
-    Mann-Whitney statistic. NaN when a class is absent."""
+    Mann-Whitney statistic. None when a class is absent: no AUC is defined then."""
     order = np.argsort(scores, kind="stable")
     s, p, n = scores[order], positives[order], negatives[order]
     # Groups of equal scores: ties within a group count half.
@@ -127,7 +128,7 @@ def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray
     p, n = np.add.reduceat(p, starts), np.add.reduceat(n, starts)
     total_p, total_n = p.sum(), n.sum()
     if total_p == 0 or total_n == 0:
-        return float("nan")
+        return None
     below = np.cumsum(n) - n
     return float(np.sum(p * (below + 0.5 * n)) / (total_p * total_n))
 
@@ -162,8 +163,16 @@ def measure(
             result[f"baseline_auc_{n}"] = grouped_auc(
                 smoothed_rates(train[n], prior), e.labels, e.rows - e.labels
             )
-        scored = {n: result[f"baseline_auc_{n}"] for n in features}
-        best = max(scored, key=lambda n: -1.0 if np.isnan(scored[n]) else scored[n])
+        scored = {n: v for n in features if (v := result[f"baseline_auc_{n}"]) is not None}
+        if not scored:
+            # Eval rows of one class: no baseline AUC exists, and none is invented.
+            positives = float(held_out[features[0]].labels.sum())
+            reason = auc_undefined(int(positives), int(eval_rows - positives))
+            result["best_baseline"] = None
+            result["best_baseline_auc"] = None
+            result["baselines_undefined"] = f"eval split: {reason}"
+            return result
+        best = max(scored, key=scored.get)
         result["best_baseline"] = best
         result["best_baseline_auc"] = scored[best]
         return result
@@ -190,7 +199,7 @@ def summary(metrics: dict[str, Any]) -> str:
     feature item_id 0.7000 (+0.0200)". Empty without baselines or a model figure."""
     best = metrics.get("best_baseline")
     for key, name in (("auc", "AUC"), ("rmse", "RMSE")):
-        if best is None or key not in metrics or f"best_baseline_{key}" not in metrics:
+        if best is None or metrics.get(key) is None or metrics.get(f"best_baseline_{key}") is None:
             continue
         model, base = float(metrics[key]), float(metrics[f"best_baseline_{key}"])
         line = (
@@ -203,9 +212,10 @@ def summary(metrics: dict[str, Any]) -> str:
 
 
 def model_loses(metrics: dict[str, Any]) -> bool:
-    """Whether the model scores worse than its best single-feature baseline."""
-    if "auc" in metrics and "best_baseline_auc" in metrics:
+    """Whether the model scores worse than its best single-feature baseline (False where
+    either figure is undefined: nothing was compared)."""
+    if metrics.get("auc") is not None and metrics.get("best_baseline_auc") is not None:
         return float(metrics["auc"]) < float(metrics["best_baseline_auc"])
-    if "rmse" in metrics and "best_baseline_rmse" in metrics:
+    if metrics.get("rmse") is not None and metrics.get("best_baseline_rmse") is not None:
         return float(metrics["rmse"]) > float(metrics["best_baseline_rmse"])
     return False

@@ -69,6 +69,84 @@ def check_inputs(config: Config, plan: EmbeddingPlan, transformed_spec: dict) ->
         )
 
 
+def check_plan_matches_config(config: Config, plan: EmbeddingPlan) -> None:
+    """Refuses a plan whose label, features, tables or OOV buckets are not the config's.
+
+    The pipeline transformed the data by the config: a label type changed in the plan would
+    train squared error on a 0/1 label, a feature moved to another table would look its ids
+    up in a table of other values, and OOV buckets other than the transform graph's shift
+    every unseen id.
+
+    Raises:
+      TrainerError: naming the plan's field and the config's value.
+    """
+    fix = "rerun `python -m embedding --pipeline-output OUTPUT` instead of editing the plan"
+    if plan.label != {"name": config.label.name, "type": config.label.type}:
+        raise TrainerError(
+            f"embedding_plan.json: label is {plan.label}, the pipeline's config says "
+            f"{{'name': {config.label.name!r}, 'type': {config.label.type!r}}}; {fix}"
+        )
+    declared = {f.name: f for f in config.features}
+    for name, feature in sorted(plan.features.items()):
+        wanted = declared.get(name)
+        if wanted is None:
+            raise TrainerError(f"embedding_plan.json: features.{name} is not in the config; {fix}")
+        if feature.type != wanted.type:
+            raise TrainerError(
+                f"embedding_plan.json: features.{name}.type is {feature.type!r}, the config "
+                f"says {wanted.type!r}; {fix}"
+            )
+        if feature.table != config.vocabulary_of(wanted):
+            raise TrainerError(
+                f"embedding_plan.json: features.{name}.table is {feature.table!r}, the config "
+                f"names vocabulary {config.vocabulary_of(wanted)!r}; {fix}"
+            )
+        if feature.type == "sequence" and feature.truncate != wanted.truncate:
+            raise TrainerError(
+                f"embedding_plan.json: features.{name}.truncate is {feature.truncate!r}, the "
+                f"config says {wanted.truncate!r}; {fix}"
+            )
+    for name in plan.numeric_features:
+        if name not in declared or declared[name].type != "numeric":
+            raise TrainerError(
+                f"embedding_plan.json: numeric_features lists {name!r}, which the config does "
+                f"not declare numeric; {fix}"
+            )
+    for name, table in sorted(plan.tables.items()):
+        oov = config.vocabulary_config(name).num_oov_buckets
+        if table.num_oov_buckets != oov:
+            raise TrainerError(
+                f"embedding_plan.json: tables.{name}.num_oov_buckets is "
+                f"{table.num_oov_buckets}, the transform graph has {oov}; {fix}"
+            )
+
+
+PLAN_CHOICES = {
+    "tables": ("dimension", "combiner"),
+    "features": ("max_sequence_length", "max_ids"),
+}
+"""The plan's values a user may change by hand: the model's capacity, not what the data is."""
+
+
+def plan_edits(plan: EmbeddingPlan, measured: EmbeddingPlan) -> list[str]:
+    """Where a valid plan differs from the one the statistics and config give, e.g.
+    "tables.items.dimension 32 (measured plan: 16)": said in the run's summary, so that a
+    hand-made choice is never mistaken for a measured one."""
+    edits = []
+    for part, fields in PLAN_CHOICES.items():
+        mine, theirs = getattr(plan, part), getattr(measured, part)
+        for name in sorted(set(mine) | set(theirs)):
+            if name not in mine or name not in theirs:
+                where = "only in this plan" if name in mine else "not in this plan"
+                edits.append(f"{part}.{name} {where}")
+                continue
+            for field in fields:
+                a, b = getattr(mine[name], field), getattr(theirs[name], field)
+                if a != b:
+                    edits.append(f"{part}.{name}.{field} {a} (measured plan: {b})")
+    return edits
+
+
 def check_vocabularies(plan: EmbeddingPlan, transform_output) -> None:
     """Refuses a plan whose tables do not match the transform graph's vocabulary files.
 
@@ -87,6 +165,12 @@ def check_vocabularies(plan: EmbeddingPlan, transform_output) -> None:
                 f"vocabulary {table.name!r} of the transform graph cannot be read ({e}); the "
                 "pipeline output is incomplete: rerun the pipeline"
             ) from None
+        if entries != table.entries:
+            raise TrainerError(
+                f"embedding_plan.json: tables.{table.name}.entries is {table.entries}, but its "
+                f"vocabulary file holds {entries}; rerun `python -m embedding "
+                "--pipeline-output OUTPUT` instead of editing the plan"
+            )
         if entries + table.num_oov_buckets != table.vocabulary_size:
             raise TrainerError(
                 f"table {table.name!r} has {table.vocabulary_size} rows in the plan, but its "
@@ -207,6 +291,39 @@ def check_model_dir(
             f"{model_dir} holds a checkpoint of another model ({checkpoint}); "
             + "; ".join(differences)
             + f". Resuming it would fail or keep the old variables: {fix}"
+        )
+
+
+def checkpoint_step(model_dir: str) -> int | None:
+    """The global step of MODEL_DIR's latest checkpoint; None without one."""
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    if not checkpoint:
+        return None
+    try:
+        return int(tf.train.load_variable(checkpoint, "global_step"))
+    except (tf.errors.OpError, ValueError) as e:
+        raise TrainerError(
+            f"checkpoint {checkpoint} cannot be read ({str(e).splitlines()[0]}); it is damaged "
+            "or cut short: delete it (and its line in MODEL_DIR/checkpoint) to resume from the "
+            "one before, or train into a new --model-dir"
+        ) from None
+
+
+def check_train_steps(model_dir: str, train_steps: int) -> None:
+    """Refuses a --train-steps the checkpoint is already past: such a run would train 0
+    steps and still evaluate, export and rewrite the training config as if it had.
+
+    Raises:
+      TrainerError: naming the checkpoint's step.
+    """
+    step = checkpoint_step(model_dir)
+    if step is not None and train_steps < step:
+        raise TrainerError(
+            f"{model_dir} holds a checkpoint at step {step}, past --train-steps {train_steps}: "
+            f"nothing to train. Give --train-steps above {step} to train on, or a new "
+            "--model-dir"
         )
 
 

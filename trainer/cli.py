@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from common import environments
+from common import console, environments
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -21,7 +21,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m trainer.task",
         description="Train TPUEstimator on the pipeline's output, on a Cloud TPU or on CPU.",
     )
-    environments.add_version_flag(parser, environments.TRAINER)
     parser.add_argument("--pipeline-output", required=True, help="the pipeline's OUTPUT")
     parser.add_argument("--model-dir", required=True, help="checkpoints and exports (or gs://)")
     parser.add_argument("--train-steps", type=int, required=True, help="total training steps")
@@ -117,13 +116,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gcp-project", default=None)
     parser.add_argument("--iterations-per-loop", type=int, default=100)
     parser.add_argument("--save-checkpoints-steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="initial values, data order and dropout: on CPU the same seed, data and flags "
+        "train the same model (default: 42)",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TensorFlow's op determinism, so that the same --seed trains the same model on "
+        "CPU (default: on; docs/commit.md gives its cost)",
+    )
+    parser.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take MODEL_DIR's lock (trainer.lock) from a trainer that is gone; a lock of a "
+        "dead process on this host is broken without it",
+    )
     parser.add_argument(
         "--export",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="export a SavedModel that serves raw tf.Examples (default: on)",
     )
+    console.add_flags(parser, environments.TRAINER)
     args = parser.parse_args(argv)
     try:
         args.hidden_units = [int(u) for u in args.hidden_units.split(",") if u.strip()]

@@ -9,6 +9,23 @@ from common.plan import EmbeddingPlan
 from trainer.tpu_setup import tpu_cluster
 
 
+def make_reproducible(seed: int, op_determinism: bool = True) -> None:
+    """The same seed, data and flags train the same model on CPU.
+
+    TensorFlow's graph seed (RunConfig's `tf_random_seed`) does not reach everything: Keras
+    draws the seeds of unseeded initializers from numpy's global generator, and some CPU
+    kernels sum in thread order. This seeds Python's, numpy's and TensorFlow's generators
+    and turns on TensorFlow's op determinism (docs/commit.md gives its measured cost). The
+    input order is the seed's too (`trainer.inputs`). On a TPU the host's part is the same;
+    the TPU's own embedding and all-reduce arithmetic are not promised bit for bit.
+    """
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    if op_determinism:
+        tf.config.experimental.enable_op_determinism()
+
+
 def build_estimator(args: argparse.Namespace, plan: EmbeddingPlan, config: Config, cluster=None):
     """The TPUEstimator: TPU embeddings on a Cloud TPU with --use-tpu, on CPU without.
 

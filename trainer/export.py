@@ -17,6 +17,31 @@ from trainer.inputs import prepare_features
 INPUT_NAME = "examples"
 
 
+def finite_numbers(raw: dict, numeric_features) -> dict:
+    """The raw features, with each numeric one checked finite when the model runs.
+
+    The pipeline rejects a row whose number is NaN or infinite; a request carrying one fails
+    with an error naming the feature, as a request without a required feature does, instead
+    of being scored on a value the model never saw.
+    """
+    checked = dict(raw)
+    for name in numeric_features:
+        value = raw[name]
+        message = (
+            f"feature {name!r} holds NaN or an infinity: the pipeline rejects such a row, "
+            "so the model does not score it"
+        )
+        if isinstance(value, tf.SparseTensor):
+            checked[name] = tf.SparseTensor(
+                value.indices,
+                tf.debugging.assert_all_finite(value.values, message),
+                value.dense_shape,
+            )
+        else:
+            checked[name] = tf.debugging.assert_all_finite(value, message)
+    return checked
+
+
 def make_serving_input_receiver_fn(
     transform_output: tft.TFTransformOutput, plan: EmbeddingPlan, id_bias: bool = False
 ):
@@ -27,7 +52,7 @@ def make_serving_input_receiver_fn(
 
     def serving_input_receiver_fn():
         serialized = tf.compat.v1.placeholder(tf.string, shape=[None], name="input_example")
-        raw = tf.io.parse_example(serialized, raw_spec)
+        raw = finite_numbers(tf.io.parse_example(serialized, raw_spec), plan.numeric_features)
         transformed = transform_output.transform_raw_features(raw, drop_unused_features=True)
         features = prepare_features(transformed, plan, id_bias=id_bias)
         return tf.estimator.export.ServingInputReceiver(features, {INPUT_NAME: serialized})

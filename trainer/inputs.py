@@ -228,7 +228,9 @@ def make_input_fn(
             lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP").batch(READ_BLOCK),
             cycle_length=4,
             num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=not training,
+            # With a seed the order is the seed's alone, so that the same seed trains the
+            # same model; without one the reader hands over whichever block is ready first.
+            deterministic=not training or seed is not None,
         ).unbatch()
         if training:
             dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=host_seed)

@@ -235,6 +235,9 @@ def create_model_fn(
         train_op = _train_on_cpu(
             loss, tables, global_step, optimizer, learning_rate, embedding, bias_tables, bias_rate
         )
+        from trainer.progress import LOSS
+
+        tf.compat.v1.add_to_collection(LOSS, loss)  # for the progress line (trainer/progress.py)
         hooks = [
             tf.compat.v1.train.LoggingTensorHook(
                 {"loss": loss, "step": global_step},
@@ -331,15 +334,21 @@ def _metric_fn(binary: bool, categorical: Sequence[str] = ()):
         metrics = {EXAMPLES: _count(labels)}
         if binary:
             probabilities = tf.sigmoid(logits)
+            # The class counts say whether an AUC is defined at all (trainer.metrics): the
+            # streaming AUC reports 1.0 or 0.0 for rows of one class.
+            positive = tf.cast(tf.math.greater(labels, 0.5), tf.int64)
+            metrics["positives"] = _sum(positive, "positives_count")
             metrics["auc"] = tf.compat.v1.metrics.auc(labels, probabilities, num_thresholds=1000)
             for key in categorical:
-                # AUC and count of the rows whose feature is out of vocabulary.
+                # AUC and counts of the rows whose feature is out of vocabulary.
                 name = key[len(UNSEEN) :]
                 metrics[f"auc_unseen_{name}"] = tf.compat.v1.metrics.auc(
                     labels, probabilities, weights=unseen[key], num_thresholds=1000
                 )
-                metrics[f"examples_unseen_{name}"] = _sum(
-                    tf.cast(unseen[key], tf.int64), f"examples_unseen_{name}"
+                in_slice = tf.cast(unseen[key], tf.int64)
+                metrics[f"examples_unseen_{name}"] = _sum(in_slice, f"examples_unseen_{name}")
+                metrics[f"positives_unseen_{name}"] = _sum(
+                    in_slice * positive, f"positives_unseen_{name}"
                 )
             metrics["accuracy"] = tf.compat.v1.metrics.accuracy(
                 labels, tf.cast(tf.math.greater(probabilities, 0.5), tf.float32)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from typing import Any
 
 from common import artifacts
 from common.config import Config, read_pipeline_config
 from common.plan import EmbeddingPlan
-from embedding.planner import load_or_make_plan
+from embedding.planner import PlanError, load_or_make_plan, make_plan
 from trainer.checks import (
     FINGERPRINTS,
     TRAINING_CONFIG,
@@ -23,12 +24,17 @@ from trainer.checks import (
     check_every_host_has_data,
     check_inputs,
     check_model_dir,
+    check_plan_matches_config,
     check_same_run,
+    check_train_steps,
     check_vocabularies,
+    plan_edits,
     vocabulary_fingerprints,
 )
 from trainer.selection import VALIDATION
 from trainer.tpu_setup import capacity_refusal, check_tpu_batch, tpu_cluster, tpu_topology
+
+LOG = logging.getLogger("trainer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,7 @@ class RunInputs:
       plan: the embedding plan.
       transform_output: the tf.Transform output (the exported model serves its graph).
       fingerprints: the vocabularies' fingerprints, written with the training config.
+      plan_edits: where the plan differs from the measured one (a user's choice).
       cluster: the TPU's resolver with --use-tpu, else None.
     """
 
@@ -57,6 +64,7 @@ class RunInputs:
     plan: EmbeddingPlan
     transform_output: Any
     fingerprints: dict[str, Any]
+    plan_edits: list[str] = dataclasses.field(default_factory=list)
     cluster: Any = None
 
 
@@ -81,10 +89,10 @@ def prepare(args: argparse.Namespace) -> RunInputs:
     if refusal:
         raise TrainerError(refusal)
     transform_output = tft.TFTransformOutput(args.pipeline_output)
+    check_plan_matches_config(config, plan)
     check_inputs(config, plan, transform_output.transformed_feature_spec())
     check_vocabularies(plan, transform_output)
     fingerprints = vocabulary_fingerprints(plan, transform_output)
-    check_model_dir(args.model_dir, plan, config, vars(args), fingerprints)
     stats = artifacts.read_json(args.pipeline_output, artifacts.STATS)
     check_same_run(args.pipeline_output, manifest)
     train_files = manifest.data_files("train")
@@ -100,8 +108,28 @@ def prepare(args: argparse.Namespace) -> RunInputs:
         plan=plan,
         transform_output=transform_output,
         fingerprints=fingerprints,
+        plan_edits=_plan_edits(plan, stats, config),
         cluster=check_tpu(args, manifest, train_files) if args.use_tpu else None,
     )
+
+
+def _plan_edits(plan: EmbeddingPlan, stats: dict[str, Any], config: Config) -> list[str]:
+    """Where the plan differs from the one stats.json and the config give; said once."""
+    try:
+        measured = make_plan(stats, config)
+    except PlanError:
+        return []
+    edits = plan_edits(plan, measured)
+    if edits:
+        LOG.info("The plan differs from the measured plan: %s", "; ".join(edits))
+    return edits
+
+
+def check_model(args: argparse.Namespace, run: RunInputs) -> None:
+    """Refuses, under MODEL_DIR's lock and before anything is written there, a checkpoint
+    of another model and a --train-steps the checkpoint is already past."""
+    check_model_dir(args.model_dir, run.plan, run.config, vars(args), run.fingerprints)
+    check_train_steps(args.model_dir, args.train_steps)
 
 
 def check_tpu(args: argparse.Namespace, manifest: artifacts.Manifest, train_files: list[str]):
@@ -129,6 +157,7 @@ def write_training_config(args: argparse.Namespace, run: RunInputs) -> None:
         "embedding_optimizer": run.config.embedding.optimizer,
         "pipeline_run_id": run.manifest.run_id,
         FINGERPRINTS: run.fingerprints,
+        "plan_edits": run.plan_edits,
     }
     artifacts.write_json(args.model_dir, TRAINING_CONFIG, resolved)
     artifacts.write_json(args.model_dir, artifacts.PLAN, run.plan.to_dict())

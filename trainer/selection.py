@@ -14,6 +14,7 @@ from typing import Any
 
 from common import artifacts, storage
 from common.plan import EmbeddingPlan
+from trainer.metrics import UNDEFINED, describe_split, finalize, rankable
 
 LOG = logging.getLogger("trainer")
 
@@ -25,14 +26,17 @@ BEST_DIR = "best"
 RUN_ONLY = ("trained_from_step", "steps_trained", "export_dir")
 
 
-def jsonable(metrics: dict) -> dict[str, Any]:
-    """Metrics as JSON values; the AUC over rows of unseen values only where there were
-    such rows (TensorFlow reports 0.0 for an empty set)."""
-    values = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
-    for key in [k for k in values if k.startswith("examples_unseen_")]:
-        if not values[key]:
-            values.pop("auc_unseen_" + key[len("examples_unseen_") :], None)
-    return values
+def jsonable(metrics: dict, plan: EmbeddingPlan) -> dict[str, Any]:
+    """An evaluation's figures as JSON values, each one None (with its reason under
+    `undefined`) where it is not defined for the rows evaluated (`trainer.metrics`)."""
+    return finalize(metrics, binary=plan.label["type"] == "binary")
+
+
+def checkpoint_in(model_dir: str, recorded: str) -> str:
+    """The path of a checkpoint eval_metrics.json records: relative to MODEL_DIR, so that a
+    model directory copied elsewhere still points at its own best checkpoint (an absolute
+    path written by an older run is read as the file of that name under MODEL_DIR/best/)."""
+    return artifacts.join(model_dir, BEST_DIR, os.path.basename(recorded))
 
 
 def eval_points(start: int, train_steps: int, every: int | None) -> list[int]:
@@ -73,6 +77,9 @@ class Selection:
         )
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        self.undefined: str | None = None
+        """Why the last evaluation had no rankable figure, if it had none."""
+        self.last_split: dict[str, Any] | None = None
         self._resume(args.model_dir)
 
     def _resume(self, model_dir: str) -> None:
@@ -87,8 +94,10 @@ class Selection:
         best = previous.get(BEST) or {}
         checkpoint = best.get("checkpoint")
         value = best.get(f"{VALIDATION}_{self.metric}")
-        if checkpoint and value is not None and tf.io.gfile.exists(checkpoint + ".index"):
-            self.best = {"step": best["step"], self.metric: value, "checkpoint": checkpoint}
+        if checkpoint and rankable(value):
+            checkpoint = checkpoint_in(model_dir, checkpoint)
+            if tf.io.gfile.exists(checkpoint + ".index"):
+                self.best = {"step": best["step"], self.metric: value, "checkpoint": checkpoint}
 
     def evaluate(self, estimator, make_input_fn) -> None:
         if not self.args.eval_every_steps:
@@ -102,15 +111,21 @@ class Selection:
                 steps=self.args.eval_steps,
                 # The eval split's curve is the one of the final evaluation: MODEL_DIR/eval.
                 name=VALIDATION if name == VALIDATION else None,
-            )
+            ),
+            self.plan,
         )
         self.history.append({"split": name, **result})
-        LOG.info(
-            "Step %d: %s %s %.4f", result["global_step"], name, self.metric, result[self.metric]
-        )
+        value = result.get(self.metric)
+        if not rankable(value):
+            # An undefined figure ranks nothing: this checkpoint is not a candidate.
+            reason = (result.get(UNDEFINED) or {}).get(self.metric, "no rows")
+            self.undefined = f"{name} {self.metric} undefined: {reason}"
+            LOG.warning("Step %s: %s", result.get("global_step"), self.undefined)
+            return
+        LOG.info("Step %d: %s %s %.4f", result["global_step"], name, self.metric, value)
+        self.last_split = result
         if name != VALIDATION:
             return
-        value = result[self.metric]
         better = self.best is None or (
             value > self.best[self.metric] if self.higher else value < self.best[self.metric]
         )
@@ -134,9 +149,20 @@ class Selection:
                 LOG.warning("%s", reason)
             return {"selected_on": None, "reason": reason}
         if self.best is None:
-            return {"selected_on": VALIDATION, "reason": "no evaluation during training"}
+            reason = "no evaluation during training"
+            if self.undefined:
+                reason = (
+                    f"{self.undefined}: no checkpoint could be ranked, nothing was selected; "
+                    "export/ holds the last checkpoint"
+                )
+                LOG.warning("%s", reason)
+            return {"selected_on": VALIDATION, "reason": reason}
+        if self.undefined:
+            LOG.warning("Some evaluations ranked nothing (%s)", self.undefined)
         summary = {"selected_on": VALIDATION, "metric": self.metric, **self.best}
         summary[f"{VALIDATION}_{self.metric}"] = summary.pop(self.metric)
+        # Recorded relative to MODEL_DIR: the directory may be copied or moved.
+        summary["checkpoint"] = artifacts.join(BEST_DIR, os.path.basename(self.best["checkpoint"]))
         if not self.eval_files:  # no eval rows: nothing to report, no figure invented
             summary["eval"] = {"examples": 0}
             LOG.info(
@@ -153,18 +179,33 @@ class Selection:
                 steps=self.args.eval_steps,
                 checkpoint_path=self.best["checkpoint"],
                 name="eval_best",
-            )
+            ),
+            self.plan,
         )
+        on_eval = summary["eval"].get(self.metric)
         LOG.info(
-            "Best checkpoint: step %d by %s %s %.4f; on eval %s %.4f",
+            "Best checkpoint: step %d by %s %s %.4f; on eval %s %s",
             summary["step"],
             VALIDATION,
             self.metric,
             summary[f"{VALIDATION}_{self.metric}"],
             self.metric,
-            summary["eval"][self.metric],
+            "undefined" if on_eval is None else f"{on_eval:.4f}",
         )
         return summary
+
+    def describe(self, eval_metrics: dict[str, Any]) -> list[str]:
+        """The closing lines on each split the run judged by: rows, classes, and whether its
+        figures can judge a model."""
+        lines = []
+        if self.files and self.last_split is not None or self.undefined:
+            validation = next(
+                (h for h in reversed(self.history) if h.get("split") == VALIDATION), None
+            )
+            if validation is not None:
+                lines.append(describe_split(VALIDATION, validation))
+        lines.append(describe_split("eval", eval_metrics))
+        return lines
 
 
 def _keep_checkpoint(checkpoint: str, model_dir: str) -> str:

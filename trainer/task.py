@@ -25,22 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from common import artifacts, environments, storage
+from common import artifacts, console, environments, storage
 from trainer.checks import TrainerError, check_same_run
 from trainer.cli import parse_args
-from trainer.estimator import build_estimator, global_step
-from trainer.prepare import RunInputs, prepare, write_training_config
+from trainer.estimator import build_estimator, global_step, make_reproducible
+from trainer.lock import hold
+from trainer.prepare import RunInputs, check_model, prepare, write_training_config
 from trainer.selection import (
     BEST,
     EVAL_METRICS,
     HISTORY,
     Selection,
+    checkpoint_in,
     eval_points,
     jsonable,
     log_verdict,
@@ -57,9 +57,16 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
       The evaluation metrics, plus `trained_from_step` (the checkpoint training resumed
       from, 0 for a fresh start), `steps_trained`, and `export_dir` when a model was exported.
     """
-    run = prepare(args)
+    run = prepare(args)  # reads and checks the pipeline output; writes nothing
+    with hold(args.model_dir, break_lock=args.break_lock):
+        check_model(args, run)
+        return _train_and_evaluate(args, run)
+
+
+def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, Any]:
     write_training_config(args, run)
     measured = baselines(run)
+    make_reproducible(args.seed, args.deterministic)
     estimator = build_estimator(args, run.plan, run.config, run.cluster)
     selection = Selection(
         args, run.plan, run.validation_files, run.eval_files if run.eval_rows else []
@@ -75,6 +82,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     check_same_run(args.pipeline_output, run.manifest)  # the evaluation read the run's own rows
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
     log_verdict(metrics)
+    for line in selection.describe(metrics):
+        LOG.info("%s", line)
     metrics["trained_from_step"] = step_before
     metrics["steps_trained"] = steps
     if args.export:
@@ -98,21 +107,31 @@ def train(
       The step training resumed from and the number of steps trained.
     """
     from trainer.inputs import make_input_fn
+    from trainer.progress import TrainingProgress
 
-    train_input = make_input_fn(
-        run.train_files,
-        run.plan,
-        training=True,
-        drop_remainder=args.use_tpu,
-        seed=args.seed,
-        id_bias=args.id_bias,
-        oov_share=args.oov_train_share,
-    )
     started = time.time()
     step_before = global_step(estimator)
+    start = step_before
     for target in eval_points(step_before, args.train_steps, args.eval_every_steps):
-        estimator.train(train_input, max_steps=target)
+        # Each segment reads the data in an order of its own (the seed and the step it
+        # starts from): one seed for all would replay the same first batches after every
+        # evaluation or resume, and the same seed and steps still give the same model.
+        train_input = make_input_fn(
+            run.train_files,
+            run.plan,
+            training=True,
+            drop_remainder=args.use_tpu,
+            seed=args.seed + start,
+            id_bias=args.id_bias,
+            oov_share=args.oov_train_share,
+        )
+        estimator.train(
+            train_input,
+            max_steps=target,
+            hooks=[TrainingProgress(args.train_steps, args.batch_size)],
+        )
         selection.evaluate(estimator, make_input_fn)
+        start = target
     steps = global_step(estimator) - step_before
     elapsed = time.time() - started
     LOG.info(
@@ -127,9 +146,17 @@ def train(
 
 def evaluate(args: argparse.Namespace, run: RunInputs, estimator) -> dict[str, Any]:
     """The last checkpoint's figures on the eval split; none when the split is empty."""
+    from trainer.progress import EvaluationProgress, eval_batches
+
     if run.eval_rows:
+        batches = eval_batches(run.eval_rows, args.batch_size, args.eval_steps)
         return jsonable(
-            estimator.evaluate(_eval_input_fn(args, run, run.eval_files), steps=args.eval_steps)
+            estimator.evaluate(
+                _eval_input_fn(args, run, run.eval_files),
+                steps=args.eval_steps,
+                hooks=[EvaluationProgress("evaluating", batches)],
+            ),
+            run.plan,
         )
     # No figure is better than an invented one: an empty split has no AUC or loss.
     LOG.warning(
@@ -165,7 +192,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
         path = estimator.export_saved_model(
             artifacts.join(args.model_dir, "export_best"),
             serving,
-            checkpoint_path=best["checkpoint"],
+            checkpoint_path=checkpoint_in(args.model_dir, best["checkpoint"]),
         )
         exports.append(path.decode() if isinstance(path, bytes) else path)
         best["export_dir"] = exports[-1]
@@ -184,28 +211,27 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     environments.require(environments.TRAINER, "python -m trainer.task")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    verbose = console.start(argv)  # before TensorFlow is imported
     args = parse_args(argv)
+    console.configure_logging(verbose)
     try:
         metrics = train_and_evaluate(args)
     except (TrainerError, artifacts.PipelineOutputError) as e:
         LOG.error("%s", e)
         return 2
     except Exception as e:
-        import tensorflow as tf
+        from trainer.failures import failure_line
 
-        if not isinstance(e, tf.errors.DataLossError):
+        line = failure_line(e, args)
+        if line is None:
             raise
-        LOG.error(
-            "a file of %s is damaged (%s); rerun the pipeline with --overwrite",
-            args.pipeline_output,
-            e.message.splitlines()[0] if e.message else e,
-        )
+        LOG.error("%s", line)
         return 2
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common.process import run_main
+
+    run_main(main)

@@ -70,8 +70,21 @@ def tpu_cluster(args: argparse.Namespace):
     """The resolver of the TPU named by --tpu, --tpu-zone and --gcp-project."""
     import tensorflow as tf
 
-    return tf.distribute.cluster_resolver.TPUClusterResolver(
-        args.tpu, zone=args.tpu_zone, project=args.gcp_project
+    try:
+        return tf.distribute.cluster_resolver.TPUClusterResolver(
+            args.tpu, zone=args.tpu_zone, project=args.gcp_project
+        )
+    except Exception as e:  # credentials, the Cloud TPU API, the network: each its own type
+        raise TrainerError(unreachable(args.tpu, e)) from None
+
+
+def unreachable(tpu: str | None, error: Exception) -> str:
+    """One line: the TPU named by --tpu cannot be reached, and why."""
+    why = (str(error).splitlines() or [type(error).__name__])[0][:300]
+    return (
+        f"TPU {tpu!r} cannot be reached ({type(error).__name__}: {why}); check --tpu, "
+        "--tpu-zone, --gcp-project and the credentials (on a TPU VM they come with the VM), or "
+        "train on CPU without --use-tpu"
     )
 
 
@@ -84,10 +97,13 @@ def tpu_topology(cluster) -> tuple[int, int]:
     """
     from tensorflow.python.tpu import tpu_system_metadata
 
-    spec = cluster.cluster_spec()
-    metadata = tpu_system_metadata._query_tpu_system_metadata(
-        cluster.master(), cluster_def=spec.as_cluster_def() if spec.jobs else None
-    )
+    try:
+        spec = cluster.cluster_spec()
+        metadata = tpu_system_metadata._query_tpu_system_metadata(
+            cluster.master(), cluster_def=spec.as_cluster_def() if spec.jobs else None
+        )
+    except Exception as e:  # a TPU that does not answer: the session's own error types
+        raise TrainerError(unreachable(cluster.master() or None, e)) from None
     if not metadata.num_cores or not metadata.num_hosts:
         raise TrainerError(
             f"no TPU found at {cluster.master() or '(no address)'}: it reports "

@@ -1,0 +1,195 @@
+"""What a command prints: its own lines by default, every library's with -v/--verbose.
+
+Each command (`python -m pipeline`, `python -m embedding`, `python -m trainer.task`) calls
+`start(argv)` first, before TensorFlow or Beam is imported, and `configure_logging(verbose)`
+when it has parsed its flags. By default:
+
+- TensorFlow's C++ log level (`TF_CPP_MIN_LOG_LEVEL`) is 3: TensorFlow 2.15 logs its cuDNN,
+  cuFFT and cuBLAS "Unable to register factory" lines at ERROR on every import, with or
+  without a GPU, so only 3 silences them. A C++ error that matters also fails the call that
+  met it, with its message, as a Python exception, which the commands print. The level must
+  be in the environment before `import tensorflow`; a value the user set is kept.
+- The Python loggers of the libraries (absl, Beam, tfx_bsl, tf.Transform, TensorFlow) let
+  only errors through; Dataflow's runner keeps its job and console lines.
+- Warnings known to say nothing to a user of this tool are ignored by category and message,
+  never all warnings.
+
+Nothing is done to stderr itself: an error a library logs or raises reaches the user whole.
+With `--verbose` nothing is silenced (the libraries log at INFO, as `logging.basicConfig`
+sets them up). The noise each rule silences is listed in `KNOWN_NOISE`, which the tests
+assert never reaches the user by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+OWN_LOGGERS = ("pipeline", "embedding", "trainer")
+"""The product's own loggers: their INFO lines are what a command prints."""
+
+LIBRARY_LOGGERS = (
+    "absl",
+    "apache_beam",
+    "tensorflow",
+    "tensorflow_transform",
+    "tfx_bsl",
+    "h5py",
+    "google",
+    "urllib3",
+)
+"""Loggers that only let errors through by default."""
+
+KEPT_LIBRARY_LOGGERS = ("apache_beam.runners.dataflow",)
+"""Library loggers a user needs at INFO: Dataflow's job id and its console address."""
+
+IGNORED_WARNINGS = (
+    # google-api-core, on any Python it will drop one day.
+    (FutureWarning, r"You are using a Python version"),
+    # google-auth, on the grpcio the lock pins.
+    (FutureWarning, r"grpcio < [0-9.]+ does not support Post-Quantum"),
+    # TensorFlow 1's layers, which TPUEstimator's model_fn is written with.
+    (UserWarning, r"`tf\.layers\.\w+` is deprecated"),
+    # Beam's typehints on pyarrow and on our own annotations.
+    (UserWarning, r".*[Tt]ype ?hint"),
+)
+"""(category, message regex) pairs of warnings that are not the user's business."""
+
+KNOWN_NOISE = (
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "TF-TRT Warning",
+    "rebuild TensorFlow with the appropriate compiler flags",
+    "Converting string literal type hint to Any",
+    "Using Any for unsupported type",
+    "has a shape . Setting to DenseTensor",
+    "Setting to varlen_sparse_tensor",
+    "consider using tft.experimental.approximate_vocabulary",
+    "No iterator is returned by the process method",
+    "Starting finalize_write threads",
+    "Renamed 1 shards in",
+    "struct2tensor is not available",
+    "tensorflow_decision_forests is not available",
+    "tensorflow_text is not available",
+    "Creating state cache with size",
+    "Assets written to",
+    "You are using a Python version",
+    "does not support Post-Quantum Cryptography",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "global_step/sec",
+    "is deprecated and will be removed",
+    "`tf.layers.dense` is deprecated",
+    "Calling checkpoint_exists",
+    "Using config:",
+    "Saving checkpoints for",
+)
+"""Lines the libraries print that a user of these commands need not read; none of them is
+printed by default (tests/test_console.py runs each command and checks)."""
+
+TF_CPP_DEFAULT = "3"
+
+
+def wants_verbose(argv: Sequence[str] | None) -> bool:
+    """Whether the command line asks for the libraries' logs (before argparse runs)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return "-v" in args or "--verbose" in args
+
+
+def start(argv: Sequence[str] | None = None) -> bool:
+    """Sets what must be set before TensorFlow is imported; returns whether verbose.
+
+    Args:
+      argv: the command's arguments (sys.argv[1:] when None).
+    """
+    verbose = wants_verbose(argv)
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_DEFAULT)
+        for category, message in IGNORED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+    return verbose
+
+
+class _OwnFormatter(logging.Formatter):
+    """`name: message` for our INFO lines; the level too for warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            self._style._fmt = "%(name)s: %(levelname)s: %(message)s"
+        else:
+            self._style._fmt = "%(name)s: %(message)s"
+        return super().format(record)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Sets the loggers for a command: its own lines by default, every library's if verbose.
+
+    Safe to call more than once in one process (the tests run several commands in one).
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(name)s: %(message)s") if verbose else _OwnFormatter()
+        )
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    for name in KEPT_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    if not verbose:
+        _quiet_absl()
+
+
+def _quiet_absl() -> None:
+    """absl logs through its own handler once absl.logging is imported by TensorFlow; its
+    verbosity decides what reaches the `absl` logger."""
+    if "absl.logging" in sys.modules:
+        sys.modules["absl.logging"].set_verbosity("error")
+
+
+def version() -> str:
+    """The installed package's version."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tpu-embedding-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def add_flags(parser: argparse.ArgumentParser, role: str | None = None) -> None:
+    """Adds -v/--verbose and --version to a command's parser.
+
+    Args:
+      parser: the command's parser.
+      role: the environment the command runs in (`common.environments`): --version then
+        names the stack it runs on as well; None: the project's version alone.
+    """
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print the logs of TensorFlow, Beam and the other libraries",
+    )
+    if role is None:
+        parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+        return
+    from common import environments
+
+    class _Version(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(environments.version(role))  # one line: argparse's own action wraps it
+            parser.exit()
+
+    parser.add_argument(
+        "--version", nargs=0, action=_Version, help="print the versions this runs on and exit"
+    )

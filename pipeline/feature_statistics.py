@@ -1,0 +1,121 @@
+"""stats.json's figures as TensorFlow Data Validation and Facets read them.
+
+`statistics_list(stats, config, split)` turns what the pipeline measured into a
+`tensorflow_metadata` `DatasetFeatureStatisticsList` of one dataset, the split: per raw column
+(the features and the label, as tf.Transform's raw schema has them) the rows holding it, its
+number of values a row (min, max, mean, total; exact, from the length histograms), the
+distinct values of a column that has a vocabulary of its own, and mean, standard deviation,
+min and max of a numeric column. Every figure is one of stats.json's, nothing is estimated;
+what the pipeline does not measure for a split (numeric moments of eval, distinct values of a
+column that shares its vocabulary) is left out rather than guessed. A row with a missing value
+is rejected, so no kept row misses a column: `num_missing` is 0.
+
+`tfdv.load_stats_binary(OUTPUT/statistics/train.pb)` reads the written files; `schema.pbtxt`
+beside them is the raw schema tf.Transform read the rows with (`tfdv.load_schema_text`).
+Depends on protobuf and tensorflow_metadata only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
+
+from common import artifacts
+from common.config import LIST_TYPES, Config
+
+STATISTICS_DIR = artifacts.STATISTICS_DIR
+SCHEMA = artifacts.SCHEMA
+SPLITS = ("train", "eval")
+"""The splits stats.json measures column by column (validation: its row count only)."""
+
+
+def statistics_file(split: str) -> str:
+    """The path of a split's statistics, relative to OUTPUT."""
+    return f"{STATISTICS_DIR}/{split}.pb"
+
+
+def _list_summary(stats: dict[str, Any], split: str, name: str, kind: str) -> dict[str, Any]:
+    if split == "train":
+        return stats[kind][name]
+    return stats["eval_skew"]["lengths"][name]
+
+
+def statistics_list(
+    stats: dict[str, Any], config: Config, split: str
+) -> statistics_pb2.DatasetFeatureStatisticsList:
+    """One split's statistics from stats.json.
+
+    Args:
+      stats: stats.json as the pipeline wrote it.
+      config: the run's config.
+      split: "train" or "eval".
+    """
+    rows = int(stats["rows"][split])
+    result = statistics_pb2.DatasetFeatureStatisticsList()
+    dataset = result.datasets.add(name=split, num_examples=rows)
+    vocabularies = stats["vocabularies"]
+    for feature in config.features:
+        out = dataset.features.add()
+        out.path.step.append(feature.name)
+        if feature.type == "numeric":
+            out.type = statistics_pb2.FeatureNameStatistics.FLOAT
+            common = out.num_stats.common_stats
+            _scalar(common, rows)
+            if split == "train":
+                moments = stats["numeric"][feature.name]
+                out.num_stats.mean = moments["mean"]
+                out.num_stats.std_dev = moments["std"]
+                out.num_stats.min = moments["min"]
+                out.num_stats.max = moments["max"]
+            continue
+        out.type = statistics_pb2.FeatureNameStatistics.STRING
+        common = out.string_stats.common_stats
+        if feature.type in LIST_TYPES:
+            kind = "sequences" if feature.type == "sequence" else "bags"
+            summary = _list_summary(stats, split, feature.name, kind)
+            common.num_non_missing = int(summary["count"])
+            common.num_missing = 0
+            common.min_num_values = int(summary["min"])
+            common.max_num_values = int(summary["max"])
+            common.avg_num_values = float(summary["mean"])
+            common.tot_num_values = int(summary["ids"])
+        else:
+            _scalar(common, rows)
+        vocabulary = vocabularies[config.vocabulary_of(feature)]
+        if split == "train" and vocabulary["features"] == [feature.name]:
+            out.string_stats.unique = int(vocabulary["distinct_values"])
+    label = dataset.features.add()
+    label.path.step.append(config.label.name)
+    label.type = statistics_pb2.FeatureNameStatistics.FLOAT
+    _scalar(label.num_stats.common_stats, rows)
+    return result
+
+
+def _scalar(common: statistics_pb2.CommonStatistics, rows: int) -> None:
+    """A column with exactly one value in each of `rows` rows."""
+    common.num_non_missing = rows
+    common.num_missing = 0
+    common.min_num_values = 1 if rows else 0
+    common.max_num_values = 1 if rows else 0
+    common.avg_num_values = 1.0 if rows else 0.0
+    common.tot_num_values = rows
+
+
+def schema_text(schema: schema_pb2.Schema) -> str:
+    """The schema in protobuf text format, as `tfdv.load_schema_text` reads it."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(schema)
+
+
+def write(output: str, stats: dict[str, Any], config: Config, schema: schema_pb2.Schema) -> None:
+    """Writes OUTPUT/statistics/{train,eval}.pb and OUTPUT/schema.pbtxt."""
+    from common import storage
+
+    for split in SPLITS:
+        storage.write_bytes(
+            artifacts.join(output, statistics_file(split)),
+            statistics_list(stats, config, split).SerializeToString(deterministic=True),
+        )
+    artifacts.write_text(output, SCHEMA, schema_text(schema))

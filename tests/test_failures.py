@@ -1,0 +1,43 @@
+"""One line for the failures a user can act on (trainer.failures)."""
+
+from __future__ import annotations
+
+import argparse
+
+import tensorflow as tf
+
+from trainer.failures import failure_line
+from trainer.tpu_setup import tpu_cluster
+
+ARGS = argparse.Namespace(model_dir="/m/model", pipeline_output="/p/out")
+
+
+def test_a_diverged_loss_is_one_line():
+    line = failure_line(tf.compat.v1.train.NanLossDuringTrainingError(), ARGS)
+    assert "loss became NaN" in line and "/m/model" in line
+
+
+def test_a_restore_failure_names_the_checkpoint_and_a_shard_failure_the_output():
+    restore = tf.errors.OutOfRangeError(
+        None, None, "Read less bytes than requested [[save/RestoreV2]]"
+    )
+    assert failure_line(restore, ARGS).startswith("checkpoint /m/model is damaged")
+    shard = tf.errors.DataLossError(None, None, "corrupted record at 1234")
+    line = failure_line(shard, ARGS)
+    assert "/p/out" in line and "checkpoint" not in line
+    assert failure_line(ValueError("a bug"), ARGS) is None
+
+
+def test_an_unreachable_tpu_is_one_line(monkeypatch):
+    import pytest
+
+    from trainer.checks import TrainerError
+
+    def unreachable(*args, **kwargs):  # what the Cloud TPU API client raises without access
+        raise ConnectionError("Failed to establish a new connection: [Errno 101]\nmore")
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", unreachable)
+    args = argparse.Namespace(tpu="no-such-tpu", tpu_zone="us-central1-b", gcp_project="p")
+    with pytest.raises(TrainerError, match="TPU 'no-such-tpu' cannot be reached") as refused:
+        tpu_cluster(args)
+    assert "\n" not in str(refused.value) and "ConnectionError" in str(refused.value)

@@ -1,0 +1,65 @@
+"""What a failed training run says: one line that names the file or the cause.
+
+TensorFlow reports a damaged checkpoint, a damaged data shard and a diverged loss by its own
+error types, with messages written for TensorFlow's developers. `failure_line` turns the ones
+a user can act on into one line that names the thing to fix; anything else is a bug, and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _first_line(error: Exception) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return (message.splitlines() or [type(error).__name__])[0][:400]
+
+
+def _about_checkpoint(error: Exception, model_dir: str) -> bool:
+    """Whether the error came from reading a checkpoint: TensorFlow names the restore op
+    (`save/RestoreV2`) or the checkpoint's path, not the file it could not read."""
+    message = getattr(error, "message", None) or str(error)
+    node = getattr(getattr(error, "node_def", None), "name", "") or ""
+    return (
+        node.startswith("save/")
+        or "RestoreV2" in message
+        or model_dir.rstrip("/") in message
+        or "checkpoint" in message.lower()
+    )
+
+
+def failure_line(error: Exception, args: argparse.Namespace) -> str | None:
+    """The one line for a failure the user can act on; None for anything else.
+
+    Args:
+      error: what training, evaluation or export raised.
+      args: the run's flags (names the model dir and the pipeline output).
+    """
+    import tensorflow as tf
+
+    if isinstance(error, tf.compat.v1.train.NanLossDuringTrainingError):
+        return (
+            "the training loss became NaN (the model diverged); nothing was evaluated or "
+            f"exported, the checkpoints before it stay in {args.model_dir}: lower "
+            "--learning-rate or --embedding-learning-rate, or check the numeric inputs' range"
+        )
+    damage_types = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError)
+    if not isinstance(error, damage_types):
+        return None
+    if _about_checkpoint(error, args.model_dir):
+        checkpoint = tf.train.latest_checkpoint(args.model_dir) or args.model_dir
+        return (
+            f"checkpoint {checkpoint} is damaged or incomplete ({_first_line(error)}): delete "
+            "its files (and its line in MODEL_DIR/checkpoint) to resume from the one before, "
+            "or train into a new --model-dir"
+        )
+    if isinstance(error, tf.errors.DataLossError):
+        from common import artifacts
+
+        # The shard whose content is not the one committed, when the checksums can tell.
+        return artifacts.describe_damage(args.pipeline_output) or (
+            f"a file of {args.pipeline_output} is damaged ({_first_line(error)}); rerun the "
+            "pipeline with --overwrite"
+        )
+    return None

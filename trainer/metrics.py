@@ -1,0 +1,135 @@
+"""Evaluation figures as they are reported: only where they are defined, never invented.
+
+TensorFlow's streaming AUC answers for any input: 1.0 or 0.0 for a split of one class, about
+1.0 for one row, 0.0 for no rows. None of these is a measurement. Here every evaluation result
+goes through `finalize`, which keeps a figure only where its definition holds (an AUC needs
+both classes among the rows it ranks), puts `None` in its place otherwise and says why under
+`undefined`, so that `eval_metrics.json` never carries a number that was not measured and
+selection never ranks on one. Pure Python: tested without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+EXAMPLES = "examples"
+POSITIVES = "positives"
+NEGATIVES = "negatives"
+UNDEFINED = "undefined"
+"""metric -> why it is None: the key beside the figures that explains each missing one."""
+AUC = "auc"
+UNSEEN_EXAMPLES = "examples_unseen_"
+UNSEEN_POSITIVES = "positives_unseen_"
+UNSEEN_AUC = "auc_unseen_"
+MIN_CLASS_ROWS = 30
+"""Fewer rows than this of either class make an AUC too noisy to judge a model by (its
+standard error is then several hundredths); it is reported, with a warning."""
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as a Python number; NaN and infinities as None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def class_counts(positives: int, examples: int) -> tuple[int, int]:
+    return int(positives), int(examples) - int(positives)
+
+
+def auc_undefined(positives: int, negatives: int) -> str | None:
+    """Why an AUC over these rows is not defined, or None when it is."""
+    if positives + negatives == 0:
+        return "no rows"
+    if not positives:
+        return f"all {negatives} rows are negative (label 0): an AUC needs both classes"
+    if not negatives:
+        return f"all {positives} rows are positive (label 1): an AUC needs both classes"
+    return None
+
+
+def finalize(raw: Mapping[str, Any], binary: bool) -> dict[str, Any]:
+    """An estimator's evaluation as JSON values, with each undefined figure None.
+
+    Args:
+      raw: what `Estimator.evaluate` returned (numpy values): `examples`, `loss`, and for a
+        binary label `auc`, `positives` and per categorical feature `auc_unseen_<f>`,
+        `examples_unseen_<f>`, `positives_unseen_<f>`.
+      binary: whether the label is binary.
+
+    Returns:
+      The figures, plus `negatives` for a binary label and `undefined` (metric -> reason)
+      when any figure is None. A split of no rows keeps only its count and step: a loss or an
+      accuracy over nothing is not a figure either.
+    """
+    values = {k: _plain(v) for k, v in raw.items()}
+    undefined: dict[str, str] = {}
+    examples = int(values.get(EXAMPLES) or 0)
+    if not examples:
+        kept = {EXAMPLES: 0}
+        if "global_step" in values:
+            kept["global_step"] = values["global_step"]
+        return kept
+    if binary and POSITIVES in values:
+        positives, negatives = class_counts(values[POSITIVES], examples)
+        values[POSITIVES], values[NEGATIVES] = positives, negatives
+        reason = auc_undefined(positives, negatives)
+        if reason:
+            values[AUC] = None
+            undefined[AUC] = reason
+        for key in [k for k in values if k.startswith(UNSEEN_EXAMPLES)]:
+            name = key[len(UNSEEN_EXAMPLES) :]
+            rows = int(values[key] or 0)
+            slice_positives = int(values.pop(UNSEEN_POSITIVES + name, 0) or 0)
+            slice_reason = auc_undefined(slice_positives, rows - slice_positives)
+            if slice_reason:
+                values[UNSEEN_AUC + name] = None
+                undefined[UNSEEN_AUC + name] = f"{name} out of vocabulary: {slice_reason}"
+            else:
+                values[f"negatives_unseen_{name}"] = rows - slice_positives
+                values[UNSEEN_POSITIVES + name] = slice_positives
+    for key, value in list(values.items()):
+        if value is None and key not in undefined:
+            undefined[key] = "not a finite number (the loss diverged or no row counted)"
+    if undefined:
+        values[UNDEFINED] = undefined
+    return values
+
+
+def too_small(metrics: Mapping[str, Any]) -> bool:
+    """Whether a binary split has fewer than MIN_CLASS_ROWS rows of either class."""
+    if POSITIVES not in metrics:
+        return False
+    return min(metrics[POSITIVES], metrics[NEGATIVES]) < MIN_CLASS_ROWS
+
+
+def describe_split(name: str, metrics: Mapping[str, Any]) -> str:
+    """One line on a split's rows and whether its AUC can judge a model, e.g. "eval split:
+    411 rows, 0 positive, 411 negative: AUC undefined (an AUC needs both classes)"."""
+    examples = int(metrics.get(EXAMPLES) or 0)
+    if not examples:
+        return f"{name} split: no rows; nothing was evaluated on it"
+    if POSITIVES not in metrics:
+        return f"{name} split: {examples:,} rows"
+    head = (
+        f"{name} split: {examples:,} rows, {metrics[POSITIVES]:,} positive, "
+        f"{metrics[NEGATIVES]:,} negative"
+    )
+    reason = (metrics.get(UNDEFINED) or {}).get(AUC)
+    if reason:
+        return f"{head}: AUC undefined ({reason})"
+    if too_small(metrics):
+        return (
+            f"{head}: too few of one class (< {MIN_CLASS_ROWS}) for its AUC to judge a model; "
+            "add rows to the split"
+        )
+    return head
+
+
+def rankable(value: Any) -> bool:
+    """Whether a figure can rank checkpoints: a finite number."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -55,6 +55,18 @@ def pipeline_python() -> str | None:
     return python if os.access(python, os.X_OK) else None
 
 
+def python_for(module: str) -> str:
+    """The Python that runs `python -m MODULE` as a user would: the pipeline environment's for
+    `pipeline`, the trainer environment's for `trainer.task`, this one for the rest (the
+    planner runs in both); skips the test when that environment is not here."""
+    role = {"pipeline": environments.PIPELINE, "trainer.task": environments.TRAINER}.get(module)
+    if role is None or role == ENVIRONMENT:
+        return sys.executable
+    if role == environments.PIPELINE and pipeline_python():
+        return pipeline_python()
+    pytest.skip(needs(role))
+
+
 def run_pipeline(argv: list[str]) -> dict:
     """Runs `python -m pipeline ARGV` and returns the stats it wrote: in this process in the
     pipeline environment, else as a command in the pipeline environment's Python (skipped if

@@ -166,12 +166,30 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds -v/--verbose and --version to a command's parser."""
+def add_flags(parser: argparse.ArgumentParser, role: str | None = None) -> None:
+    """Adds -v/--verbose and --version to a command's parser.
+
+    Args:
+      parser: the command's parser.
+      role: the environment the command runs in (`common.environments`): --version then
+        names the stack it runs on as well; None: the project's version alone.
+    """
     parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
         help="also print the logs of TensorFlow, Beam and the other libraries",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    if role is None:
+        parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+        return
+    from common import environments
+
+    class _Version(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(environments.version(role))  # one line: argparse's own action wraps it
+            parser.exit()
+
+    parser.add_argument(
+        "--version", nargs=0, action=_Version, help="print the versions this runs on and exit"
+    )

@@ -1,8 +1,10 @@
-"""`python -m pipeline`: see pipeline/run.py."""
+"""`python -m pipeline`: see pipeline/run.py. Runs in the pipeline environment only."""
 
-from common import console
+from common import console, environments
 
-console.start()  # before Beam and TensorFlow are imported
+# Before anything imports Beam or TensorFlow: one line naming the right environment.
+environments.require(environments.PIPELINE, "python -m pipeline")
+console.start()
 
 from common.process import run_main  # noqa: E402
 from pipeline.run import main  # noqa: E402

@@ -16,12 +16,13 @@ which does not depend on the data.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, WorkerOptions
 
 from common.config import Config
 from pipeline.graph import build
@@ -51,13 +52,34 @@ def measure_job(job: Any) -> dict[str, int]:
     }
 
 
-def summary_line(measured: dict[str, int]) -> str:
-    """The line the CLI prints: `Dry run: N transforms, B bytes of job description (...)`."""
+def workers(options: PipelineOptions) -> dict[str, str | None]:
+    """What the job's workers will run: the Beam SDK (the launcher's, which Dataflow's
+    default container matches), their Python, and what installs the pipeline's packages."""
+    image = options.view_as(WorkerOptions).sdk_container_image
+    python = ".".join(map(str, sys.version_info[:2]))
+    return {
+        "beam_sdk": beam.__version__,
+        "worker_python": f"the image's Python (this launcher's is {python})" if image else python,
+        "requirements_file": options.view_as(SetupOptions).requirements_file,
+        "sdk_container_image": image,
+    }
+
+
+def summary_line(measured: dict[str, Any]) -> str:
+    """The line the CLI prints: `Dry run: N transforms, B bytes of job description (...);
+    workers run Beam SDK V on Python P with ...; nothing was submitted`."""
     share = measured["graph_bytes"] / GRAPH_LIMIT_BYTES
+    if measured.get("sdk_container_image"):
+        packages = f"the container image {measured['sdk_container_image']}"
+    elif measured.get("requirements_file"):
+        packages = f"the requirements file {measured['requirements_file']}"
+    else:
+        packages = "Beam's default packages only (no requirements file, no container image)"
     return (
         f"Dry run: {measured['transforms']:,} transforms, {measured['job_bytes']:,} bytes of "
-        f"job description (the job graph is {share:.1%} of Dataflow's 10 MB limit); "
-        "nothing was submitted"
+        f"job description (the job graph is {share:.1%} of Dataflow's 10 MB limit); workers "
+        f"run Beam SDK {measured['beam_sdk']} on Python {measured['worker_python']} with "
+        f"{packages}; nothing was submitted"
     )
 
 
@@ -94,6 +116,6 @@ def dry_run(
             **build_args,
         )
         result = p.run()
-    measured = measure_job(result.job)
+    measured = {**measure_job(result.job), **workers(result.job.options)}
     LOG.info("Dry run: the job was built and not run; nothing was written to %s", output)
     return {"dry_run": True, "job": result.job, "summary": summary_line(measured), **measured}

@@ -32,16 +32,19 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
+    SetupOptions,
     StandardOptions,
     TestOptions,
+    WorkerOptions,
 )
 
-from common import artifacts, console, statistics
+from common import artifacts, console, environments, statistics
 from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, feature_statistics, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
@@ -57,6 +60,9 @@ from pipeline.input_files import InputError
 LOG = logging.getLogger("pipeline")
 
 DEFAULT_MAX_REJECTED_FRACTION = 0.01
+REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements" / "pipeline.txt"
+"""What Dataflow's workers install: the pipeline environment's lock, exported with hashes
+(`uv export --frozen --format requirements-txt --extra pipeline --no-emit-project`)."""
 MAX_NUM_SHARDS = 100_000
 """The most --num-shards allows: every shard is a file (and an entry of each worker's state
 while it is written), so more is a typo, not a plan."""
@@ -250,8 +256,30 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "needs at least one train file per host. The files' bytes depend on the data and "
         "this number only",
     )
-    console.add_flags(parser)
+    console.add_flags(parser, environments.PIPELINE)
     return parser.parse_known_args(argv)
+
+
+def with_worker_requirements(beam_args: list[str]) -> list[str]:
+    """Beam's options, with `--requirements_file REQUIREMENTS` added when the runner is
+    Dataflow and neither a requirements file nor an SDK container image is given: the workers
+    then install exactly the packages of the pipeline environment's lock (from PyPI, at
+    start-up)."""
+    options = PipelineOptions(beam_args)
+    if "Dataflow" not in str(options.view_as(StandardOptions).runner):
+        return beam_args
+    if options.view_as(SetupOptions).requirements_file:
+        return beam_args
+    if options.view_as(WorkerOptions).sdk_container_image:
+        return beam_args
+    if not REQUIREMENTS.is_file():
+        LOG.warning("%s is missing: Dataflow's workers install Beam's defaults", REQUIREMENTS)
+        return beam_args
+    # The file pins every package with its hashes, in pip's multi-line form, which the
+    # workers' `pip install -r` checks but Beam's launcher-side cache (`pip download` line by
+    # line) cannot parse: the workers install from PyPI. Workers without internet access need
+    # the container image instead (Dockerfile).
+    return [*beam_args, "--requirements_file", str(REQUIREMENTS), "--requirements_cache", "skip"]
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -288,7 +316,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)
     output = args.output.rstrip("/")
-    options = PipelineOptions(beam_args, save_main_session=False)
+    options = PipelineOptions(with_worker_requirements(beam_args), save_main_session=False)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     this_run = None if dry_run else commit.begin(output, args.overwrite, [f.path for f in files])
 
@@ -383,6 +411,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    environments.require(environments.PIPELINE, "python -m pipeline")
     console.configure_logging(console.start(argv))
     quiet_beam_input_errors()  # a damaged input is said in one line, below
     try:

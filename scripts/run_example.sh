@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole chain on generated example data: set up, generate, measure, plan, train, evaluate,
-# export. Outputs go under runs/example/ (override with RUN_DIR=...).
+# export. Outputs go under runs/example/ (override with RUN_DIR=...). The pipeline runs in the
+# pipeline environment (.venvs/pipeline/), the planner and the trainer in the trainer's (.venv/);
+# they meet through the files under RUN_DIR.
 #   ROWS=50000 TRAIN_STEPS=3000 BATCH_SIZE=256 bash scripts/run_example.sh
 # VERBOSE=1 passes -v to each command: the libraries' logs are shown too.
 set -euo pipefail
@@ -17,14 +19,15 @@ V=()
 if [ -n "${VERBOSE:-}" ] && [ "${VERBOSE}" != 0 ]; then V=(-v); fi
 
 bash scripts/setup.sh
+PIPELINE_PY=.venvs/pipeline/bin/python
 PY=.venv/bin/python
 started=$SECONDS
 
 echo; echo "== 1/4 Generating $ROWS example rows -> $DATA"
-$PY -m examples.clicks.generate --rows "$ROWS" --output "$DATA"
+$PIPELINE_PY -m examples.clicks.generate --rows "$ROWS" --output "$DATA"
 
 echo; echo "== 2/4 Pipeline: vocabularies, statistics, transformed TFRecords -> $OUTPUT"
-$PY -m pipeline --config examples/clicks/features.toml --input "$DATA" --output "$OUTPUT" \
+$PIPELINE_PY -m pipeline --config examples/clicks/features.toml --input "$DATA" --output "$OUTPUT" \
   --overwrite "${V[@]}" > "$RUN_DIR/pipeline.json"
 
 echo; echo "== 3/4 Embedding plan"
@@ -44,10 +47,11 @@ metrics = json.load(open(f"{model}/eval_metrics.json"))
 rows = json.load(open(f"{output}/stats.json"))["rows"]
 exports = sorted(glob.glob(f"{model}/export/*"))
 print()
-print(f"Eval AUC {metrics['auc']:.4f}  (loss {metrics['loss']:.4f}, "
+auc = "undefined" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+print(f"Eval AUC {auc}  (loss {metrics['loss']:.4f}, "
       f"accuracy {metrics['accuracy']:.4f}, step {metrics['global_step']}, "
       f"{metrics['examples']} examples of held-out users)")
-if "best_baseline_auc" in metrics:
+if metrics.get("auc") is not None and metrics.get("best_baseline_auc") is not None:
     margin = metrics["auc"] - metrics["best_baseline_auc"]
     print(f"Best single-feature baseline: {metrics['best_baseline']} "
           f"AUC {metrics['best_baseline_auc']:.4f} (model {margin:+.4f})")

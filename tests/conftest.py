@@ -1,7 +1,16 @@
-"""Shared fixtures: the example config, and small configs written on the fly."""
+"""Shared fixtures: the example config, small configs written on the fly, the environments.
+
+Two environments run the tests (common/environments.py): the pipeline's (`.venvs/pipeline/`)
+and the trainer's (`.venv/`). A test that needs one is marked `pipeline_env` or `trainer_env`
+and skipped, with the reason, in the other; unmarked tests run in both. A test of the trainer
+on a pipeline's output runs the pipeline as the user does, `python -m pipeline` in the
+pipeline environment's Python (PIPELINE_PYTHON, or `.venvs/pipeline/bin/python`), and is
+skipped if there is none.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,10 +23,74 @@ from pathlib import Path
 
 import pytest
 
+from common import environments
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "examples" / "clicks" / "features.toml"
+ENVIRONMENT = environments.current()
+ENV_MARKERS = {f"{role}_env": role for role in (environments.PIPELINE, environments.TRAINER)}
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def needs(role: str) -> str:
+    """The reason a test of `role` is skipped here."""
+    return f"needs {environments.SETUP[role]}; {environments.describe()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips each test marked for the other environment; a test's own marker overrides its
+    module's."""
+    for item in items:
+        markers = (m.name for m in item.iter_markers() if m.name in ENV_MARKERS)
+        role = ENV_MARKERS.get(next(markers, ""))
+        if role and role != ENVIRONMENT:
+            item.add_marker(pytest.mark.skip(reason=needs(role)))
+
+
+def pipeline_python() -> str | None:
+    """The pipeline environment's Python: $PIPELINE_PYTHON, or the project's
+    `.venvs/pipeline/bin/python`; None if there is none."""
+    python = os.environ.get("PIPELINE_PYTHON") or str(ROOT / ".venvs/pipeline/bin/python")
+    return python if os.access(python, os.X_OK) else None
+
+
+def python_for(module: str) -> str:
+    """The Python that runs `python -m MODULE` as a user would: the pipeline environment's for
+    `pipeline`, the trainer environment's for `trainer.task`, this one for the rest (the
+    planner runs in both); skips the test when that environment is not here."""
+    role = {"pipeline": environments.PIPELINE, "trainer.task": environments.TRAINER}.get(module)
+    if role is None or role == ENVIRONMENT:
+        return sys.executable
+    if role == environments.PIPELINE and pipeline_python():
+        return pipeline_python()
+    pytest.skip(needs(role))
+
+
+def run_pipeline(argv: list[str]) -> dict:
+    """Runs `python -m pipeline ARGV` and returns the stats it wrote: in this process in the
+    pipeline environment, else as a command in the pipeline environment's Python (skipped if
+    there is none), as a user runs it before training."""
+    if ENVIRONMENT == environments.PIPELINE:
+        from pipeline.run import run
+
+        return run(argv)
+    python = pipeline_python()
+    if python is None:
+        pytest.skip(
+            f"runs the pipeline in {environments.SETUP[environments.PIPELINE]}: none found "
+            "(set PIPELINE_PYTHON)"
+        )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("VIRTUAL_ENV", None)
+    done = subprocess.run(
+        [python, "-m", "pipeline", *argv], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.fail(f"python -m pipeline failed in {python}:\n{done.stderr[-4000:]}")
+    output = argv[argv.index("--output") + 1]
+    with open(os.path.join(output, "stats.json")) as f:
+        return json.load(f)
 
 
 @pytest.fixture
@@ -107,12 +180,13 @@ SMALL_ROWS = 2000
 def small_pipeline_output(tmp_path_factory):
     """A finished pipeline output (with its plan) over 2,000 generated example rows.
 
+    Written by the pipeline environment (in this process, or as a command from the trainer's).
+
     Returns:
       dict with `data` (the raw CSV), `output` (OUTPUT), `stats` and `plan`.
     """
     from embedding.planner import plan_pipeline_output
     from examples.clicks.generate import generate, write_csv
-    from pipeline.run import run as run_pipeline
 
     root = tmp_path_factory.mktemp("small")
     data = str(root / "clicks.csv")

@@ -9,6 +9,8 @@ import tensorflow as tf
 from common.plan import EmbeddingPlan, FeaturePlan, TablePlan
 from trainer import baselines
 
+pytestmark = pytest.mark.trainer_env
+
 
 def _plan(label_type: str = "binary") -> EmbeddingPlan:
     return EmbeddingPlan(

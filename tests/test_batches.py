@@ -7,6 +7,8 @@ from common.config import parse_config
 from pipeline import decode, features
 from pipeline.batches import BlockDecoder, _NotVectorizable
 
+pytestmark = pytest.mark.pipeline_env
+
 CONFIG = parse_config(
     {
         "split": {"key": "user_id", "eval_fraction": 0.3},

@@ -2,6 +2,12 @@
 
 import numpy as np
 import pytest
+
+from tests.conftest import needs
+
+# TPUEstimator is the trainer environment's: the module cannot be imported in the pipeline's.
+pytest.importorskip("tensorflow_estimator", reason=needs("trainer"))
+
 import tensorflow as tf
 from tensorflow_estimator.python.estimator.tpu import _tpu_estimator_embedding
 
@@ -15,6 +21,8 @@ from embedding.columns import (
 )
 from embedding.planner import make_plan
 from tests.test_planner import config, stats, vocab
+
+pytestmark = pytest.mark.trainer_env
 
 
 def plan():

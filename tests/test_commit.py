@@ -20,6 +20,8 @@ from embedding.planner import load_or_make_plan, plan_pipeline_output
 from pipeline import commit
 from pipeline.input_files import InputError
 
+pytestmark = pytest.mark.pipeline_env
+
 
 def _stage(run: commit.Run, train_shards: int, tag: str, validation_shards: int = 0) -> None:
     """Writes what a pipeline run writes into its staging prefix (`tag` marks its bytes)."""
@@ -140,6 +142,7 @@ def _fail_during_the_copy(monkeypatch, output):
 
 
 @pytest.mark.parametrize("failure", [_fail_after_invalidating, _fail_during_the_copy])
+@pytest.mark.trainer_env  # the trainer is one of the readers
 def test_a_rerun_that_fails_in_the_commit_leaves_nothing_a_reader_accepts(
     any_root, monkeypatch, failure, tmp_path
 ):

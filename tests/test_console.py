@@ -17,6 +17,7 @@ import pytest
 
 from common import console
 from common.progress import Progress, duration
+from tests.conftest import python_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "clicks" / "features.toml"
@@ -29,8 +30,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
+    """`python -m ARGS` in the environment that runs the module (tests.conftest.python_for)."""
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, env=_env(), capture_output=True, text=True
+        [python_for(args[0]), "-m", *args], cwd=ROOT, env=_env(), capture_output=True, text=True
     )
 
 
@@ -151,7 +153,12 @@ def test_a_bad_config_key_is_one_clear_line(tmp_path):
 def test_version_and_usage(module):
     version = _run(module, "--version")
     assert version.returncode == 0
-    assert version.stdout.strip() == f"python -m {module} {console.version()}"
+    # One line with the project's version; the pipeline and the trainer also name their stack.
+    assert len(version.stdout.strip().splitlines()) == 1
+    assert console.version() in version.stdout
+    if module != "embedding":
+        role = "pipeline" if module == "pipeline" else "trainer"
+        assert f"({role} environment: tensorflow " in version.stdout
     bare = _run(module)
     assert bare.returncode == 2
     assert bare.stderr.startswith(f"usage: python -m {module}")

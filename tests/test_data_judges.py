@@ -14,11 +14,10 @@ from common import artifacts
 from embedding.planner import format_plan, plan_pipeline_output
 from examples.clicks import generate
 from pipeline import decode
-from pipeline import run as pipeline_run
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import EXAMPLE_CONFIG, run_pipeline
 from trainer import task
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer_env]
 
 ROWS = 600
 
@@ -43,7 +42,7 @@ def judged(tmp_path_factory):
     data = str(root / "clicks.csv")
     generate.write_csv(data, generate.generate(ROWS, seed=8))
     output = str(root / "out")
-    stats = pipeline_run.run(["--config", str(config), "--input", data, "--output", output])
+    stats = run_pipeline(["--config", str(config), "--input", data, "--output", output])
     return {"data": data, "output": output, "stats": stats, "plan": plan_pipeline_output(output)}
 
 

@@ -3,18 +3,25 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import shlex
+import subprocess
+import sys
 import tarfile
 import time
 
+import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import SetupOptions
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.stager import Stager
 
 from examples.clicks import generate
 from pipeline import run as pipeline_run
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_env]
 
 DATAFLOW = [
     "--runner",
@@ -50,6 +57,15 @@ def test_setup_py_sdist_carries_every_package(tmp_path):
         "setup.py",
     ):
         assert module in names, module
+    # What pip installs on a worker with the sdist: the common base, none of the trainer's
+    # TensorFlow (the workers' stack comes from the requirements file or the image).
+    with tarfile.open(sdist) as archive:
+        [info] = [n for n in archive.getnames() if n.count("/") == 1 and n.endswith("PKG-INFO")]
+        metadata = archive.extractfile(info).read().decode()
+    required = re.findall(r"^Requires-Dist: (.*)$", metadata, re.MULTILINE)
+    base = [r for r in required if "extra ==" not in r]
+    assert base and not [r for r in base if re.match(r"(tensorflow|tfx|apache-beam)", r)], base
+    assert any(r.startswith("tensorflow==2.15.1") and "trainer" in r for r in required)
 
 
 def _small_csv_files(directory, count):
@@ -107,8 +123,27 @@ def test_dry_run_job_over_2000_files_is_as_small_as_over_2(tmp_path, capsys):
     ):
         assert step in labels, step
 
+    # The workers install the pipeline environment's lock: the job stages exactly that file.
+    requirements = str(pipeline_run.REQUIREMENTS)
+    assert job.options.view_as(SetupOptions).requirements_file == requirements
+    staged = {}
+    for environment in job.proto_pipeline.components.environments.values():
+        for artifact in environment.dependencies:
+            payload = beam_runner_api_pb2.ArtifactFilePayload.FromString(artifact.type_payload)
+            role = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(
+                artifact.role_payload
+            )
+            staged[role.staged_name] = payload.path
+    with open(requirements, "rb") as mine, open(staged["requirements.txt"], "rb") as theirs:
+        assert theirs.read() == mine.read()
+
     # The CLI's line for 2,000 files, against the figures of the 2-file job.
     printed = capsys.readouterr().out
+    python = ".".join(map(str, sys.version_info[:2]))
+    assert (
+        f"workers run Beam SDK {beam.__version__} on Python {python} with the requirements "
+        f"file {requirements}; nothing was submitted"
+    ) in printed
     line = re.search(r"Dry run: ([\d,]+) transforms, ([\d,]+) bytes of job description", printed)
     assert line, printed
     transforms, size = (int(group.replace(",", "")) for group in line.groups())
@@ -118,3 +153,64 @@ def test_dry_run_job_over_2000_files_is_as_small_as_over_2(tmp_path, capsys):
     # One read per file took minutes here to build over 2,000 files; the same job now costs
     # what the 2-file one does, whatever the machine's load.
     assert many_seconds < two_seconds + 30, (many_seconds, two_seconds)
+
+
+def _requirements(text: str) -> dict[str, set[str]]:
+    """name -> the versions its `name==version ; marker` lines pin (one per Python range)."""
+    pins = {}
+    for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", text, re.MULTILINE):
+        pins.setdefault(name, set()).add(version)
+    return pins
+
+
+def test_the_workers_requirements_are_the_pipeline_lock_exported():
+    """requirements/pipeline.txt is what the command in its header writes from uv.lock now,
+    pins every package with hashes, holds none of the trainer's TensorFlow, and pins what this
+    (the pipeline) environment runs."""
+    text = pipeline_run.REQUIREMENTS.read_text()
+    header = text.splitlines()[1].lstrip("# ")
+    command = shlex.split(header)
+    assert command[:2] == ["uv", "export"] and "--frozen" in command, header
+    command = command[: command.index("-o")] + ["--quiet", "--no-header"]
+    fresh = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    body = "".join(line for line in text.splitlines(True) if not line.startswith("#"))
+    assert body == fresh, f"requirements/pipeline.txt is stale: rerun `{header}`"
+
+    pins = _requirements(text)
+    lines = re.findall(r"^[A-Za-z0-9_.-]+==.*\\$", text, re.MULTILINE)
+    assert len(pins) > 100 and len(lines) >= len(pins)
+    assert text.count("--hash=sha256:") >= len(lines)  # every pin with its hashes
+    assert "tensorflow-estimator" not in pins and "pytest" not in pins
+    assert pins["tensorflow"] == {importlib.metadata.version("tensorflow")} != {"2.15.1"}
+    for name in ("apache-beam", "tensorflow-transform", "tfx-bsl", "numpy", "pyarrow", "dill"):
+        assert importlib.metadata.version(name) in pins[name], name
+
+
+def test_only_dataflow_without_requirements_or_image_gets_the_lock():
+    added = ["--requirements_file", str(pipeline_run.REQUIREMENTS), "--requirements_cache", "skip"]
+    assert pipeline_run.with_worker_requirements(DATAFLOW) == [*DATAFLOW, *added]
+    for given in (
+        [],
+        ["--runner", "DirectRunner"],
+        [*DATAFLOW, "--requirements_file", "mine.txt"],
+        [*DATAFLOW, "--sdk_container_image", "gcr.io/p/pipeline:1"],
+    ):
+        assert pipeline_run.with_worker_requirements(given) == given
+
+
+def test_the_summary_names_a_container_image():
+    from pipeline import dry_run
+
+    figures = {"transforms": 3, "graph_bytes": 10, "job_bytes": 20, "beam_sdk": "2.77.0"}
+    line = dry_run.summary_line(
+        {**figures, "worker_python": "3.12", "sdk_container_image": "gcr.io/p/pipeline:1"}
+    )
+    assert "workers run Beam SDK 2.77.0 on Python 3.12 with the container image gcr.io/p/" in line
+
+
+def test_the_dockerfile_starts_from_the_locked_beam_and_python():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [image] = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    python = "".join(map(str, sys.version_info[:2]))
+    assert image == f"apache/beam_python{python[0]}.{python[1:]}_sdk:{beam.__version__}"
+    assert "requirements/pipeline.txt" in dockerfile and "--require-hashes" in dockerfile

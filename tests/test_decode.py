@@ -28,6 +28,8 @@ CONFIG = parse_config(
         ],
     }
 )
+
+pytestmark = pytest.mark.pipeline_env
 HEADER = ["user_id", "item_id", "history", "price", "clicked", "ignored"]
 
 

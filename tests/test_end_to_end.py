@@ -21,7 +21,7 @@ from common import artifacts
 from tests.conftest import SMALL_ROWS, raw_example
 from trainer import task
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer_env]
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +172,59 @@ def test_exported_model_serves_raw_examples(chain):
     assert probabilities.shape == (len(rows),)
     assert np.all((probabilities > 0) & (probabilities < 1))
     assert len(set(np.round(probabilities, 6))) > 1
+
+
+def _rows_of(features: dict, count: int) -> list[tuple]:
+    """Per row, a hashable tuple of every feature's values (sparse or dense), by name."""
+    columns = {}
+    for name, tensor in features.items():
+        if isinstance(tensor, tf.SparseTensor):
+            values = [[] for _ in range(count)]
+            for (row, *_), value in zip(tensor.indices.numpy(), tensor.values.numpy(), strict=True):
+                values[row].append(value.item())
+            columns[name] = [tuple(v) for v in values]
+        else:
+            columns[name] = [tuple(np.ravel(v).tolist()) for v in tensor.numpy()]
+    return [tuple((name, columns[name][i]) for name in sorted(columns)) for i in range(count)]
+
+
+def _raw_tf_example(row: dict, raw_spec: dict) -> bytes:
+    """A raw csv row as the tf.Example the raw schema describes (label included)."""
+    example = tf.train.Example()
+    for name, spec in raw_spec.items():
+        cell = row[name]
+        values = cell.split() if isinstance(spec, tf.io.VarLenFeature) else [cell]
+        feature = example.features.feature[name]
+        if spec.dtype == tf.string:
+            feature.bytes_list.value.extend(v.encode() for v in values)
+        elif spec.dtype == tf.int64:
+            feature.int64_list.value.extend(int(v) for v in values)
+        else:
+            feature.float_list.value.extend(float(v) for v in values)
+    return example.SerializeToString()
+
+
+def test_the_transform_graph_transforms_raw_rows_as_the_pipeline_did(small_pipeline_output):
+    """The contract between the environments: the transform graph that the pipeline
+    environment's tf.Transform wrote, loaded by this (the trainer's) tf.Transform, turns every
+    raw example row into exactly the transformed example the pipeline wrote for it."""
+    output = small_pipeline_output["output"]
+    stats = small_pipeline_output["stats"]
+    assert stats["rows"]["rejected"] == 0  # every raw row has its transformed example
+    transform = tft.TFTransformOutput(output)
+    raw_spec = transform.raw_feature_spec()
+    with open(small_pipeline_output["data"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == SMALL_ROWS
+    raw = tf.io.parse_example(tf.constant([_raw_tf_example(r, raw_spec) for r in rows]), raw_spec)
+    here = _rows_of(transform.transform_raw_features(raw), len(rows))
+
+    written_spec = transform.transformed_feature_spec()
+    files = sorted(glob.glob(os.path.join(output, "data", "*.tfrecord.gz")))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    assert len(records) == SMALL_ROWS
+    written = _rows_of(tf.io.parse_example(tf.constant(records), written_spec), len(records))
+
+    assert {name for name, _ in here[0]} == set(written_spec)
+    assert Counter(here) == Counter(written)
+    assert len(set(written)) > SMALL_ROWS // 2  # rows that differ, not one row repeated

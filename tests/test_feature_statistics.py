@@ -79,6 +79,7 @@ def test_statistics_and_schema_are_committed_in_the_manifest(small_pipeline_outp
     assert f"href='{statistics_file('eval')}'" in report and f"href='{SCHEMA}'" in report
 
 
+@pytest.mark.trainer_env  # TFDV 1.15 sits beside TensorFlow 2.15 (the trainer-dev extra)
 def test_tensorflow_data_validation_reads_them(small_pipeline_output):
     import tensorflow_data_validation as tfdv  # a dev dependency
 

@@ -10,6 +10,8 @@ from pipeline import input_checks
 from pipeline.input_checks import inspect_inputs, match_inputs
 from pipeline.input_files import InputError
 
+pytestmark = pytest.mark.pipeline_env
+
 COLUMNS = {
     "split": {"key": "user_id"},
     "label": {"name": "clicked"},

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from trainer.inputs import keep_and_truncate, prepare_features
 
+pytestmark = pytest.mark.trainer_env
+
 
 def _plan(length=3, end="keep_last"):
     return SimpleNamespace(

@@ -4,6 +4,7 @@ import math
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -13,6 +14,8 @@ from embedding.planner import sharing_suggestions
 from pipeline import features
 from pipeline.decode import CsvRowDecoder, to_record_batch
 from pipeline.measure import CountFrequencies, MeasureBatches, MeasureEvalSkew
+
+pytestmark = pytest.mark.pipeline_env
 
 CONFIG_DATA = {
     "split": {"key": "u"},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pipeline import sources
 from pipeline.input_files import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline_env]
 
 ROWS = 300
 
@@ -220,6 +221,30 @@ def _output_bytes(output):
     return open(os.path.join(output, "stats.json"), "rb").read(), files
 
 
+def _table_names(output):
+    """The shared names of the hash tables in OUTPUT's transform graph."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = saved_model_pb2.SavedModel()
+    with open(os.path.join(output, "transform_fn", "saved_model.pb"), "rb") as f:
+        model.ParseFromString(f.read())
+    return {
+        node.attr["shared_name"].s.decode()
+        for graph in model.meta_graphs
+        for function in graph.graph_def.library.function
+        for node in [*graph.graph_def.node, *function.node_def]
+        if node.op == "HashTableV2"
+    }
+
+
+def _content_names(output):
+    """The table names the vocabulary files' contents give (pipeline/preprocessing.py)."""
+    return {
+        f"hash_table_{name}_sha256_{hashlib.sha256(data).hexdigest()[:32]}_-2_-1"
+        for name, data in _vocabularies(output).items()
+    }
+
+
 def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
     # Three files, small batches: several bundles, which two workers share out differently.
     # 3,000 rows: the default gives the train split 2 files (one per 2,000 rows), eval 1.
@@ -253,6 +278,12 @@ def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
     rerun, _ = _run(tmp_path, "one", "csv", inputs, *same, "--overwrite")
     assert _output_bytes(rerun) == (stats_one, files_one)
     assert _vocabularies(rerun) == _vocabularies(one)
+    # The transform graph names its tables after the vocabularies' contents, not after the
+    # run's temporary files: no run id, no staging path in it.
+    for output in (one, two, rerun):
+        graph = open(os.path.join(output, "transform_fn", "saved_model.pb"), "rb").read()
+        assert b".incomplete-" not in graph and b"tftransform_tmp" not in graph
+        assert _table_names(output) == _content_names(one)
     shutil.rmtree(two)
 
 

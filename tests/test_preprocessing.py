@@ -1,6 +1,7 @@
 """The preprocessing_fn through tf.Transform's own test harness, on a few inline rows."""
 
 import pyarrow as pa
+import pytest
 import tensorflow as tf
 from tensorflow_transform.beam import tft_unit
 from tensorflow_transform.tf_metadata import schema_utils
@@ -9,6 +10,8 @@ from common.config import parse_config
 from pipeline import features
 from pipeline.decode import CsvRowDecoder, to_record_batch
 from pipeline.preprocessing import PreprocessingFn
+
+pytestmark = pytest.mark.pipeline_env
 
 CONFIG = parse_config(
     {

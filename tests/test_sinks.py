@@ -16,6 +16,8 @@ from common import storage
 from pipeline import sinks
 from pipeline.sinks import WriteTFRecordLists, default_num_shards, tfrecord_frames
 
+pytestmark = pytest.mark.pipeline_env
+
 
 def test_tfrecord_frames_match_tensorflows_writer(tmp_path):
     records = [b"", b"x", b"a longer record \x00\xff" * 50]

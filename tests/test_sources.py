@@ -20,6 +20,8 @@ from pipeline import sinks, sources
 from pipeline.input_files import InputError
 from pipeline.sources import CsvHeader, ReadRaw, _LineBlockSource
 
+pytestmark = pytest.mark.pipeline_env
+
 CONFIG = parse_config(
     {
         "split": {"key": "user_id"},

@@ -79,6 +79,7 @@ def test_numeric_summary():
     assert numeric_summary(0, 0, 0, float("inf"), float("-inf"))["min"] == 0.0
 
 
+@pytest.mark.pipeline_env
 def test_exact_sums_do_not_depend_on_order_or_grouping():
     import numpy as np
 

@@ -11,6 +11,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from common import storage
 
+pytestmark = pytest.mark.pipeline_env
+
 
 def _write(root: str, files: dict[str, bytes]) -> None:
     for relative, data in files.items():

@@ -22,6 +22,12 @@ import socket
 
 import numpy as np
 import pytest
+
+from tests.conftest import needs
+
+# TPUEstimator is the trainer environment's: the module cannot be imported in the pipeline's.
+pytest.importorskip("tensorflow_estimator", reason=needs("trainer"))
+
 import tensorflow as tf
 from tensorflow.core.protobuf.tpu import tpu_embedding_configuration_pb2
 from tensorflow.python.client import session as session_lib
@@ -45,6 +51,8 @@ from tests.test_planner import stats as planner_stats
 from tests.test_trainer import _with_validation_split
 from trainer import baselines, inputs, prepare, selection, task, tpu_setup
 from trainer.model import create_model_fn
+
+pytestmark = pytest.mark.trainer_env
 
 MASTER = "grpc://10.240.1.2:8470"
 BATCH = 64

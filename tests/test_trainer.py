@@ -29,7 +29,7 @@ from trainer import checks, task
 from trainer.estimator import build_estimator
 from trainer.inputs import make_input_fn
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer_env]
 
 
 def _args(output, model_dir, *extra):
@@ -368,8 +368,7 @@ def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
     import json
 
     from examples.clicks.generate import generate, write_csv
-    from pipeline.run import run as run_pipeline
-    from tests.conftest import EXAMPLE_CONFIG
+    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
 
     config = tmp_path / "features.toml"
     text = EXAMPLE_CONFIG.read_text()
@@ -400,8 +399,7 @@ def test_empty_validation_or_eval_splits_select_and_report_nothing_invented(
 
     from examples.clicks.generate import generate, write_csv
     from pipeline.decode import split_of
-    from pipeline.run import run as run_pipeline
-    from tests.conftest import EXAMPLE_CONFIG
+    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
 
     config = tmp_path / "features.toml"
     text = EXAMPLE_CONFIG.read_text()
@@ -643,8 +641,7 @@ def test_a_split_of_one_class_has_no_auc_and_selects_nothing(tmp_path, caplog):
 
     from examples.clicks.generate import generate, write_csv
     from pipeline.decode import split_of
-    from pipeline.run import run as run_pipeline
-    from tests.conftest import EXAMPLE_CONFIG
+    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
 
     config = tmp_path / "features.toml"
     text = EXAMPLE_CONFIG.read_text()

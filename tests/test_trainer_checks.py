@@ -25,6 +25,7 @@ def test_a_host_that_would_read_only_empty_shards_is_refused():
     check_every_host_has_data(_manifest([500, 21, 480, 22]), 2)  # 21 bytes hold data
 
 
+@pytest.mark.pipeline_env
 def test_the_sinks_empty_shard_has_the_size_the_check_assumes(tmp_path):
     import io
 
@@ -58,6 +59,7 @@ def test_trainer_flags_that_cannot_train_are_refused_at_once(flags, message, cap
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.pipeline_env
 @pytest.mark.parametrize("value", ["nan", "-1", "1.5"])
 def test_pipeline_refuses_a_rejected_fraction_outside_0_1(value):
     from pipeline import run
@@ -68,6 +70,7 @@ def test_pipeline_refuses_a_rejected_fraction_outside_0_1(value):
         run.run([*argv, "--max-rejected-fraction", value])
 
 
+@pytest.mark.pipeline_env
 @pytest.mark.parametrize("value", ["-1", "100001"])
 def test_pipeline_refuses_a_number_of_shards_out_of_range(value):
     from pipeline import run
@@ -78,6 +81,7 @@ def test_pipeline_refuses_a_number_of_shards_out_of_range(value):
         run.run([*argv, "--num-shards", value])
 
 
+@pytest.mark.pipeline_env
 def test_a_run_without_training_rows_is_refused():
     from pipeline import run
 
@@ -89,6 +93,7 @@ def test_a_run_without_training_rows_is_refused():
         run.check_rejected(stats, 1.0, "/staging/rejected", "/out")
 
 
+@pytest.mark.trainer_env
 def test_no_tpu_behind_the_address_is_one_clear_error(monkeypatch):
     # TPUEstimator's own query answers 0 cores when nothing is there; dividing the batch by
     # it was a ZeroDivisionError.

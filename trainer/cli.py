@@ -9,7 +9,7 @@ import argparse
 import math
 from collections.abc import Sequence
 
-from common import console
+from common import console, environments
 
 EVALUATIONS = 5
 """Evaluations on the validation split over a run, by default: the checkpoint chosen is at
@@ -196,7 +196,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="export a SavedModel that serves raw tf.Examples (default: on)",
     )
-    console.add_flags(parser)
+    console.add_flags(parser, environments.TRAINER)
     args = parser.parse_args(argv)
     try:
         args.hidden_units = [int(u) for u in args.hidden_units.split(",") if u.strip()]

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from common import artifacts, console, storage
+from common import artifacts, console, environments, storage
 from trainer.checks import TrainerError, check_same_run
 from trainer.cli import parse_args
 from trainer.estimator import build_estimator, global_step, make_reproducible
@@ -220,6 +220,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    environments.require(environments.TRAINER, "python -m trainer.task")
     verbose = console.start(argv)  # before TensorFlow is imported
     args = parse_args(argv)
     console.configure_logging(verbose)

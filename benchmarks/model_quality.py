@@ -87,8 +87,12 @@ def prepare(run_dir: str, dataset: str, seed: int) -> str:
         [py, "-m", "examples.clicks.generate", "--seed", str(seed), "--output", data, *flags],
         os.path.join(base, "generate.log"),
     )
+    # The pipeline runs in its own environment, as a user runs it (README).
+    pipeline_py = os.environ.get("PIPELINE_PYTHON") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venvs/pipeline/bin/python"
+    )
     _run(
-        [py, "-m", "pipeline", "--config", config, "--input", data, "--output", output,
+        [pipeline_py, "-m", "pipeline", "--config", config, "--input", data, "--output", output,
          "--overwrite"],
         os.path.join(base, "pipeline.log"),
     )  # fmt: skip

@@ -73,6 +73,7 @@ def test_the_verdict_is_judged_on_validation_where_the_model_was_chosen():
     assert verdict({"examples": 0}, {}, {}) == {}
 
 
+@pytest.mark.trainer_env  # task.main refuses to run outside the trainer environment
 def test_require_beats_baseline_exits_non_zero_after_writing(monkeypatch, capsys):
     from trainer import task
 

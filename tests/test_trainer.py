@@ -510,7 +510,8 @@ def test_periodic_evaluation_selects_and_exports_the_best_checkpoint_on_validati
     )
     written = json.loads((model_dir / "eval_metrics.json").read_text())
     history = written["history"]
-    assert [h["global_step"] for h in history] == [10, 20, 30]
+    # The starting point (step 0: where counting ends) is a candidate too.
+    assert [h["global_step"] for h in history] == [0, 10, 20, 30]
     assert {h["split"] for h in history} == {"validation"}
     best = written["best"]
     assert best["selected_on"] == "validation"
@@ -562,7 +563,7 @@ def test_a_resumed_run_keeps_the_history_and_the_best_checkpoint_so_far(
         _args(output, model_dir, "--train-steps", "30", "--eval-every-steps", "10", "--no-export")
     )
     written = json.loads((model_dir / "eval_metrics.json").read_text())
-    assert [h["global_step"] for h in written["history"]] == [10, 20, 30]
+    assert [h["global_step"] for h in written["history"]] == [0, 10, 20, 30]
     top = max(written["history"], key=lambda h: h["auc"])
     assert written["best"]["step"] == top["global_step"]
     if first["best"]["step"] == top["global_step"]:  # the earlier best still wins

@@ -29,6 +29,10 @@ LOG_EVERY_N_STEPS = 100
 EXAMPLES = "examples"
 UNSEEN = "unseen_"
 ID_BIAS_SCALE = 10.0
+AUC_THRESHOLDS = 10_000
+"""Buckets of TensorFlow's streaming AUC. Predictions that fall into one bucket count as tied,
+which pulls the AUC below the exact one when predictions crowd together, as those of a model
+that starts from a count do; the baselines' AUC is exact (`trainer.baselines`)."""
 # TPUEstimator's stand-ins for the tables in the dense graph (tpu_embedding_gradient): it keeps
 # them out of checkpoints, but not the slots the dense optimizer gives them.
 TPU_DUMMY_TABLE_PREFIX = "tpu_embedding_dummy_table_variable_"
@@ -369,12 +373,14 @@ def _metric_fn(binary: bool, categorical: Sequence[str] = ()):
             # streaming AUC reports 1.0 or 0.0 for rows of one class.
             positive = tf.cast(tf.math.greater(labels, 0.5), tf.int64)
             metrics["positives"] = _sum(positive, "positives_count")
-            metrics["auc"] = tf.compat.v1.metrics.auc(labels, probabilities, num_thresholds=1000)
+            metrics["auc"] = tf.compat.v1.metrics.auc(
+                labels, probabilities, num_thresholds=AUC_THRESHOLDS
+            )
             for key in categorical:
                 # AUC and counts of the rows whose feature is out of vocabulary.
                 name = key[len(UNSEEN) :]
                 metrics[f"auc_unseen_{name}"] = tf.compat.v1.metrics.auc(
-                    labels, probabilities, weights=unseen[key], num_thresholds=1000
+                    labels, probabilities, weights=unseen[key], num_thresholds=AUC_THRESHOLDS
                 )
                 in_slice = tf.cast(unseen[key], tf.int64)
                 metrics[f"examples_unseen_{name}"] = _sum(in_slice, f"examples_unseen_{name}")

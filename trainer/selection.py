@@ -99,7 +99,23 @@ class Selection:
             if tf.io.gfile.exists(checkpoint + ".index"):
                 self.best = {"step": best["step"], self.metric: value, "checkpoint": checkpoint}
 
-    def evaluate(self, estimator, make_input_fn) -> None:
+    def evaluate_start(self, estimator, make_input_fn) -> None:
+        """Makes the starting point (`model.ckpt-0`) a candidate too.
+
+        The model starts where counting ends (`--bias-init`: the best single feature's
+        log-odds, the rest at 0), so a run whose training does not improve on validation
+        keeps that start: the model chosen on validation is never below the count it began
+        from. Only for a run that began at step 0 and selects on a validation split.
+        """
+        import tensorflow as tf
+
+        start = artifacts.join(self.args.model_dir, "model.ckpt-0")
+        if self.files and self.args.eval_every_steps and tf.io.gfile.exists(start + ".index"):
+            self.evaluate(estimator, make_input_fn, checkpoint=start)
+
+    def evaluate(self, estimator, make_input_fn, checkpoint: str | None = None) -> None:
+        """Evaluates `checkpoint` (default: the latest) on the validation split and keeps it
+        when it is the best so far."""
         if not self.args.eval_every_steps:
             return
         files, name = (self.files, VALIDATION) if self.files else (self.eval_files, "eval")
@@ -109,6 +125,7 @@ class Selection:
             estimator.evaluate(
                 make_input_fn(files, self.plan, training=False, id_bias=self.args.id_bias),
                 steps=self.args.eval_steps,
+                checkpoint_path=checkpoint,
                 # The eval split's curve is the one of the final evaluation: MODEL_DIR/eval.
                 name=VALIDATION if name == VALIDATION else None,
             ),
@@ -130,7 +147,9 @@ class Selection:
             value > self.best[self.metric] if self.higher else value < self.best[self.metric]
         )
         if better:
-            checkpoint = _keep_checkpoint(estimator.latest_checkpoint(), self.args.model_dir)
+            checkpoint = _keep_checkpoint(
+                checkpoint or estimator.latest_checkpoint(), self.args.model_dir
+            )
             self.best = {
                 "step": result["global_step"],
                 self.metric: value,

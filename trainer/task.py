@@ -141,7 +141,10 @@ def train(
             max_steps=target,
             hooks=[TrainingProgress(args.train_steps, args.batch_size)],
         )
-        selection.evaluate(estimator, partial(make_input_fn, key_features=run.key_features))
+        evaluation_input = partial(make_input_fn, key_features=run.key_features)
+        if start == 0:
+            selection.evaluate_start(estimator, evaluation_input)
+        selection.evaluate(estimator, evaluation_input)
         start = target
     steps = global_step(estimator) - step_before
     elapsed = time.time() - started

@@ -14,7 +14,9 @@ when it has parsed its flags. By default:
 - Warnings known to say nothing to a user of this tool are ignored by category and message,
   never all warnings.
 
-Nothing is done to stderr itself: an error a library logs or raises reaches the user whole.
+Nothing else is done to stderr: an error a library logs or raises reaches the user whole. The
+one exception is TensorFlow's import (`import_tensorflow`), whose native lines before absl's
+log is set up no log level reaches: only the lines of `NATIVE_IMPORT_NOISE` are dropped there.
 With `--verbose` nothing is silenced (the libraries log at INFO, as `logging.basicConfig`
 sets them up). The noise each rule silences is listed in `KNOWN_NOISE`, which the tests
 assert never reaches the user by default.
@@ -23,11 +25,13 @@ assert never reaches the user by default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 OWN_LOGGERS = ("pipeline", "embedding", "trainer")
 """The product's own loggers: their INFO lines are what a command prints."""
@@ -82,6 +86,7 @@ KNOWN_NOISE = (
     "does not support Post-Quantum Cryptography",
     "oneDNN custom operations are on",
     "Could not find cuda drivers",
+    "All log messages before absl::InitializeLog() is called",
     "global_step/sec",
     "is deprecated and will be removed",
     "`tf.layers.dense` is deprecated",
@@ -93,6 +98,60 @@ KNOWN_NOISE = (
 printed by default (tests/test_console.py runs each command and checks)."""
 
 TF_CPP_DEFAULT = "3"
+
+NATIVE_IMPORT_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+)
+"""Lines TensorFlow's native libraries write at import (TensorFlow 2.16 and later log through
+absl before absl's log is set up, so no log level reaches them); `import_tensorflow` drops
+these and passes every other line on."""
+
+
+@contextlib.contextmanager
+def _native_stderr_without(noise: Sequence[str]) -> Iterator[None]:
+    """Collects what native code writes to file descriptor 2 inside the block, then writes
+    it to stderr less the lines that hold one of `noise`: nothing else is held back, also
+    when the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last write end closes: the reader sees its end
+        os.close(saved)
+        reader.join()
+        os.close(read_end)
+        text = b"".join(chunks).decode("utf-8", errors="replace")
+        kept = [line for line in text.splitlines(True) if not any(n in line for n in noise)]
+        if kept:
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def import_tensorflow(verbose: bool) -> None:
+    """Imports TensorFlow once, without the lines of `NATIVE_IMPORT_NOISE` unless verbose.
+
+    Called by a command after its flags are parsed (so that --help and --version never load
+    TensorFlow), before the first library that imports it.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        return
+    with _native_stderr_without(NATIVE_IMPORT_NOISE):
+        import tensorflow  # noqa: F401
 
 
 def wants_verbose(argv: Sequence[str] | None) -> bool:

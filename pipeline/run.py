@@ -315,6 +315,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.input = folder_patterns(args.input)
     files = match_inputs(args.input)
     header = inspect_inputs(files, config)
+    console.import_tensorflow(args.verbose)  # the flags, config and inputs are good
     output = args.output.rstrip("/")
     options = PipelineOptions(with_worker_requirements(beam_args), save_main_session=False)
     dry_run = bool(options.view_as(TestOptions).dry_run)

@@ -471,6 +471,7 @@ def test_a_manifest_from_before_checksums_is_read_by_size_with_a_warning(any_roo
 
 
 @pytest.mark.slow
+@pytest.mark.trainer_env  # it runs the trainer
 def test_the_trainer_names_the_damaged_shard(small_pipeline_output, tmp_path, caplog):
     # A damaged record once named only the OUTPUT: "a file of OUTPUT is damaged".
     from trainer import task

@@ -226,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     environments.require(environments.TRAINER, "python -m trainer.task")
     verbose = console.start(argv)  # before TensorFlow is imported
     args = parse_args(argv)
+    console.import_tensorflow(verbose)
     console.configure_logging(verbose)
     try:
         metrics = train_and_evaluate(args)

@@ -154,6 +154,23 @@ def _ours(output: str, present: dict[str, int]) -> set[str]:
     return {f for f in present if _own_name(f)}
 
 
+def _written_by_a_run(output: str, relative: str) -> bool:
+    """Whether OUTPUT's config.json or stats.json is one a pipeline run wrote: a config that
+    our validator reads, statistics with the rows a run counts."""
+    import json
+
+    from common.config import ConfigError, config_from_dict
+
+    try:
+        value = json.loads(storage.read_text(storage.join(output, relative)))
+        if relative == artifacts.CONFIG:
+            config_from_dict(value)
+            return True
+        return {"read", "train", "eval", "rejected"} <= set(value.get("rows", {}))
+    except (ValueError, TypeError, KeyError, AttributeError, ConfigError, OSError):
+        return False
+
+
 def _check_replaceable(output: str, inputs: list[str]) -> list[str]:
     """Refuses to replace an OUTPUT that is not a pipeline output or holds the inputs.
 
@@ -170,6 +187,13 @@ def _check_replaceable(output: str, inputs: list[str]) -> list[str]:
     foreign = sorted(f for f in present if f not in ours)
     if present and not foreign and not any(marker in present for marker in MARKERS):
         foreign = [f"(none of {', '.join(MARKERS)}: not a pipeline output)"]
+    if present and not foreign and artifacts.SUCCESS not in ours:
+        # No manifest of ours: names alone prove nothing (a user's own config.json), so the
+        # files that say what they are must say it in our format.
+        telling = [f for f in (artifacts.CONFIG, artifacts.STATS) if f in present]
+        foreign = [f for f in telling if not _written_by_a_run(output, f)]
+        if not telling:
+            foreign = [f"(no {artifacts.CONFIG} or {artifacts.STATS} of a run)"]
     if foreign:
         raise InputError(
             f"--output {output} holds files a pipeline run does not write (first: {foreign[0]}): "

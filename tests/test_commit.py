@@ -92,7 +92,9 @@ def test_a_commit_lists_every_file_and_writes_the_manifest_last(any_root, monkey
 def test_an_existing_output_is_refused_before_anything_runs(any_root):
     output = _output(any_root)
     storage.write_text(storage.join(output, "data", "train-0.tfrecord.gz"), "old")
-    storage.write_text(storage.join(output, "stats.json"), "{}")
+    # A run's statistics (an output whose commit failed has no manifest to go by).
+    rows = {"rows": {"read": 1, "train": 1, "eval": 0, "rejected": 0}}
+    storage.write_text(storage.join(output, "stats.json"), json.dumps(rows))
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         commit.begin(output, overwrite=False)
     commit.begin(storage.join(any_root, "ou"), overwrite=False)  # a prefix of it: not it
@@ -319,7 +321,9 @@ def test_overwrite_replaces_only_a_pipeline_output_and_never_its_inputs(tmp_path
     # A pipeline output whose own shards are the input (TFRecords read back): refused too.
     output = tmp_path / "out"
     (output / "data").mkdir(parents=True)
-    (output / "stats.json").write_text("{}")
+    (output / "stats.json").write_text(
+        '{"rows": {"read": 1, "train": 1, "eval": 0, "rejected": 0}}'
+    )
     inside = output / "data" / "train-r-00000-of-00001.tfrecord.gz"
     inside.write_text("x\n")
     with pytest.raises(InputError, match=r"holds the input .*train-r-00000"):
@@ -533,3 +537,21 @@ def test_random_hand_edits_of_the_statistics_are_refused_in_one_line(tmp_path):
         assert "\n" not in message
     storage.write_text(path, original)
     artifacts.require_complete(output)
+
+
+def test_overwrite_refuses_a_users_files_that_only_bear_our_names(tmp_path):
+    """A folder of the user's holding config.json, stats.json, report.html and an asset:
+    every name is one a run writes, but no manifest or content says a run wrote them."""
+    output = str(tmp_path / "mine")
+    files = {
+        "config.json": '{"my": "settings"}',
+        "stats.json": '{"mine": 1}',
+        "report.html": "<p>my report</p>",
+        "transform_fn/assets/notes": "my notes",
+    }
+    for relative, text in files.items():
+        storage.write_text(storage.join(output, *relative.split("/")), text)
+    with pytest.raises(InputError, match="holds files a pipeline run does not write"):
+        commit.begin(output, True)
+    for relative, text in files.items():
+        assert storage.read_text(storage.join(output, *relative.split("/"))) == text

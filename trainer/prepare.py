@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from common import artifacts
+from common import artifacts, console
 from common.config import Config, read_pipeline_config
 from common.plan import EmbeddingPlan
 from embedding.planner import PlanError, load_or_make_plan, make_plan
@@ -78,6 +78,7 @@ def prepare(args: argparse.Namespace) -> RunInputs:
     shards the TPU cannot share out."""
     # The manifest is read once: training and evaluation read exactly the shards it lists.
     manifest = artifacts.require_complete(args.pipeline_output)
+    console.import_tensorflow(getattr(args, "verbose", False))
     import tensorflow_transform as tft
 
     config = read_pipeline_config(args.pipeline_output)

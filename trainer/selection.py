@@ -113,11 +113,15 @@ class Selection:
         if self.files and self.args.eval_every_steps and tf.io.gfile.exists(start + ".index"):
             self.evaluate(estimator, make_input_fn, checkpoint=start)
 
-    def evaluate(self, estimator, make_input_fn, checkpoint: str | None = None) -> None:
+    def evaluate(
+        self, estimator, make_input_fn, checkpoint: str | None = None, with_start: bool = False
+    ) -> None:
         """Evaluates `checkpoint` (default: the latest) on the validation split and keeps it
-        when it is the best so far."""
+        when it is the best so far; `with_start`: `evaluate_start` first."""
         if not self.args.eval_every_steps:
             return
+        if with_start:
+            self.evaluate_start(estimator, make_input_fn)
         files, name = (self.files, VALIDATION) if self.files else (self.eval_files, "eval")
         if not files:
             return

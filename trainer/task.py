@@ -142,9 +142,8 @@ def train(
             hooks=[TrainingProgress(args.train_steps, args.batch_size)],
         )
         evaluation_input = partial(make_input_fn, key_features=run.key_features)
-        if start == 0:
-            selection.evaluate_start(estimator, evaluation_input)
-        selection.evaluate(estimator, evaluation_input)
+        # From step 0 the start, where counting ends, is a candidate too.
+        selection.evaluate(estimator, evaluation_input, with_start=start == 0)
         start = target
     steps = global_step(estimator) - step_before
     elapsed = time.time() - started
@@ -226,7 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     environments.require(environments.TRAINER, "python -m trainer.task")
     verbose = console.start(argv)  # before TensorFlow is imported
     args = parse_args(argv)
-    console.import_tensorflow(verbose)
     console.configure_logging(verbose)
     try:
         metrics = train_and_evaluate(args)

@@ -241,7 +241,12 @@ def read_manifest(pipeline_output: str) -> Manifest:
             f"{output}: no {SUCCESS} marker, so no pipeline run has committed it (a run "
             f"failed, is still running, or is being committed); {_rerun(output)}"
         )
-    text = storage.read_text(marker)
+    try:
+        text = storage.read_text(marker)
+    except (OSError, UnicodeDecodeError) as e:  # a folder of that name, or not text
+        raise PipelineOutputError(
+            f"{marker}: not a commit manifest ({type(e).__name__}); {_rerun(output)}"
+        ) from None
     try:
         return Manifest.from_dict(output, json.loads(text))
     except ValueError as e:

@@ -260,7 +260,7 @@ def read_plan(directory: str) -> EmbeddingPlan | None:
         return None
     try:
         data = json.loads(artifacts.read_text(directory, artifacts.PLAN))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
         raise PlanFileError(
             f"{path} is not valid JSON ({e}); rerun `python -m embedding --pipeline-output "
             "OUTPUT` to write it again"

@@ -250,6 +250,14 @@ def test_export_predicts_like_the_estimator(trained):
     assert len(set(np.round(served, 5))) > 1
 
 
+def test_serving_refuses_an_empty_id_the_pipeline_rejects(trained):
+    with open(trained["data"]) as f:
+        row = next(csv.DictReader(f))
+    serve = tf.saved_model.load(trained["metrics"]["export_dir"]).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="feature 'item_id' holds an empty"):
+        serve(examples=tf.constant([raw_example(row), raw_example({**row, "item_id": ""})]))
+
+
 @pytest.mark.parametrize("price", ["nan", "inf", "-inf"])
 def test_serving_refuses_a_number_the_pipeline_rejects(trained, price):
     with open(trained["data"]) as f:

@@ -133,6 +133,11 @@ def plan_edits(plan: EmbeddingPlan, measured: EmbeddingPlan) -> list[str]:
     "tables.items.dimension 32 (measured plan: 16)": said in the run's summary, so that a
     hand-made choice is never mistaken for a measured one."""
     edits = []
+    if sorted(plan.numeric_features) != sorted(measured.numeric_features):
+        edits.append(
+            f"numeric_features {sorted(plan.numeric_features)} (measured plan: "
+            f"{sorted(measured.numeric_features)})"
+        )
     for part, fields in PLAN_CHOICES.items():
         mine, theirs = getattr(plan, part), getattr(measured, part)
         for name in sorted(set(mine) | set(theirs)):
@@ -303,9 +308,10 @@ def checkpoint_step(model_dir: str) -> int | None:
         return None
     try:
         return int(tf.train.load_variable(checkpoint, "global_step"))
-    except (tf.errors.OpError, ValueError) as e:
+    except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: a .data cut short
         raise TrainerError(
-            f"checkpoint {checkpoint} cannot be read ({str(e).splitlines()[0]}); it is damaged "
+            f"checkpoint {checkpoint} cannot be read ({(str(e).splitlines() or [''])[0]}); it "
+            "is damaged "
             "or cut short: delete it (and its line in MODEL_DIR/checkpoint) to resume from the "
             "one before, or train into a new --model-dir"
         ) from None

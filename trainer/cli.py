@@ -207,8 +207,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if not args.hidden_units or min(args.hidden_units) < 1:
         parser.error(f"--hidden-units must be positive layer sizes, got {args.hidden_units}")
-    if args.embedding_learning_rate is not None and args.embedding_learning_rate <= 0:
+    if args.embedding_learning_rate is not None and not args.embedding_learning_rate > 0:
         parser.error("--embedding-learning-rate must be > 0")
+    for flag, low in (("learning_rate", 0.0), ("id_bias_scale", 0.0)):
+        if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > low):
+            parser.error(f"--{flag.replace('_', '-')} must be a number > {low:g}")
+    if not (math.isfinite(args.embedding_l2) and args.embedding_l2 >= 0):
+        parser.error("--embedding-l2 must be a number >= 0")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.cross_layers < 0:
         parser.error("--cross-layers must be >= 0")
     if args.train_epochs is not None and args.train_epochs <= 0:

@@ -42,6 +42,31 @@ def finite_numbers(raw: dict, numeric_features) -> dict:
     return checked
 
 
+def present_ids(raw: dict, categorical_features) -> dict:
+    """The raw features, with each categorical one checked non-empty when the model runs:
+    the pipeline rejects a row whose id is the empty string ("missing value"), so a request
+    carrying one fails naming the feature instead of being scored as an unknown id."""
+    checked = dict(raw)
+    for name in categorical_features:
+        value = raw[name]
+        values = value.values if isinstance(value, tf.SparseTensor) else value
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.math.greater(tf.strings.length(values), 0)),
+            [
+                f"feature {name!r} holds an empty value: the pipeline rejects such a row as a "
+                "missing value, so the model does not score it"
+            ],
+        )
+        with tf.control_dependencies([check]):
+            if isinstance(value, tf.SparseTensor):
+                checked[name] = tf.SparseTensor(
+                    value.indices, tf.identity(value.values), value.dense_shape
+                )
+            else:
+                checked[name] = tf.identity(value)
+    return checked
+
+
 def make_serving_input_receiver_fn(
     transform_output: tft.TFTransformOutput,
     plan: EmbeddingPlan,
@@ -56,6 +81,8 @@ def make_serving_input_receiver_fn(
     def serving_input_receiver_fn():
         serialized = tf.compat.v1.placeholder(tf.string, shape=[None], name="input_example")
         raw = finite_numbers(tf.io.parse_example(serialized, raw_spec), plan.numeric_features)
+        categorical = [n for n, f in plan.features.items() if f.type == "categorical"]
+        raw = present_ids(raw, [n for n in categorical if n in raw])
         transformed = transform_output.transform_raw_features(raw, drop_unused_features=True)
         features = prepare_features(transformed, plan, id_bias=id_bias, key_features=key_features)
         return tf.estimator.export.ServingInputReceiver(features, {INPUT_NAME: serialized})

@@ -262,7 +262,9 @@ def make_input_fn(
 
         def parse(serialized):
             parsed = tf.io.parse_example(serialized, spec)
-            labels = parsed.pop(label)
+            return parsed, parsed.pop(label)
+
+        def prepare(parsed, labels):
             return prepare_features(
                 parsed,
                 plan,
@@ -274,6 +276,11 @@ def make_input_fn(
             ), labels
 
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        # Training draws random numbers (the OOV share, dropout): in a parallel map the
+        # random op's state goes to whichever batch runs first, so with a seed the batches
+        # draw in order, and the same seed trains the same model.
+        sequential = training and seed is not None
+        dataset = dataset.map(prepare, num_parallel_calls=None if sequential else tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn

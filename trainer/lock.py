@@ -104,7 +104,10 @@ def hold(model_dir: str, break_lock: bool = False) -> Iterator[None]:
     if storage.is_file(model_dir):
         raise TrainerError(f"--model-dir {model_dir} is a file; give a directory")
     if not storage.is_remote(model_dir):  # an object store has no directories to make
-        os.makedirs(model_dir, exist_ok=True)
+        try:
+            os.makedirs(model_dir, exist_ok=True)
+        except OSError as e:  # a file where a folder of the path should be, no permission
+            raise TrainerError(f"--model-dir {model_dir} cannot be made: {e.strerror}") from None
     path = storage.join(model_dir, LOCK)
     mine = json.dumps(_holder())
     if not _create_exclusive(path, mine):

@@ -750,6 +750,10 @@ def test_the_same_seed_trains_the_same_model(small_pipeline_output, tmp_path):
             (metrics["auc"], reader.get_tensor("items"), reader.get_tensor("logits/kernel"))
         )
     assert values[0][0] == values[1][0]
+    # Op determinism is process-wide: the run turned it on for itself and off again.
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()
     np.testing.assert_array_equal(values[0][1], values[1][1])
     np.testing.assert_array_equal(values[0][2], values[1][2])
 

@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 from common.config import Config
 from common.plan import EmbeddingPlan
 from trainer.tpu_setup import tpu_cluster
 
 
-def make_reproducible(seed: int, op_determinism: bool = True) -> None:
-    """The same seed, data and flags train the same model on CPU.
+@contextlib.contextmanager
+def reproducible(seed: int, op_determinism: bool = True) -> Iterator[None]:
+    """Within the block, the same seed, data and flags train the same model on CPU.
 
     TensorFlow's graph seed (RunConfig's `tf_random_seed`) does not reach everything: Keras
     draws the seeds of unseeded initializers from numpy's global generator, and some CPU
     kernels sum in thread order. This seeds Python's, numpy's and TensorFlow's generators
-    and turns on TensorFlow's op determinism (docs/commit.md gives its measured cost). The
-    input order is the seed's too (`trainer.inputs`). On a TPU the host's part is the same;
-    the TPU's own embedding and all-reduce arithmetic are not promised bit for bit.
+    and turns on TensorFlow's op determinism (docs/commit.md gives its measured cost) for the
+    block only: op determinism is process-wide and refuses unseeded random ops, so a caller
+    that trains in a process of its own gets its setting back. The input order is the
+    seed's too (`trainer.inputs`). On a TPU the host's part is the same; the TPU's own
+    embedding and all-reduce arithmetic are not promised bit for bit.
     """
     import tensorflow as tf
 
+    # TensorFlow exports the switch on only; the way back is in the same private module
+    # (tests/test_trainer.py::test_the_same_seed_trains_the_same_model uses both).
+    from tensorflow.python.framework import config as tf_config
+
     tf.keras.utils.set_random_seed(seed)
-    if op_determinism:
-        tf.config.experimental.enable_op_determinism()
+    was_on = tf_config.is_op_determinism_enabled()
+    if op_determinism and not was_on:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if op_determinism and not was_on:
+            tf_config.disable_op_determinism()
 
 
 def build_estimator(

@@ -33,7 +33,7 @@ from typing import Any
 from common import artifacts, console, environments, storage
 from trainer.checks import TrainerError, check_same_run
 from trainer.cli import parse_args
-from trainer.estimator import build_estimator, global_step, make_reproducible
+from trainer.estimator import build_estimator, global_step, reproducible
 from trainer.lock import hold
 from trainer.prepare import RunInputs, check_model, prepare, write_training_config
 from trainer.selection import (
@@ -58,11 +58,13 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Trains to --train-steps (resuming from MODEL_DIR's checkpoint), evaluates, exports.
 
     Returns:
-      The evaluation metrics, plus `trained_from_step` (the checkpoint training resumed
-      from, 0 for a fresh start), `steps_trained`, and `export_dir` when a model was exported.
+      The evaluation metrics, `trained_from_step`, `steps_trained` and `export_dir`.
     """
     run = prepare(args)  # reads and checks the pipeline output; writes nothing
-    with hold(args.model_dir, break_lock=args.break_lock):
+    with (
+        hold(args.model_dir, break_lock=args.break_lock),
+        reproducible(args.seed, args.deterministic),
+    ):
         check_model(args, run)
         return _train_and_evaluate(args, run)
 
@@ -70,7 +72,6 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, Any]:
     write_training_config(args, run)
     measured, on_validation, start = baselines(args, run)
-    make_reproducible(args.seed, args.deterministic)
     estimator = build_estimator(
         args, run.plan, run.config, run.cluster, start, key_features=run.key_features
     )
@@ -142,7 +143,6 @@ def train(
             hooks=[TrainingProgress(args.train_steps, args.batch_size)],
         )
         evaluation_input = partial(make_input_fn, key_features=run.key_features)
-        # From step 0 the start, where counting ends, is a candidate too.
         selection.evaluate(estimator, evaluation_input, with_start=start == 0)
         start = target
     steps = global_step(estimator) - step_before

@@ -679,6 +679,15 @@ def test_a_split_of_one_class_has_no_auc_and_selects_nothing(tmp_path, caplog):
     best = written["best"]
     assert "checkpoint" not in best and "undefined" in best["reason"]
     assert not (model_dir / "best").exists() and not (model_dir / "export_best").exists()
+    # TensorBoard gets no invented AUC either: NaN where the figure is not defined.
+    logged = [
+        v.simple_value
+        for path in glob.glob(str(model_dir / "eval*" / "events.out.tfevents.*"))
+        for event in tf.compat.v1.train.summary_iterator(path)
+        for v in event.summary.value
+        if v.tag.startswith("auc")
+    ]
+    assert logged and all(np.isnan(v) for v in logged)
     lines = [r.getMessage() for r in caplog.records]
     assert f"eval split: {stats['rows']['eval']:,} rows, 0 positive" in "\n".join(lines)
     assert not any("auc 1.0" in line.lower() for line in lines)

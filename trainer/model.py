@@ -373,19 +373,25 @@ def _metric_fn(binary: bool, categorical: Sequence[str] = ()):
             # streaming AUC reports 1.0 or 0.0 for rows of one class.
             positive = tf.cast(tf.math.greater(labels, 0.5), tf.int64)
             metrics["positives"] = _sum(positive, "positives_count")
-            metrics["auc"] = tf.compat.v1.metrics.auc(
-                labels, probabilities, num_thresholds=AUC_THRESHOLDS
+            metrics["auc"] = _defined_auc(
+                tf.compat.v1.metrics.auc(labels, probabilities, num_thresholds=AUC_THRESHOLDS),
+                metrics["positives"][0],
+                metrics[EXAMPLES][0],
             )
             for key in categorical:
                 # AUC and counts of the rows whose feature is out of vocabulary.
                 name = key[len(UNSEEN) :]
-                metrics[f"auc_unseen_{name}"] = tf.compat.v1.metrics.auc(
-                    labels, probabilities, weights=unseen[key], num_thresholds=AUC_THRESHOLDS
-                )
                 in_slice = tf.cast(unseen[key], tf.int64)
                 metrics[f"examples_unseen_{name}"] = _sum(in_slice, f"examples_unseen_{name}")
                 metrics[f"positives_unseen_{name}"] = _sum(
                     in_slice * positive, f"positives_unseen_{name}"
+                )
+                metrics[f"auc_unseen_{name}"] = _defined_auc(
+                    tf.compat.v1.metrics.auc(
+                        labels, probabilities, weights=unseen[key], num_thresholds=AUC_THRESHOLDS
+                    ),
+                    metrics[f"positives_unseen_{name}"][0],
+                    metrics[f"examples_unseen_{name}"][0],
                 )
             metrics["accuracy"] = tf.compat.v1.metrics.accuracy(
                 labels, tf.cast(tf.math.greater(probabilities, 0.5), tf.float32)
@@ -395,6 +401,17 @@ def _metric_fn(binary: bool, categorical: Sequence[str] = ()):
         return metrics
 
     return metric_fn
+
+
+def _defined_auc(auc, positives: tf.Tensor, examples: tf.Tensor):
+    """The streaming AUC, NaN while its rows lack a class: TensorFlow's says 1.0 or 0.0
+    there, and the estimator writes the value to TensorBoard as well as returning it
+    (`trainer.metrics` turns the NaN into null with its reason)."""
+    value, update = auc
+    defined = tf.math.logical_and(
+        tf.math.greater(positives, 0), tf.math.greater(examples - positives, 0)
+    )
+    return tf.where(defined, value, tf.constant(float("nan"), value.dtype)), update
 
 
 def _count(labels: tf.Tensor):

@@ -254,7 +254,8 @@ def test_serving_refuses_an_empty_id_the_pipeline_rejects(trained):
     with open(trained["data"]) as f:
         row = next(csv.DictReader(f))
     serve = tf.saved_model.load(trained["metrics"]["export_dir"]).signatures["serving_default"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match="feature .item_id.* holds an empty value"):
+    refused = "feature .item_id.* holds an empty value"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=refused):
         serve(examples=tf.constant([raw_example(row), raw_example({**row, "item_id": ""})]))
 
 

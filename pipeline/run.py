@@ -47,6 +47,7 @@ from apache_beam.options.pipeline_options import (
 from common import artifacts, console, environments, statistics
 from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, feature_statistics, report
+from pipeline.local_runner import default_runner
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
 from pipeline.input_checks import (
     folder_patterns,
@@ -351,7 +352,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     started = time.time()
     try:
-        with beam.Pipeline(options=options) as p:
+        with beam.Pipeline(runner=default_runner(options), options=options) as p:
             build(p, config, args.input, header, staging, work_dir, **build_args)
         elapsed = time.time() - started
         LOG.info("Beam pipeline finished in %.1f s; summarizing", elapsed)

@@ -47,7 +47,6 @@ from apache_beam.options.pipeline_options import (
 from common import artifacts, console, environments, statistics
 from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, feature_statistics, report
-from pipeline.local_runner import default_runner
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
 from pipeline.input_checks import (
     folder_patterns,
@@ -57,6 +56,7 @@ from pipeline.input_checks import (
     quiet_beam_input_errors,
 )
 from pipeline.input_files import InputError
+from pipeline.local_runner import default_runner
 
 LOG = logging.getLogger("pipeline")
 

@@ -1,18 +1,28 @@
 """Benchmarks, each measured side by side in one run on the same generated data.
 
-    .venv/bin/python -m benchmarks.run                  # 10k, 100k and 1M rows, about 12 min
-    .venv/bin/python -m benchmarks.run --rows 100000    # one size; --skip-baseline to skip it
+    python -m benchmarks.run                         # 10k, 100k, 1M rows and the long variant
+    python -m benchmarks.run --rows 1000000          # one size; --skip-baseline to skip it
+
+Run it with the pipeline environment's Python (the pipeline's ratios are measured there); the
+trainer's rates need the trainer environment and are skipped where TPUEstimator is missing.
 
 1. Pipeline throughput (rows/s, ids/s) of `python -m pipeline` against the census-style
    tf.Transform pipeline (`benchmarks/baseline_pipeline.py`), as a ratio; ours also with two
-   DirectRunner worker processes (`--direct_num_workers 2 --direct_running_mode
-   multi_processing`).
-2. The floor: the same vocabularies and length histograms in one process with pyarrow and
-   numpy (no Beam, no TensorFlow); our throughput as a fraction of it.
-3. Scaling: wall time and peak memory (max RSS of the process tree) per row count.
-4. Trainer: examples/s of TPUEstimator(use_tpu=False) fed from the TFRecords, against the
+   DirectRunner worker processes unless --skip-two-workers. Also on a long-sequence
+   variant (--long-rows rows of about 100 history ids each).
+2. Where the time goes: the seconds and share of each stage of our run (benchmarks/stages.py:
+   imports, graph construction and tracing, reading and decoding, measuring, tf.Transform's
+   analysis, the second read, transforming, tf.Example encoding, the sink, the runner's own
+   share, the commit).
+3. The floor: the same analysis (the shared vocabulary, frequency thresholds, exact length
+   histograms, moments) and id mapping in one process with pyarrow and numpy, writing
+   nothing; our time as a multiple of it.
+4. Fixed cost: the pipeline on 1,000 rows against `import tensorflow, tensorflow_transform,
+   apache_beam` alone, whole processes, alternating, medians of three.
+5. Scaling: wall time and peak memory (max RSS of the process tree) per row count.
+6. Trainer: examples/s of TPUEstimator(use_tpu=False) fed from the TFRecords, against the
    same model fed from an in-memory cache of the same batches, and the input_fn alone.
-5. Padding: padding efficiency and ids dropped at the planned L against L = the longest.
+7. Padding: padding efficiency and ids dropped at the planned L against L = the longest.
 
 Prints a table and writes benchmarks/results.json. Machines are noisy: compare ratios.
 """

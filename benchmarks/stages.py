@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pipeline_args = [a for a in args.pipeline_args if a != "--"]
 
-    from common import console
+    from common import console, environments
 
-    console.start()  # before Beam and TensorFlow are imported, as `python -m pipeline` does
+    # As `python -m pipeline` does, before Beam and TensorFlow are imported.
+    environments.require(environments.PIPELINE, "python -m benchmarks.stages")
+    console.start()
 
     import apache_beam as beam
     import tensorflow  # noqa: F401

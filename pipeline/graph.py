@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from common import artifacts
 from common.config import Config
-from pipeline import decode
+from pipeline import decode, example_encoding
 from pipeline.decode_blocks import REJECTED, DecodeBlocks
 from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import ReadRaw
@@ -53,9 +53,12 @@ class EncodeExamples(beam.DoFn):
     """A transformed record batch -> the list of its rows as serialized tf.Examples.
 
     One list per batch, so the sink frames a batch at a time instead of Beam handling every
-    example as an element. Each example is serialized with its features sorted by name:
-    tfx_bsl's encoder writes them in an order that changes from one encoder to the next, so
-    two runs over the same input would write different bytes.
+    example as an element. Each example's features are sorted by name, the bytes of
+    `SerializeToString(deterministic=True)`: tfx_bsl's encoder writes them in an order that
+    changes from one encoder to the next, so two runs over the same input would write
+    different bytes. `pipeline.example_encoding` writes those bytes column-wise; a batch it
+    does not take (a column that is not a list of int64 or float32) goes through tfx_bsl's
+    encoder and is parsed and serialized again.
     """
 
     def setup(self):
@@ -67,6 +70,10 @@ class EncodeExamples(beam.DoFn):
 
     def process(self, batch):
         record_batch, _ = batch  # (record batch, tf.Transform's pass-through features)
+        encoded = example_encoding.encode(record_batch)
+        if encoded is not None:
+            yield encoded
+            return
         parse = self._parse
         yield [
             parse(example).SerializeToString(deterministic=True)

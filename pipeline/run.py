@@ -56,6 +56,7 @@ from pipeline.input_checks import (
     quiet_beam_input_errors,
 )
 from pipeline.input_files import InputError
+from pipeline.local_runner import default_runner
 
 LOG = logging.getLogger("pipeline")
 
@@ -352,7 +353,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     started = time.time()
     try:
-        with beam.Pipeline(options=options) as p:
+        with beam.Pipeline(runner=default_runner(options), options=options) as p:
             build(p, config, args.input, header, staging, work_dir, **build_args)
         elapsed = time.time() - started
         LOG.info("Beam pipeline finished in %.1f s; summarizing", elapsed)

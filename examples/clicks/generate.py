@@ -47,10 +47,13 @@ def generate(
     topics: int = 10,
     regions: int = 2000,
     label_model: str = "topic",
+    history_median: float = 12.0,
 ) -> list[tuple]:
     """Returns `rows` rows of (user_id, item_id, history, device, region, price, clicked).
 
-    `label_model` picks how the click depends on taste and item (`LABEL_MODELS`).
+    `label_model` picks how the click depends on taste and item (`LABEL_MODELS`);
+    `history_median` is the median of the log-normal history lengths (12 gives about 21 ids a
+    row with the long tail, 62 about 100).
     """
     if label_model not in LABEL_MODELS:
         raise ValueError(f"label_model must be one of {sorted(LABEL_MODELS)}, got {label_model!r}")
@@ -76,7 +79,7 @@ def generate(
     user_activity /= user_activity.sum()
 
     user = rng.choice(users, size=rows, p=user_activity)
-    lengths = np.floor(rng.lognormal(np.log(12.0), 1.0, size=rows)).astype(int)
+    lengths = np.floor(rng.lognormal(np.log(history_median), 1.0, size=rows)).astype(int)
     lengths[rng.random(rows) < 0.05] = 0
     very_long = rng.random(rows) < 0.003
     lengths[very_long] = rng.integers(400, 1500, size=int(very_long.sum()))
@@ -314,12 +317,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=2000,
         help="catalogue size; a large one leaves items of the eval split unseen in training",
     )
+    parser.add_argument(
+        "--history-median",
+        type=float,
+        default=12.0,
+        help="median history length (default 12: about 21 ids a row; 62: about 100)",
+    )
     args = parser.parse_args(argv)
     if args.variant == "ratings":
         rows = generate_ratings(args.rows or 34_000, seed=args.seed)
     else:
         rows = generate(
-            args.rows or 50_000, seed=args.seed, items=args.items, label_model=args.label_model
+            args.rows or 50_000,
+            seed=args.seed,
+            items=args.items,
+            label_model=args.label_model,
+            history_median=args.history_median,
         )
     WRITERS[args.format](args.output, rows)
     print(f"Wrote {len(rows)} rows to {args.output} ({args.format})")

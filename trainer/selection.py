@@ -150,10 +150,9 @@ class Selection:
         better = self.best is None or (
             value > self.best[self.metric] if self.higher else value < self.best[self.metric]
         )
-        if better:
-            checkpoint = _keep_checkpoint(
-                checkpoint or estimator.latest_checkpoint(), self.args.model_dir
-            )
+        source = checkpoint or estimator.latest_checkpoint()
+        if better and source:  # (no checkpoint: a graph built and not run, as in TPU tests)
+            checkpoint = _keep_checkpoint(source, self.args.model_dir)
             self.best = {
                 "step": result["global_step"],
                 self.metric: value,

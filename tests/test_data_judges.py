@@ -129,7 +129,13 @@ def test_the_tpu_graph_pools_the_bag_in_the_embedding_lookup(judged, tmp_path):
         task.train_and_evaluate(_args(output, tmp_path / "m", "--train-steps", "4", *TPU_FLAGS))
     configuration = _embedding_configuration(tpu.train_graph)
     embedding = read_pipeline_config(output).embedding
-    _assert_configuration_is_the_plan(configuration, plan, embedding, hosts=1, cores=8)
+    from trainer.prepare import key_features
+
+    keys = key_features(plan, read_pipeline_config(output))
+    assert keys == ("user_id",)  # the split key: a bias in training, no embedding table
+    _assert_configuration_is_the_plan(
+        configuration, plan, embedding, hosts=1, cores=8, key_features=keys
+    )
     tables = sorted(t.name for t in configuration.table_descriptor)
     shapes = [
         list(f.input_shape)

@@ -209,10 +209,15 @@ def _bias_table(plan, feature) -> str:
     return f"tbl_{table.name if len(categorical) > 1 else feature.name}__bias"
 
 
-def _expected_tables(plan) -> dict[str, tuple[int, int]]:
+def _expected_tables(plan, key_features=()) -> dict[str, tuple[int, int]]:
     """TPU table name -> (buckets, dimension): each planned table, and the per-id bias table
-    (dimension 1) of the categorical features of each, shared like the main table."""
-    expected = {f"tbl_{n}": (t.vocabulary_size, t.dimension) for n, t in plan.tables.items()}
+    (dimension 1) of the categorical features of each, shared like the main table. A split
+    key's term (`key_features`) has its bias table only."""
+    expected = {
+        f"tbl_{n}": (t.vocabulary_size, t.dimension)
+        for n, t in plan.tables.items()
+        if set(t.features) - set(key_features)
+    }
     for feature in plan.features.values():
         if feature.type == "categorical":
             expected[_bias_table(plan, feature)] = (plan.tables[feature.table].vocabulary_size, 1)
@@ -220,13 +225,13 @@ def _expected_tables(plan) -> dict[str, tuple[int, int]]:
 
 
 def _assert_configuration_is_the_plan(
-    configuration, plan, embedding, hosts, cores, sequences_pooled=True
+    configuration, plan, embedding, hosts, cores, sequences_pooled=True, key_features=()
 ):
     """The TPU's embedding configuration holds the plan's tables and the bias tables, and
     its features: a sequence is [per-core batch, L] when the model attends over it and
     pooled by the embedding cores ([per-core batch]) when the model only averages it."""
     tables = {t.name: t for t in configuration.table_descriptor}
-    expected_tables = _expected_tables(plan)
+    expected_tables = _expected_tables(plan, key_features)
     assert set(tables) == set(expected_tables)
     bias_tables = {_bias_table(plan, f) for f in plan.features.values() if f.type == "categorical"}
     for name, (buckets, dimension) in expected_tables.items():
@@ -261,6 +266,7 @@ def _assert_configuration_is_the_plan(
             else [per_core],
         )
         for feature in plan.features.values()
+        if feature.name not in key_features
     ]
     # Each categorical feature also looks its ids up in its bias table, one id a row.
     expected += [

@@ -53,7 +53,7 @@ KEPT_LIBRARY_LOGGERS = ("apache_beam.runners.dataflow",)
 
 IGNORED_WARNINGS = (
     # google-api-core, on any Python it will drop one day.
-    (FutureWarning, r"You are using a Python version"),
+    (FutureWarning, r"You are using a (non-supported )?Python version"),
     # google-auth, on the grpcio the lock pins.
     (FutureWarning, r"grpcio < [0-9.]+ does not support Post-Quantum"),
     # TensorFlow 1's layers, which TPUEstimator's model_fn is written with.
@@ -83,6 +83,7 @@ KNOWN_NOISE = (
     "Creating state cache with size",
     "Assets written to",
     "You are using a Python version",
+    "You are using a non-supported Python version",
     "does not support Post-Quantum Cryptography",
     "oneDNN custom operations are on",
     "Could not find cuda drivers",

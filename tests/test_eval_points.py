@@ -59,8 +59,15 @@ def test_the_verdict_is_judged_on_validation_where_the_model_was_chosen():
             "auc": 0.70,
             "best_baseline": "item_id",
             "best_baseline_auc": 0.71,
+            "tolerance": 0.0001,
         },
     }
+    # The streaming AUC of the baseline's own ranking may read a bucket lower: equal, not
+    # worse; anything further below loses.
+    level = {**on_validation, "best_baseline_auc": 0.70009}
+    assert verdict(on_eval, level, best)["beats_baseline"] is True
+    below = {**on_validation, "best_baseline_auc": 0.70011}
+    assert verdict(on_eval, below, best)["beats_baseline"] is False
     line = losing_line({**on_eval, **judged})
     assert "validation AUC 0.7000" in line and "item_id baseline's 0.7100" in line
     # Without a choice on validation, the eval figures are judged.

@@ -284,29 +284,3 @@ def model_loses(metrics: dict[str, Any]) -> bool:
     if metrics.get("rmse") is not None and metrics.get("best_baseline_rmse") is not None:
         return float(metrics["rmse"]) > float(metrics["best_baseline_rmse"])
     return False
-
-
-def measure_and_start(run: Any, scale: float | None) -> tuple[dict, dict, tuple]:
-    """A training run's baselines and starting point, from one count of the train split.
-
-    Args:
-      run: the run's inputs (`trainer.prepare.RunInputs`).
-      scale: the factor on the bias in the model's logit; None: no start from counts.
-
-    Returns:
-      (the baselines on eval, none without eval rows; the baselines on validation, none
-      without it; `initial_biases` of the split key and of the best single feature on
-      validation, or ({}, 0.0) without `scale`). Counting ends at the best single feature:
-      summing every feature's log-odds would also add those whose rates only tell apart the
-      few keys behind each value (an occupation's rate is its users' generosity), which do
-      not carry over to unseen keys.
-    """
-    plan = run.plan
-    train = split_sums(run.train_files, plan) if categorical_features(plan) else {}
-    on_eval = measure(run.train_files, run.eval_files, plan, train) if run.eval_rows else {}
-    validation = run.validation_files
-    on_validation = measure(run.train_files, validation, plan, train) if validation else {}
-    if scale is None:
-        return on_eval, on_validation, ({}, 0.0)
-    best = [on_validation["best_baseline"]] if on_validation else []
-    return on_eval, on_validation, initial_biases(train, plan, scale, [*run.key_features, *best])

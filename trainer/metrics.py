@@ -24,6 +24,14 @@ UNSEEN_EXAMPLES = "examples_unseen_"
 UNSEEN_POSITIVES = "positives_unseen_"
 UNSEEN_AUC = "auc_unseen_"
 MIN_CLASS_ROWS = 30
+AUC_THRESHOLDS = 10_000
+"""Buckets of TensorFlow's streaming AUC (`trainer.model`). Predictions that fall into one
+bucket count as tied, which pulls the AUC below the exact one when predictions crowd
+together, as those of a model that starts from a count do; the baselines' AUC is exact
+(`trainer.baselines`)."""
+AUC_TOLERANCE = 1.0 / AUC_THRESHOLDS
+"""How far below an exact AUC the streaming AUC of the same ranking may read: a model that
+ranks as a baseline does is judged equal to it, not worse."""
 """Fewer rows than this of either class make an AUC too noisy to judge a model by (its
 standard error is then several hundredths); it is reported, with a warning."""
 
@@ -133,3 +141,15 @@ def describe_split(name: str, metrics: Mapping[str, Any]) -> str:
 def rankable(value: Any) -> bool:
     """Whether a figure can rank checkpoints: a finite number."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """The standard error of an AUC over `positives` and `negatives` rows (Hanley and McNeil,
+    1982); 0 without rows of both classes."""
+    if positives < 1 or negatives < 1:
+        return 0.0
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (
+        auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    ) / (positives * negatives)
+    return math.sqrt(max(variance, 0.0))

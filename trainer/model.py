@@ -22,6 +22,7 @@ from embedding.columns import (
     cpu_optimizer,
     create_feature_columns,
 )
+from trainer.metrics import AUC_THRESHOLDS
 
 PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"
@@ -29,10 +30,6 @@ LOG_EVERY_N_STEPS = 100
 EXAMPLES = "examples"
 UNSEEN = "unseen_"
 ID_BIAS_SCALE = 10.0
-AUC_THRESHOLDS = 10_000
-"""Buckets of TensorFlow's streaming AUC. Predictions that fall into one bucket count as tied,
-which pulls the AUC below the exact one when predictions crowd together, as those of a model
-that starts from a count do; the baselines' AUC is exact (`trainer.baselines`)."""
 # TPUEstimator's stand-ins for the tables in the dense graph (tpu_embedding_gradient): it keeps
 # them out of checkpoints, but not the slots the dense optimizer gives them.
 TPU_DUMMY_TABLE_PREFIX = "tpu_embedding_dummy_table_variable_"

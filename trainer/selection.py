@@ -14,7 +14,16 @@ from typing import Any
 
 from common import artifacts, storage
 from common.plan import EmbeddingPlan
-from trainer.metrics import UNDEFINED, describe_split, finalize, rankable
+from trainer.metrics import (
+    AUC_TOLERANCE,
+    NEGATIVES,
+    POSITIVES,
+    UNDEFINED,
+    auc_standard_error,
+    describe_split,
+    finalize,
+    rankable,
+)
 
 LOG = logging.getLogger("trainer")
 
@@ -24,6 +33,7 @@ HISTORY = "history"
 BEST = "best"
 BEST_DIR = "best"
 RUN_ONLY = ("trained_from_step", "steps_trained", "export_dir")
+LINEAR_START = "linear_start"
 
 
 def jsonable(metrics: dict, plan: EmbeddingPlan) -> dict[str, Any]:
@@ -80,6 +90,8 @@ class Selection:
         self.undefined: str | None = None
         """Why the last evaluation had no rankable figure, if it had none."""
         self.last_split: dict[str, Any] | None = None
+        self.start: dict[str, Any] | None = None
+        """The starting point's validation figures (step 0), where it was evaluated."""
         self._resume(args.model_dir)
 
     def _resume(self, model_dir: str) -> None:
@@ -91,6 +103,10 @@ class Selection:
             return
         previous = artifacts.read_json(model_dir, EVAL_METRICS)
         self.history = list(previous.get(HISTORY, []))
+        self.start = next(
+            (h for h in self.history if h.get("split") == VALIDATION and h.get("global_step") == 0),
+            None,
+        )
         best = previous.get(BEST) or {}
         checkpoint = best.get("checkpoint")
         value = best.get(f"{VALIDATION}_{self.metric}")
@@ -147,9 +163,12 @@ class Selection:
         self.last_split = result
         if name != VALIDATION:
             return
+        if result["global_step"] == 0:
+            self.start = result
         better = self.best is None or (
             value > self.best[self.metric] if self.higher else value < self.best[self.metric]
         )
+        better = better and self._beyond_start(result)
         source = checkpoint or estimator.latest_checkpoint()
         if better and source:  # (no checkpoint: a graph built and not run, as in TPU tests)
             checkpoint = _keep_checkpoint(source, self.args.model_dir)
@@ -158,6 +177,33 @@ class Selection:
                 self.metric: value,
                 "checkpoint": checkpoint,
             }
+
+    def _beyond_start(self, result: dict[str, Any]) -> bool:
+        """Whether a trained checkpoint may replace the start: by AUC, only where it beats
+        the start's validation AUC by more than that AUC's standard error (the one-standard-
+        error rule: the simpler model unless the data tell the better one apart). The start
+        is where counting (or the linear model) ends, so a run whose training gains nothing
+        beyond chance on validation keeps it. RMSE needs only be lower."""
+        start = self.start
+        if (
+            start is None
+            or result is start
+            or self.metric != "auc"
+            or not rankable(start.get("auc"))
+        ):
+            return True
+        return result["auc"] > self.needed()
+
+    def needed(self) -> float | None:
+        """The validation AUC a trained checkpoint must beat to replace the start
+        (`_beyond_start`); None without an evaluated start."""
+        start = self.start
+        if start is None or not rankable(start.get("auc")):
+            return None
+        margin = auc_standard_error(
+            start["auc"], int(start.get(POSITIVES, 0)), int(start.get(NEGATIVES, 0))
+        )
+        return start["auc"] + margin
 
     def best_summary(self, estimator, eval_input_fn) -> dict[str, Any]:
         """What was selected, with the best checkpoint's eval figures (`chosen_figures`
@@ -182,6 +228,10 @@ class Selection:
         if self.undefined:
             LOG.warning("Some evaluations ranked nothing (%s)", self.undefined)
         summary = {"selected_on": VALIDATION, "metric": self.metric, **self.best}
+        if self.metric == "auc" and self.needed() is not None:
+            # What a trained checkpoint had to beat on validation to replace the start.
+            summary["start_validation_auc"] = self.start["auc"]
+            summary["validation_auc_needed"] = self.needed()
         summary[f"{VALIDATION}_{self.metric}"] = summary.pop(self.metric)
         # Recorded relative to MODEL_DIR: the directory may be copied or moved.
         summary["checkpoint"] = artifacts.join(BEST_DIR, os.path.basename(self.best["checkpoint"]))
@@ -284,17 +334,25 @@ def verdict(
         else:
             continue
         base = float(baselines[baseline_key])
-        beats = float(model) >= base if higher else float(model) <= base
-        return {
-            "beats_baseline": beats,
-            "verdict": {
-                "judged_on": judged_on,
-                metric: float(model),
-                "best_baseline": baselines["best_baseline"],
-                baseline_key: base,
-            },
+        # The model's AUC is streaming (bucketed), the baseline's exact: the same ranking
+        # may read up to AUC_TOLERANCE lower, and is judged equal.
+        tolerance = AUC_TOLERANCE if metric == "auc" else 0.0
+        beats = float(model) >= base - tolerance if higher else float(model) <= base
+        judged = {
+            "judged_on": judged_on,
+            metric: float(model),
+            "best_baseline": baselines["best_baseline"],
+            baseline_key: base,
         }
+        if tolerance:
+            judged["tolerance"] = tolerance
+        return {"beats_baseline": beats, "verdict": judged}
     return {}
+
+
+def start_figures(on_validation: dict[str, Any]) -> dict[str, Any]:
+    """eval_metrics.json's record of how the start was chosen (`trainer.start`), if it was."""
+    return {k: v for k, v in on_validation.items() if k == LINEAR_START}
 
 
 def losing_line(metrics: dict[str, Any]) -> str:

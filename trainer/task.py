@@ -47,6 +47,7 @@ from trainer.selection import (
     final_word,
     jsonable,
     log_verdict,
+    start_figures,
     verdict,
     without_run_only,
 )
@@ -87,7 +88,7 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
     if selection.history:
         metrics[HISTORY] = selection.history
     metrics[BEST] = best
-    metrics.update(verdict(metrics, on_validation, best))
+    metrics.update(verdict(metrics, on_validation, best), **start_figures(on_validation))
     check_same_run(args.pipeline_output, run.manifest)  # the evaluation read the run's own rows
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
     log_verdict(metrics)
@@ -102,10 +103,9 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
 
 def baselines(args: argparse.Namespace, run: RunInputs) -> tuple[dict, dict, tuple]:
     """The baselines on eval and validation, and the model's start (`measure_and_start`)."""
-    from trainer.baselines import measure_and_start
+    from trainer.start import measure_and_start
 
-    start = args.bias_init and args.id_bias
-    return measure_and_start(run, args.id_bias_scale if start else None)
+    return measure_and_start(run, args.id_bias_scale if args.bias_init and args.id_bias else None)
 
 
 def train(

@@ -1,0 +1,218 @@
+"""The linear start (`trainer.linear`) and the one-standard-error rule of the selection."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from trainer import linear
+from trainer.metrics import auc_standard_error
+
+pytestmark = pytest.mark.trainer_env
+
+
+def _ratings(rng, users=60, items=40, rows=3000):
+    """Rows whose label is an item's quality plus a user's generosity."""
+    quality = rng.normal(0, 1, items)
+    generosity = rng.normal(0, 1, users)
+    user = rng.integers(0, users, rows)
+    item = rng.integers(0, items, rows)
+    labels = (rng.random(rows) < 1 / (1 + np.exp(-(quality[item] + generosity[user])))).astype(
+        float
+    )
+    return user, item, labels, quality
+
+
+def test_the_fit_is_the_l2_logistic_regression_of_one_hot_ids():
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    from scipy import sparse
+
+    rng = np.random.default_rng(3)
+    user, item, labels, _ = _ratings(rng)
+    (w_user, w_item), intercept = linear.fit([user, item], [60, 40], labels, (2.0, 2.0))
+    # scikit-learn's objective: ||w||^2 / 2 + C * log loss, so C = 1 / l2, intercept free.
+    onehot = sparse.hstack(
+        [
+            sparse.csr_matrix((np.ones(len(user)), (np.arange(len(user)), user)), (len(user), 60)),
+            sparse.csr_matrix((np.ones(len(item)), (np.arange(len(item)), item)), (len(item), 40)),
+        ]
+    ).tocsr()
+    reference = sklearn.LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(onehot, labels)
+    np.testing.assert_allclose(w_user[:60], reference.coef_[0][:60], atol=2e-4)
+    np.testing.assert_allclose(w_item[:40], reference.coef_[0][60:], atol=2e-4)
+    assert intercept == pytest.approx(reference.intercept_[0], abs=2e-4)
+    # Ids no row has keep a zero weight: the slot for rows without an id, here.
+    assert w_user[60] == 0 and w_item[40] == 0
+
+
+def _delong_by_rows(a, b, labels):
+    """DeLong's paired test written out pair by pair, for small data."""
+    pos, neg = labels == 1, labels == 0
+
+    def placements(s):
+        diff = s[pos][:, None] - s[neg][None, :]
+        kernel = (diff > 0) + 0.5 * (diff == 0)
+        return kernel.mean(axis=1), kernel.mean(axis=0), kernel.mean()
+
+    a10, a01, auc_a = placements(a)
+    b10, b01, auc_b = placements(b)
+    d10, d01 = a10 - b10, a01 - b01
+    variance = d10.var(ddof=1) / pos.sum() + d01.var(ddof=1) / neg.sum()
+    return auc_a - auc_b, np.sqrt(variance)
+
+
+def test_the_paired_auc_test_of_grouped_rows_is_delongs():
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 25, 600)
+    labels = (rng.random(600) < 0.2 + 0.6 * (ids / 25)).astype(float)
+    a = rng.normal(0, 1, 25) + np.linspace(-1, 1, 25)
+    b = np.round(rng.normal(0, 1, 25), 1)  # some ties within b
+    positives = np.bincount(ids, labels, 25)
+    negatives = np.bincount(ids, 1 - labels, 25)
+    difference, error = linear.paired_auc_difference(a, b, positives, negatives)
+    expected_difference, expected_error = _delong_by_rows(a[ids], b[ids], labels)
+    assert difference == pytest.approx(expected_difference, abs=1e-12)
+    assert error == pytest.approx(expected_error, rel=1e-9)
+    assert error > 0
+
+
+def test_the_auc_standard_error_shrinks_with_rows_and_vanishes_without_a_class():
+    small = auc_standard_error(0.7, 100, 100)
+    large = auc_standard_error(0.7, 10_000, 10_000)
+    # Hanley and McNeil's table: AUC 0.7 over 100 + 100 rows, SE about 0.037.
+    assert small == pytest.approx(0.0367, abs=0.001)
+    assert large == pytest.approx(small / 10, rel=0.05)
+    assert auc_standard_error(0.7, 0, 100) == 0.0
+
+
+class _FakeEstimator:
+    """Returns preset validation figures per checkpoint step."""
+
+    def __init__(self, figures):
+        self.figures = figures
+        self.step = 0
+
+    def evaluate(self, input_fn, steps=None, checkpoint_path=None, name=None):
+        step = 0 if checkpoint_path and checkpoint_path.endswith("-0") else self.step
+        auc = self.figures[step]
+        return {
+            "auc": auc,
+            "examples": 4000.0,
+            "positives": 2000.0,
+            "loss": 0.6,
+            "global_step": step,
+        }
+
+    def latest_checkpoint(self):
+        return None  # nothing to copy: the test reads the choice, not the files
+
+
+@pytest.mark.parametrize(
+    ("later", "kept"),
+    [
+        (0.7050, 0),  # within one standard error (about 0.008 here): the start stays
+        (0.7200, 100),  # beyond it: the trained checkpoint replaces the start
+    ],
+)
+def test_a_trained_checkpoint_replaces_the_start_only_beyond_one_standard_error(
+    tmp_path, later, kept
+):
+    from common.plan import EmbeddingPlan
+    from trainer.selection import Selection
+
+    plan = EmbeddingPlan(
+        tables={},
+        features={},
+        dropped={},
+        numeric_features=[],
+        label={"name": "y", "type": "binary"},
+        length_coverage=0.95,
+        notes=[],
+    )
+    args = argparse.Namespace(
+        model_dir=str(tmp_path), eval_every_steps=100, eval_steps=None, id_bias=True
+    )
+    selection = Selection(args, plan, ["validation"], ["eval"])
+    estimator = _FakeEstimator({0: 0.7000, 100: later})
+    start = tmp_path / "model.ckpt-0"
+    selection.evaluate(estimator, lambda *a, **k: None, checkpoint=str(start))
+    estimator.step = 100
+    selection.evaluate(estimator, lambda *a, **k: None, checkpoint=str(tmp_path / "model.ckpt-100"))
+    assert selection.best["step"] == kept
+    assert selection.needed() == pytest.approx(0.7 + auc_standard_error(0.7, 2000, 2000))
+
+
+def _user_item_plan(users: int, items: int):
+    from common.plan import EmbeddingPlan, FeaturePlan, TablePlan
+
+    return EmbeddingPlan(
+        tables={
+            "user_id": TablePlan("user_id", ["user_id"], users, 4, "mean", users, 1, "auto"),
+            "items": TablePlan("items", ["item_id"], items, 4, "mean", items, 1, "auto"),
+        },
+        features={
+            "user_id": FeaturePlan("user_id", "user_id", "categorical"),
+            "item_id": FeaturePlan("item_id", "items", "categorical"),
+        },
+        dropped={},
+        numeric_features=[],
+        label={"name": "y", "type": "binary"},
+        length_coverage=0.95,
+        notes=[],
+    )
+
+
+def _write_rows(path, users, items, labels) -> str:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for u, i, y in zip(users, items, labels, strict=True):
+            example = tf.train.Example()
+            example.features.feature["user_id"].int64_list.value.append(int(u))
+            example.features.feature["item_id"].int64_list.value.append(int(i))
+            example.features.feature["y"].float_list.value.append(float(y))
+            writer.write(example.SerializeToString())
+    return str(path)
+
+
+def _choose(tmp_path, generosity_scale: float):
+    """Trains on users 0-299 and validates on users 300-449 (unseen, as the split by key
+    makes them: all on the user table's OOV row). Each item has few ratings, so which users
+    happened to rate it moves its count as much as its quality does."""
+    from trainer import baselines
+
+    rng = np.random.default_rng(11)
+    users, items, rows = 450, 300, 40_000
+    generosity = rng.normal(0, 1, users) * generosity_scale
+    quality = rng.normal(0, 0.7, items)
+    user = rng.integers(0, users, rows)
+    item = rng.integers(0, items, rows)
+    labels = rng.random(rows) < 1 / (1 + np.exp(-(quality[item] + generosity[user])))
+    train, held = user < 300, user >= 300
+    plan = _user_item_plan(301, items + 1)
+    files = [_write_rows(tmp_path / "train.gz", user[train], item[train], labels[train])]
+    validation_files = [
+        _write_rows(tmp_path / "validation.gz", np.full(held.sum(), 300), item[held], labels[held])
+    ]
+    sums = baselines.split_sums(files, plan, ["item_id"])["item_id"]
+    counted = baselines.smoothed_rates(sums, float(sums.labels.sum() / sums.rows.sum()))
+    validation = baselines.split_sums(validation_files, plan, ["item_id"])["item_id"]
+    validation = baselines.Sums(
+        *(a[: items + 1] for a in (validation.rows, validation.labels, validation.squares))
+    )
+    return linear.choose_start(files, plan, "user_id", "item_id", counted[: items + 1], validation)
+
+
+def test_the_linear_start_replaces_counting_where_users_bias_the_counts(tmp_path):
+    chosen = _choose(tmp_path, generosity_scale=1.5)
+    assert chosen["chosen"] is True
+    assert chosen["validation_auc"] > chosen["counting_validation_auc"]
+    assert chosen["z"] > chosen["z_needed"] > 2
+    assert set(chosen["weights"]) == {"user_id", "item_id"}
+    assert len(chosen["weights"]["item_id"]) == 301 and len(chosen["weights"]["user_id"]) == 301
+
+
+def test_counting_stays_the_start_where_users_have_no_effect(tmp_path):
+    chosen = _choose(tmp_path, generosity_scale=0.0)
+    assert chosen["chosen"] is False and "weights" not in chosen
+    assert chosen["z"] <= chosen["z_needed"]

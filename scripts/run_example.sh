@@ -55,7 +55,8 @@ if metrics.get("auc") is not None and metrics.get("best_baseline_auc") is not No
     margin = metrics["auc"] - metrics["best_baseline_auc"]
     print(f"Best single-feature baseline: {metrics['best_baseline']} "
           f"AUC {metrics['best_baseline_auc']:.4f} (model {margin:+.4f})")
-print(f"Rows: {rows['read']} read, {rows['train']} train, {rows['eval']} eval, "
+print(f"Rows: {rows['read']} read, {rows['train']} train, "
+      f"{rows.get('validation', 0)} validation, {rows['eval']} eval, "
       f"{rows['rejected']} rejected")
 print("Outputs:")
 print(f"  raw data             {data}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +28,18 @@ from common import environments
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "examples" / "clicks" / "features.toml"
+VALIDATION_LINE = re.compile(r"^validation_fraction = .*\n", re.MULTILINE)
+
+
+def example_config_text(validation: bool = True) -> str:
+    """The example config; without `validation`, less its validation split: nothing is
+    selected and the last checkpoint is the model, as the tests of training mechanics
+    (resume, export, a kill) expect."""
+    text = EXAMPLE_CONFIG.read_text()
+    assert len(VALIDATION_LINE.findall(text)) == 1
+    return text if validation else VALIDATION_LINE.sub("", text)
+
+
 ENVIRONMENT = environments.current()
 ENV_MARKERS = {f"{role}_env": role for role in (environments.PIPELINE, environments.TRAINER)}
 
@@ -192,7 +205,9 @@ def small_pipeline_output(tmp_path_factory):
     data = str(root / "clicks.csv")
     write_csv(data, generate(SMALL_ROWS, seed=11))
     output = str(root / "pipeline")
-    stats = run_pipeline(["--config", str(EXAMPLE_CONFIG), "--input", data, "--output", output])
+    config = root / "features.toml"
+    config.write_text(example_config_text(validation=False))
+    stats = run_pipeline(["--config", str(config), "--input", data, "--output", output])
     plan = plan_pipeline_output(output)
     return {"data": data, "output": output, "stats": stats, "plan": plan}
 

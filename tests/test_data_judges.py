@@ -14,7 +14,7 @@ from common import artifacts
 from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import decode
-from tests.conftest import EXAMPLE_CONFIG, run_pipeline
+from tests.conftest import example_config_text, run_pipeline
 from trainer import task
 
 pytestmark = [pytest.mark.slow, pytest.mark.trainer_env]
@@ -25,7 +25,7 @@ ROWS = 600
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory):
     root = tmp_path_factory.mktemp("judged")
-    text = EXAMPLE_CONFIG.read_text()
+    text = example_config_text(validation=False)
     for old, new in [
         ("eval_fraction = 0.1 ", "eval_fraction = 0.2\nvalidation_fraction = 0.2 "),
         ('name = "history"\ntype = "sequence"', 'name = "history"\ntype = "bag"'),

@@ -75,7 +75,7 @@ def test_report_marks_the_chosen_length(chain):
 def test_rows_add_up(chain):
     rows = chain["stats"]["rows"]
     assert rows["read"] == SMALL_ROWS
-    assert rows["read"] == rows["train"] + rows["eval"] + rows["rejected"]
+    assert rows["read"] == rows["train"] + rows["validation"] + rows["eval"] + rows["rejected"]
     assert rows["rejected"] == 0
     assert 0.05 < rows["eval"] / SMALL_ROWS < 0.2
     on_disk = artifacts.read_json(chain["output"], "stats.json")

@@ -90,10 +90,11 @@ def test_every_format_gives_the_same_measurements(rows, tmp_path):
     assert csv_stats["rows"] == {
         "read": ROWS,
         "train": csv_stats["rows"]["train"],
-        "validation": 0,
-        "eval": ROWS - csv_stats["rows"]["train"],
+        "validation": csv_stats["rows"]["validation"],
+        "eval": ROWS - csv_stats["rows"]["train"] - csv_stats["rows"]["validation"],
         "rejected": 0,
     }
+    assert csv_stats["rows"]["validation"] > 0  # the example config has a validation split
     for fmt, (output, stats) in results.items():
         assert stats == csv_stats, fmt
         assert _vocabularies(output) == _vocabularies(csv_output), fmt
@@ -139,7 +140,9 @@ def test_every_bad_row_is_rejected_with_its_reason(rows, tmp_path):
     counts = stats["rows"]
     assert counts["read"] == ROWS + len(BAD_LINES) + 2
     assert counts["rejected"] == len(expected)
-    assert counts["read"] == counts["train"] + counts["eval"] + counts["rejected"]
+    assert counts["read"] == (
+        counts["train"] + counts["validation"] + counts["eval"] + counts["rejected"]
+    )
     rejected = [
         json.loads(line)
         for path in glob.glob(os.path.join(output, "rejected", "*"))
@@ -247,7 +250,8 @@ def _content_names(output):
 
 def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
     # Three files, small batches: several bundles, which two workers share out differently.
-    # 3,000 rows: the default gives the train split 2 files (one per 2,000 rows), eval 1.
+    # 3,000 rows: the default gives the train split 2 files (one per 2,000 rows), eval and
+    # validation 1 each.
     rows = generate.generate(3000, seed=3)
     for i in range(3):
         generate.write_csv(str(tmp_path / f"clicks-{i}.csv"), rows[i::3])
@@ -270,8 +274,10 @@ def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
     assert stats_two == stats_one
     assert sorted(files_two) == sorted(files_one)
     assert files_two == files_one
-    assert sorted(files_one) == ["eval-00000-of-00001.tfrecord.gz"] + [
-        f"train-{i:05d}-of-00002.tfrecord.gz" for i in range(2)
+    assert sorted(files_one) == [
+        "eval-00000-of-00001.tfrecord.gz",
+        *(f"train-{i:05d}-of-00002.tfrecord.gz" for i in range(2)),
+        "validation-00000-of-00001.tfrecord.gz",
     ]
     assert all(len(data) > artifacts.EMPTY_SHARD_BYTES for data in files_one.values())
     assert _vocabularies(one) == _vocabularies(two)
@@ -329,10 +335,10 @@ def test_gzip_input_lines_are_read(tmp_path, rows):
 
 
 def _rows_written(output):
-    """Rows in the written train and eval TFRecords and in rejected/."""
+    """Rows in the written train, validation and eval TFRecords and in rejected/."""
     examples = sum(
         1
-        for split in ("train", "eval")
+        for split in ("train", "validation", "eval")
         for path in glob.glob(os.path.join(output, "data", f"{split}-*.tfrecord.gz"))
         for _ in tf.data.TFRecordDataset(path, compression_type="GZIP")
     )
@@ -364,10 +370,12 @@ def test_a_run_over_300_files_counts_every_row_once(rows, tmp_path):
     counts = stats["rows"]
     assert counts["read"] == ROWS + 1
     assert counts["rejected"] == 1
-    assert counts["read"] == counts["train"] + counts["eval"] + counts["rejected"]
+    assert counts["read"] == (
+        counts["train"] + counts["validation"] + counts["eval"] + counts["rejected"]
+    )
     assert _rows_written(output) == counts["read"]
     run_id = artifacts.read_manifest(output).run_id
-    for split in ("train", "eval"):
+    for split in ("train", "validation", "eval"):
         shards = sorted(os.listdir(os.path.join(output, "data")))
         assert [s for s in shards if s.startswith(split)] == [
             f"{split}-{run_id}-{i:05d}-of-00003.tfrecord.gz" for i in range(3)

@@ -377,10 +377,10 @@ def test_an_empty_eval_split_reports_no_invented_metrics(tmp_path):
     import json
 
     from examples.clicks.generate import generate, write_csv
-    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
+    from tests.conftest import example_config_text, run_pipeline
 
     config = tmp_path / "features.toml"
-    text = EXAMPLE_CONFIG.read_text()
+    text = example_config_text(validation=False)
     assert "eval_fraction = 0.1" in text
     config.write_text(text.replace("eval_fraction = 0.1", "eval_fraction = 0.0"))
     data = tmp_path / "clicks.csv"
@@ -408,14 +408,12 @@ def test_empty_validation_or_eval_splits_select_and_report_nothing_invented(
 
     from examples.clicks.generate import generate, write_csv
     from pipeline.decode import split_of
-    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
+    from tests.conftest import example_config_text, run_pipeline
 
     config = tmp_path / "features.toml"
-    text = EXAMPLE_CONFIG.read_text()
-    assert "eval_fraction = 0.1" in text
-    config.write_text(
-        text.replace("eval_fraction = 0.1", "eval_fraction = 0.1\nvalidation_fraction = 0.1")
-    )
+    text = example_config_text()
+    assert "eval_fraction = 0.1" in text and "validation_fraction = 0.1" in text
+    config.write_text(text)
     rows = [r for r in generate(600, seed=5) if split_of(r[0], 0.1, 0.1) in splits_with_rows]
     data = tmp_path / "clicks.csv"
     write_csv(str(data), rows)
@@ -654,13 +652,12 @@ def test_a_split_of_one_class_has_no_auc_and_selects_nothing(tmp_path, caplog):
 
     from examples.clicks.generate import generate, write_csv
     from pipeline.decode import split_of
-    from tests.conftest import EXAMPLE_CONFIG, run_pipeline
+    from tests.conftest import example_config_text, run_pipeline
 
     config = tmp_path / "features.toml"
-    text = EXAMPLE_CONFIG.read_text()
-    config.write_text(
-        text.replace("eval_fraction = 0.1", "eval_fraction = 0.1\nvalidation_fraction = 0.1")
-    )
+    text = example_config_text()
+    assert "eval_fraction = 0.1" in text and "validation_fraction = 0.1" in text
+    config.write_text(text)
     rows = [
         r if split_of(r[0], 0.1, 0.1) == "train" else (*r[:-1], 0) for r in generate(900, seed=5)
     ]

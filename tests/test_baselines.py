@@ -138,6 +138,9 @@ def test_summary_and_loss_warning():
     )
     assert baselines.model_loses(metrics)
     assert not baselines.model_loses({**metrics, "auc": 0.72})
+    # The baseline's own ranking, read by the bucketed streaming AUC, is not a loss.
+    assert not baselines.model_loses({**metrics, "auc": 0.69991})
+    assert baselines.model_loses({**metrics, "auc": 0.69989})
 
 
 def test_an_eval_split_of_one_class_has_no_baseline_auc(tmp_path):

@@ -255,6 +255,12 @@ class Selection:
             self.plan,
         )
         on_eval = summary["eval"].get(self.metric)
+        if summary["step"] == 0 and summary.get("validation_auc_needed") is not None:
+            LOG.info(
+                "No trained checkpoint beat the start on validation by more than chance "
+                "(needed auc %.4f): the start is the model",
+                summary["validation_auc_needed"],
+            )
         LOG.info(
             "Best checkpoint: step %d by %s %s %.4f; on eval %s %s",
             summary["step"],

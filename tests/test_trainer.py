@@ -809,3 +809,51 @@ def test_a_model_chosen_on_validation_is_not_below_the_best_baseline(
     rows = stats["rows"]["validation"]
     noise = 2 * 0.5 / rows**0.5  # two standard errors of an AUC near 0.5 on these rows
     assert judged["auc"] >= judged["best_baseline_auc"] - noise, judged
+
+
+def test_the_model_starts_where_the_chosen_start_says(tmp_path):
+    """On a ratings log split by user (the key a feature: a per-user term), the run records
+    how its start was chosen (`linear_start`), and the checkpoint at step 0 holds exactly that
+    start: the bias tables of the item and the user, and the output layer's bias."""
+    from embedding.planner import plan_pipeline_output
+    from examples.clicks.generate import generate_ratings, write_csv
+    from tests.conftest import run_pipeline
+    from trainer.prepare import prepare
+    from trainer.start import measure_and_start
+
+    data = tmp_path / "ratings.csv"
+    write_csv(str(data), generate_ratings(rows=12000, seed=3, items=300, users=400))
+    output = str(tmp_path / "out")
+    config = str(ROOT / "examples" / "clicks" / "ratings.toml")
+    run_pipeline(["--config", config, "--input", str(data), "--output", output])
+    plan_pipeline_output(output)
+    model_dir = tmp_path / "model"
+    args = _args(output, model_dir, "--train-steps", "20", "--eval-every-steps", "10")
+    task.train_and_evaluate(args)
+    written = json.loads((model_dir / "eval_metrics.json").read_text())
+    start = written["linear_start"]
+    # On these rows the user's generosity biases the counts enough for validation to tell.
+    assert start["chosen"] is True and start["z"] > start["z_needed"]
+    assert set(start["l2"]) == {"user_id", "item_id"}
+    assert 0 < start["validation_auc"] < 1 and 0 < start["counting_validation_auc"] < 1
+    validation = next(h for h in written["history"] if h["global_step"] == 0)
+    assert validation["split"] == "validation"
+    # The start's validation AUC is the one its choice measured, within the streaming AUC.
+    chosen_auc = start["validation_auc" if start["chosen"] else "counting_validation_auc"]
+    assert validation["auc"] == pytest.approx(chosen_auc, abs=1e-3)
+
+    run = prepare(args)
+    _, _, (values, logit) = measure_and_start(run, args.id_bias_scale)
+    reader = tf.train.load_checkpoint(str(model_dir / "model.ckpt-0"))
+    stored = {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name.endswith("__bias_embedding/embedding_weights")
+    }
+    for table, rows in values.items():
+        # A table's bias is named after the table, or after its one categorical feature.
+        names = (table, *run.plan.tables[table].features)
+        (name,) = [n for n in stored if any(f"/{x}__bias_embedding" in n for x in names)]
+        np.testing.assert_allclose(stored[name][:, 0], rows, rtol=1e-6, atol=1e-7)
+    assert set(values) == {"user_id", "items"}
+    assert reader.get_tensor("logits/bias")[0] == pytest.approx(logit, rel=1e-6)

@@ -176,7 +176,7 @@ def generate_ratings(
     generosity += 0.03 * (age - 3) / 3 + 0.03 * gender
     # Every user's whole rating sequence; a row samples it, so histories run long.
     counts = np.clip(np.round(rng.lognormal(np.log(75.0), 0.8, size=users)), 20, 737)
-    counts = counts.astype(int)
+    counts = np.minimum(counts.astype(int), items)  # a user rates each item once at most
     keep = rows / counts.sum()
     out = []
     rating = 0

@@ -507,6 +507,19 @@ def _with_validation_split(source: str, target, monkeypatch) -> str:
     return str(target)
 
 
+def _chosen(history, best):
+    """The evaluation the selection must keep: the best validation AUC among the start (step
+    0) and the checkpoints that beat the start's by more than its standard error."""
+    from trainer.metrics import auc_standard_error
+
+    start = next(h for h in history if h["global_step"] == 0)
+    margin = auc_standard_error(start["auc"], start["positives"], start["negatives"])
+    assert best["start_validation_auc"] == start["auc"]
+    assert best["validation_auc_needed"] == pytest.approx(start["auc"] + margin)
+    candidates = [h for h in history if h is start or h["auc"] > start["auc"] + margin]
+    return max(candidates, key=lambda h: h["auc"])
+
+
 def test_periodic_evaluation_selects_and_exports_the_best_checkpoint_on_validation(
     small_pipeline_output, tmp_path, monkeypatch
 ):
@@ -524,8 +537,8 @@ def test_periodic_evaluation_selects_and_exports_the_best_checkpoint_on_validati
     assert {h["split"] for h in history} == {"validation"}
     best = written["best"]
     assert best["selected_on"] == "validation"
-    # The best step is the one with the highest validation AUC of the history.
-    top = max(history, key=lambda h: h["auc"])
+    # The best step: the start, unless a checkpoint beats it by one standard error.
+    top = _chosen(history, best)
     assert best["step"] == top["global_step"]
     assert best["validation_auc"] == pytest.approx(top["auc"])
     # Its eval figures are those of its own checkpoint, which was kept and exported.
@@ -574,7 +587,7 @@ def test_a_resumed_run_keeps_the_history_and_the_best_checkpoint_so_far(
     )
     written = json.loads((model_dir / "eval_metrics.json").read_text())
     assert [h["global_step"] for h in written["history"]] == [0, 10, 20, 30]
-    top = max(written["history"], key=lambda h: h["auc"])
+    top = _chosen(written["history"], written["best"])
     assert written["best"]["step"] == top["global_step"]
     if first["best"]["step"] == top["global_step"]:  # the earlier best still wins
         assert written["best"]["checkpoint"] == first["best"]["checkpoint"]

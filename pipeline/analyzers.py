@@ -17,6 +17,7 @@ does) each analyzer counts the batches tf.Transform hands it, with the same rule
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 
 import apache_beam as beam
@@ -65,6 +66,12 @@ def vocabulary_lines(entries: list[tuple[int, bytes]]) -> bytes:
     ordered; tf.Transform's one placeholder entry when there are none."""
     tokens = [token for _, token in entries] or [EMPTY_VOCABULARY_ENTRY]
     return b"".join(token + b"\n" for token in tokens)
+
+
+def _scope(kind: str, name: str) -> str:
+    """A TensorFlow name scope for a vocabulary's or a feature's analyzer: a name may hold
+    spaces or letters beyond ASCII, which a scope name may not."""
+    return f"{kind}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
 
 def _tokens_of(kv, vocabulary: str):
@@ -163,7 +170,7 @@ def vocabulary(
         output_dtypes=[tf.string],
         output_shapes=[[]],
         output_asset_default_values=[TEMPORARY_ENTRY],
-        name=f"vocabulary_{name}",
+        name=_scope("vocabulary", name),
     )
     tft.annotate_asset(name, vocabulary_file_name(name))
     return path
@@ -231,6 +238,6 @@ def mean_and_variance(
         ptransform=MeanAndVariance(feature, measurements.moments if measurements else None),
         output_dtypes=[tf.float64, tf.float64],
         output_shapes=[[], []],
-        name=f"mean_and_variance_{feature}",
+        name=_scope("mean_and_variance", feature),
     )
     return mean, variance

@@ -104,9 +104,7 @@ def _z_score(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
     `tft.scale_to_z_score`, in x's dtype."""
     numerator = x - mean
     denominator = tf.sqrt(variance)
-    return tf.where(
-        tf.not_equal(denominator, 0), tf.divide(numerator, denominator), numerator
-    )
+    return tf.where(tf.not_equal(denominator, 0), tf.divide(numerator, denominator), numerator)
 
 
 class PreprocessingFn:

@@ -132,8 +132,10 @@ def _run(tmp_path, name, analyze):
             transform_fn = analyze(p, batches, adapter_config)
             _ = transform_fn | tft_beam.WriteTransformFn(output)
             transformed, _ = ((batches, adapter_config), transform_fn) | tft_beam.TransformDataset()
-            _ = transformed | beam.Map(_canonical) | beam.io.WriteToText(
-                str(tmp_path / f"{name}-rows"), shard_name_template=""
+            _ = (
+                transformed
+                | beam.Map(_canonical)
+                | beam.io.WriteToText(str(tmp_path / f"{name}-rows"), shard_name_template="")
             )
     rows = sorted(open(tmp_path / f"{name}-rows").read().splitlines())
     return tft.TFTransformOutput(output), rows

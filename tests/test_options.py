@@ -58,9 +58,10 @@ def test_a_value_set_through_a_view_is_seen_by_every_view():
     assert ours.view_as(WorkerOptions).num_workers == 7
     assert ours.get_all_options()["num_workers"] == 7
     assert ours.view_as(StandardOptions).runner == "DirectRunner"
-    assert PipelineOptions.from_dictionary(ours.get_all_options()).view_as(
-        StandardOptions
-    ).runner == "DirectRunner"
+    assert (
+        PipelineOptions.from_dictionary(ours.get_all_options()).view_as(StandardOptions).runner
+        == "DirectRunner"
+    )
 
 
 def test_pickled_options_carry_no_views_and_no_impersonation():

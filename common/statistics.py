@@ -140,6 +140,24 @@ total in any order, which makes the moments in stats.json independent of how the
 split into bundles and workers."""
 
 
+def mean_and_variance(count: int, total: int, total_sq: int) -> tuple[float, float]:
+    """The mean and the (population) variance of a numeric column from its exact sums, each
+    computed exactly and rounded once to the nearest float64; (0.0, 0.0) without values.
+
+    The z-scores of the transform graph and the figures of stats.json both come from here.
+
+    Args:
+      count: the number of values.
+      total: the exact sum of the values times 2**SUM_SCALE_BITS.
+      total_sq: the exact sum of their squares times 2**(2 * SUM_SCALE_BITS).
+    """
+    if not count:
+        return 0.0, 0.0
+    mean = Fraction(int(total), count << SUM_SCALE_BITS)
+    variance = Fraction(int(total_sq), count << (2 * SUM_SCALE_BITS)) - mean * mean
+    return float(mean), float(variance)
+
+
 def numeric_summary(count: int, total: int, total_sq: int, low: float, high: float) -> dict:
     """Count, mean, standard deviation, min and max of a numeric column.
 
@@ -151,12 +169,11 @@ def numeric_summary(count: int, total: int, total_sq: int, low: float, high: flo
     """
     if not count:
         return {"count": 0, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
-    mean = Fraction(int(total), count << SUM_SCALE_BITS)
-    variance = Fraction(int(total_sq), count << (2 * SUM_SCALE_BITS)) - mean * mean
+    mean, variance = mean_and_variance(count, total, total_sq)
     return {
         "count": count,
-        "mean": float(mean),
-        "std": math.sqrt(max(float(variance), 0.0)),
+        "mean": mean,
+        "std": math.sqrt(max(variance, 0.0)),
         "min": low,
         "max": high,
     }

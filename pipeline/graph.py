@@ -2,8 +2,9 @@
 
 Read blocks of raw records -> decode them into Arrow record batches (train, validation, eval,
 rejected) -> measure (exact length histograms, token frequencies, moments, the eval split's
-skew from train) and analyze (tf.Transform vocabularies, z-score moments); then a second
-read and decode of the same input -> transform with the analysis' transform_fn ->
+skew from train) -> the transform graph, whose vocabulary files and z-score moments come from
+those exact counts (tf.Transform's analysis reads no rows); then a second read and decode of
+the same input -> transform with that transform_fn ->
 tf.Examples -> TFRecords. Beam elements are blocks and record batches, never single rows; a
 row is parsed on its own in Python only when a vectorized check refused its block (see
 pipeline/batches.py).
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from common import artifacts
@@ -114,6 +116,7 @@ def build(
     import tensorflow_transform.beam as tft_beam
 
     from pipeline import features, measure
+    from pipeline.analyzers import Measurements
     from pipeline.preprocessing import PreprocessingFn
 
     adapter_config = features.tensor_adapter_config(config)
@@ -140,10 +143,15 @@ def build(
     second = ReadRaw(patterns, config, header, batch_size, first_file, pinned=first.matched)
     _, again = read_and_decode(second, "Again", counted=False)
 
+    counted = train | "CountTokens" >> measure.CountFrequencies(config)
+    measured_train = train | "MeasureTrain" >> beam.CombineGlobally(measure.MeasureBatches(config))
+    # tf.Transform analyzes no rows: its analyzers take the vocabularies and the moments from
+    # the exact counts above (pipeline/analyzers.py), so its analysis graph never runs over
+    # the training split, which is counted once.
+    no_rows = p | "NoRows" >> beam.Create([]).with_output_types(pa.RecordBatch)
+    analyzed = PreprocessingFn(config, Measurements(counted["per_token"], measured_train))
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
-        transform_fn = (train, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(
-            PreprocessingFn(config)
-        )
+        transform_fn = (no_rows, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(analyzed)
         transformed = {
             name: ((again[split], adapter_config), transform_fn)
             | f"Transform{name}" >> tft_beam.TransformDataset(output_record_batches=True)
@@ -199,7 +207,6 @@ def build(
         )
     )
 
-    counted = train | "CountTokens" >> measure.CountFrequencies(config)
     measurements = [
         blocks
         | "BlockRows" >> beam.Map(lambda block: len(block[1]))
@@ -213,9 +220,7 @@ def build(
         | "CountReasons" >> beam.combiners.Count.PerElement()
         | "ListReasons" >> beam.combiners.ToList()
         | _single("KeyReasons", "reasons"),
-        train
-        | "MeasureTrain" >> beam.CombineGlobally(measure.MeasureBatches(config))
-        | _single("KeyTrain", "train"),
+        measured_train | _single("KeyTrain", "train"),
         first_pass_rows[decode.EVAL] | _single("KeyEval", "eval"),
         counted["frequencies"]
         | "ListFrequencies" >> beam.combiners.ToList()

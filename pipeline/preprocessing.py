@@ -3,7 +3,9 @@
 Features (categorical, sequence or bag) that name the same vocabulary are counted together
 (one vocabulary file, named after the vocabulary) and mapped through it, so they index one
 embedding table. Ids keep their list structure: a sequence or a bag stays a SparseTensor of
-int64 ids, never padded with 0 (id 0 is the most frequent value).
+int64 ids, never padded with 0 (id 0 is the most frequent value). The vocabularies and the
+numbers' means and variances come from the pipeline's own exact measurements when it hands
+them over (pipeline/analyzers.py), so tf.Transform's analysis needs no pass over the data.
 
 Each vocabulary's lookup table is named after the vocabulary and a digest of its contents,
 not after the file tf.Transform wrote it to (TensorFlow's default name): that file lies in the
@@ -20,6 +22,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from common.config import Config
+from pipeline import analyzers
 
 
 def _values(tensor) -> tf.Tensor:
@@ -96,15 +99,27 @@ def _lookup_fn(num_oov_buckets: int):
     return lookup
 
 
+def _z_score(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
+    """(x - mean) / sqrt(variance), or x - mean where the variance is 0: the operations of
+    `tft.scale_to_z_score`, in x's dtype."""
+    numerator = x - mean
+    denominator = tf.sqrt(variance)
+    return tf.where(tf.not_equal(denominator, 0), tf.divide(numerator, denominator), numerator)
+
+
 class PreprocessingFn:
-    """A picklable `preprocessing_fn` for one config.
+    """A `preprocessing_fn` for one config.
 
     Args:
       config: the validated feature config.
+      measurements: the pipeline's measurements of the training split, from which the
+        vocabularies, means and variances are taken; None to compute them from the analyzed
+        batches (picklable then, as tf.Transform's test harness needs).
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, measurements: analyzers.Measurements | None = None):
         self._config = config
+        self._measurements = measurements
 
     def __call__(self, inputs: dict) -> dict:
         config = self._config
@@ -112,20 +127,7 @@ class PreprocessingFn:
         for vocabulary, names in config.vocabularies().items():
             settings = config.vocabulary_config(vocabulary)
             tokens = tf.concat([_values(inputs[name]) for name in names], axis=0)
-            # Unit weights give the same counts, ordering and thresholds, but make
-            # tf.Transform count each batch's distinct tokens in the graph and hand Beam one
-            # (token, count) per distinct token and batch; without weights it hands Beam
-            # every token occurrence as its own element, by far the pipeline's largest cost.
-            path = tft.vocabulary(
-                tokens,
-                weights=tf.ones(tf.shape(tokens), tf.float32),
-                top_k=settings.top_k,
-                frequency_threshold=settings.frequency_threshold
-                if settings.frequency_threshold > 1
-                else None,
-                vocab_filename=vocabulary,
-                name=f"vocabulary_{vocabulary}",
-            )
+            path = analyzers.vocabulary(tokens, vocabulary, settings, self._measurements)
             for name in names:
                 outputs[name] = tft.apply_vocabulary(
                     inputs[name],
@@ -135,9 +137,13 @@ class PreprocessingFn:
                 )
         for feature in config.features:
             if feature.type == "numeric":
-                # Mean and variance in float64: summed over batches in whatever order the
-                # runner gives them, float32 sums differ in the last bits from run to run.
-                scaled = tft.scale_to_z_score(tf.cast(inputs[feature.name], tf.float64))
+                values = inputs[feature.name]
+                mean, variance = analyzers.mean_and_variance(
+                    values, feature.name, self._measurements
+                )
+                # In float64, as the mean and the variance are: the same operations as
+                # tft.scale_to_z_score on float64 input.
+                scaled = _z_score(tf.cast(values, tf.float64), mean, variance)
                 outputs[feature.name] = tf.cast(scaled, tf.float32)
         outputs[config.label.name] = tf.cast(inputs[config.label.name], tf.float32)
         return outputs

@@ -57,6 +57,7 @@ from pipeline.input_checks import (
 )
 from pipeline.input_files import InputError
 from pipeline.local_runner import default_runner
+from pipeline.options import Options
 
 LOG = logging.getLogger("pipeline")
 
@@ -318,7 +319,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     header = inspect_inputs(files, config)
     console.import_tensorflow(args.verbose)  # the flags, config and inputs are good
     output = args.output.rstrip("/")
-    options = PipelineOptions(with_worker_requirements(beam_args), save_main_session=False)
+    options = Options(with_worker_requirements(beam_args), save_main_session=False)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     this_run = None if dry_run else commit.begin(output, args.overwrite, [f.path for f in files])
 

@@ -1,0 +1,34 @@
+"""Beam's pipeline options, each view made once.
+
+Beam asks the options for a view (`options.view_as(TypeOptions)`) every time a transform is
+applied and every time it checks a type hint, thousands of times while the graph is built
+and translated, and each view parses the command line again with a parser of every option
+Beam knows. A view holds no state of its own: it reads and writes the options' one dict of
+values, and the flags it parses do not change. So one view of each kind, kept, is the same
+view, and the graph is built without re-parsing the flags thousands of times.
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class Options(PipelineOptions):
+    """`PipelineOptions` whose `view_as` returns one view per options class."""
+
+    def view_as(self, cls):
+        views = self.__dict__.get("_views")
+        if views is None:
+            views = {}
+            object.__setattr__(self, "_views", views)
+        view = views.get(cls)
+        if view is None:
+            view = views[cls] = super().view_as(cls)
+        return view
+
+    def __getstate__(self):
+        # The views are remade where the options are unpickled; pickled, they would also
+        # carry values that Beam's own hook leaves out of the pickled options.
+        state = dict(super().__getstate__())
+        state.pop("_views", None)
+        return state

@@ -66,6 +66,27 @@ def _first_id(ids: tf.SparseTensor, size: int) -> tf.Tensor:
     return tf.where(valid, first, tf.constant(size, tf.int64))
 
 
+def table_sizes(plan: EmbeddingPlan, features: Sequence[str]) -> dict[str, int]:
+    """Each feature's table size (its vocabulary and OOV buckets)."""
+    return {n: int(plan.tables[plan.features[n].table].vocabulary_size) for n in features}
+
+
+def parsed_batches(
+    files: Sequence[str], plan: EmbeddingPlan, features: Sequence[str], rows: int = -1
+) -> tf.data.Dataset:
+    """Batches of `features` (int64 ids, sparse) and the label of the first `rows` rows of
+    gzip TFRecords of transformed tf.Examples (-1: all)."""
+    spec = {n: tf.io.VarLenFeature(tf.int64) for n in features}
+    spec[plan.label["name"]] = tf.io.FixedLenFeature([], tf.float32)
+    return (
+        tf.data.TFRecordDataset(list(files), compression_type="GZIP")
+        .take(rows)
+        .batch(BATCH)
+        .map(lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def split_sums(
     files: Sequence[str], plan: EmbeddingPlan, features: Sequence[str] | None = None
 ) -> dict[str, Sums]:
@@ -81,15 +102,8 @@ def split_sums(
     """
     features = list(categorical_features(plan) if features is None else features)
     label = plan.label["name"]
-    sizes = {n: int(plan.tables[plan.features[n].table].vocabulary_size) for n in features}
-    spec = {n: tf.io.VarLenFeature(tf.int64) for n in features}
-    spec[label] = tf.io.FixedLenFeature([], tf.float32)
-    dataset = (
-        tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-        .batch(BATCH)
-        .map(lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    sizes = table_sizes(plan, features)
+    dataset = parsed_batches(files, plan, features)
     # float64: sums of millions of labels stay exact to the last row.
     initial = {n: tuple(tf.zeros([sizes[n] + 1], tf.float64) for _ in range(3)) for n in features}
 

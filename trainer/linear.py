@@ -23,10 +23,9 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from common.plan import EmbeddingPlan
-from trainer.baselines import BATCH, Sums, _first_id, grouped_auc
+from trainer.baselines import Sums, _first_id, grouped_auc, parsed_batches, table_sizes
 
 LOG = logging.getLogger("trainer")
 
@@ -48,15 +47,9 @@ def read_ids(
     """The first id of each of `features` and the label, of the first `max_rows` rows of
     `files` (an id outside its table: the slot vocabulary_size)."""
     label = plan.label["name"]
-    sizes = {n: int(plan.tables[plan.features[n].table].vocabulary_size) for n in features}
-    spec = {n: tf.io.VarLenFeature(tf.int64) for n in features}
-    spec[label] = tf.io.FixedLenFeature([], tf.float32)
-    dataset = (
-        tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-        .take(max_rows)
-        .batch(BATCH)
-        .map(lambda s: tf.io.parse_example(s, spec))
-        .map(lambda b: ({n: _first_id(b[n], sizes[n]) for n in features}, b[label]))
+    sizes = table_sizes(plan, features)
+    dataset = parsed_batches(files, plan, features, max_rows).map(
+        lambda b: ({n: _first_id(b[n], sizes[n]) for n in features}, b[label])
     )
     ids: dict[str, list] = {n: [] for n in features}
     labels = []

@@ -141,6 +141,10 @@ def test_summary_and_loss_warning():
     # The baseline's own ranking, read by the bucketed streaming AUC, is not a loss.
     assert not baselines.model_loses({**metrics, "auc": 0.69991})
     assert baselines.model_loses({**metrics, "auc": 0.69989})
+    # The same predictions' RMSE, float32 against float64, is not a loss either.
+    rmse = {"rmse": 0.47921798, "best_baseline": "item_id", "best_baseline_rmse": 0.47921795}
+    assert not baselines.model_loses(rmse)
+    assert baselines.model_loses({**rmse, "rmse": 0.4793})
 
 
 def test_an_eval_split_of_one_class_has_no_baseline_auc(tmp_path):

@@ -77,6 +77,7 @@ def test_the_verdict_is_judged_on_validation_where_the_model_was_chosen():
     # Regression: lower is better.
     rmse = {"rmse": 1.1, "best_baseline": "item_id", "best_baseline_rmse": 1.0}
     assert verdict(rmse, {}, {})["beats_baseline"] is False
+    assert verdict({**rmse, "rmse": 1.000001}, {}, {})["beats_baseline"] is True
     assert verdict({"examples": 0}, {}, {}) == {}
 
 

@@ -216,3 +216,31 @@ def test_counting_stays_the_start_where_users_have_no_effect(tmp_path):
     chosen = _choose(tmp_path, generosity_scale=0.0)
     assert chosen["chosen"] is False and "weights" not in chosen
     assert chosen["z"] <= chosen["z_needed"]
+
+
+def test_a_validation_split_of_one_class_starts_from_the_key_alone(tmp_path):
+    """No feature ranks validation rows of one class: no best feature, no linear start, and
+    no crash; the split key's term still starts at its counts."""
+    from types import SimpleNamespace
+
+    from trainer.start import measure_and_start
+
+    rng = np.random.default_rng(2)
+    user, item, labels, _ = _ratings(rng, users=80, items=30, rows=2000)
+    plan = _user_item_plan(81, 31)
+    train = _write_rows(tmp_path / "train.gz", user[user < 60], item[user < 60], labels[user < 60])
+    held = user >= 60
+    validation = _write_rows(
+        tmp_path / "validation.gz", np.full(held.sum(), 80), item[held], np.ones(held.sum())
+    )
+    run = SimpleNamespace(
+        plan=plan,
+        train_files=[train],
+        eval_files=[],
+        eval_rows=0,
+        validation_files=[validation],
+        key_features=("user_id",),
+    )
+    _, on_validation, (values, _) = measure_and_start(run, 10.0)
+    assert on_validation["best_baseline"] is None and "linear_start" not in on_validation
+    assert set(values) == {"user_id"}

@@ -870,3 +870,32 @@ def test_the_model_starts_where_the_chosen_start_says(tmp_path):
         np.testing.assert_allclose(stored[name][:, 0], rows, rtol=1e-6, atol=1e-7)
     assert set(values) == {"user_id", "items"}
     assert reader.get_tensor("logits/bias")[0] == pytest.approx(logit, rel=1e-6)
+
+
+def test_the_start_is_a_candidate_whatever_the_checkpoint_rotation_and_a_lost_history(
+    small_pipeline_output, tmp_path, monkeypatch
+):
+    """More than five checkpoints before the first evaluation: rotation deletes
+    model.ckpt-0, but the start was kept aside when it was saved (MODEL_DIR/start/). A run
+    killed before it wrote eval_metrics.json, resumed, still compares with the start."""
+    output = _with_validation_split(small_pipeline_output["output"], tmp_path / "out", monkeypatch)
+    model_dir = tmp_path / "model"
+    flags = ("--save-checkpoints-steps", "2", "--eval-every-steps", "20", "--no-export")
+    args = task.parse_args(
+        ["--pipeline-output", output, "--model-dir", str(model_dir), "--batch-size", "64",
+         "--train-steps", "20", *flags]
+    )  # fmt: skip
+    task.train_and_evaluate(args)
+    assert not (model_dir / "model.ckpt-0.index").exists()  # rotated away
+    assert (model_dir / "start" / "model.ckpt-0.index").exists()
+    written = json.loads((model_dir / "eval_metrics.json").read_text())
+    assert [h["global_step"] for h in written["history"]] == [0, 20]
+    assert "validation_auc_needed" in written["best"]
+    assert written["best"]["step"] == _chosen(written["history"], written["best"])["global_step"]
+    # Killed before the end: no eval_metrics.json. The resumed run evaluates the start again.
+    (model_dir / "eval_metrics.json").unlink()
+    args.train_steps = 40
+    task.train_and_evaluate(args)
+    written = json.loads((model_dir / "eval_metrics.json").read_text())
+    assert [h["global_step"] for h in written["history"]] == [0, 40]
+    assert written["best"]["step"] == _chosen(written["history"], written["best"])["global_step"]

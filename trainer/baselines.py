@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.plan import EmbeddingPlan
-from trainer.metrics import AUC_TOLERANCE, auc_undefined
+from trainer.metrics import AUC_TOLERANCE, RMSE_TOLERANCE, auc_undefined
 
 LOG = logging.getLogger("trainer")
 
@@ -293,9 +293,11 @@ def summary(metrics: dict[str, Any]) -> str:
 def model_loses(metrics: dict[str, Any]) -> bool:
     """Whether the model scores worse than its best single-feature baseline (False where
     either figure is undefined: nothing was compared). The model's streaming AUC of the
-    baseline's own ranking may read up to AUC_TOLERANCE below the exact one: equal."""
+    baseline's own ranking may read up to AUC_TOLERANCE below the exact one, its float32
+    RMSE RMSE_TOLERANCE above the exact one: equal."""
     if metrics.get("auc") is not None and metrics.get("best_baseline_auc") is not None:
         return float(metrics["auc"]) < float(metrics["best_baseline_auc"]) - AUC_TOLERANCE
     if metrics.get("rmse") is not None and metrics.get("best_baseline_rmse") is not None:
-        return float(metrics["rmse"]) > float(metrics["best_baseline_rmse"])
+        base = float(metrics["best_baseline_rmse"])
+        return float(metrics["rmse"]) > base * (1 + RMSE_TOLERANCE)
     return False

@@ -186,7 +186,8 @@ def choose_start(
     }
     if z <= needed:
         LOG.info(
-            "Start: counting (a linear model of %s and %s: validation AUC %+.4f, z %.2f < %.2f)",
+            "Start: counting (a linear model of %s and %s: validation AUC %+.4f over it, "
+            "z %.2f < %.2f)",
             key, feature, difference, z, needed,
         )  # fmt: skip
         return {"chosen": False, **figures}

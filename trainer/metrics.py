@@ -29,6 +29,10 @@ AUC_THRESHOLDS = 10_000
 bucket count as tied, which pulls the AUC below the exact one when predictions crowd
 together, as those of a model that starts from a count do; the baselines' AUC is exact
 (`trainer.baselines`)."""
+RMSE_TOLERANCE = 1e-5
+"""The relative difference below which the model's RMSE (float32, streaming) and the
+baseline's (float64, exact) count as equal: the same predictions read apart in the last
+float32 bits."""
 AUC_TOLERANCE = 1.0 / AUC_THRESHOLDS
 """How far below an exact AUC the streaming AUC of the same ranking may read: a model that
 ranks as a baseline does is judged equal to it, not worse."""

@@ -18,6 +18,7 @@ from trainer.metrics import (
     AUC_TOLERANCE,
     NEGATIVES,
     POSITIVES,
+    RMSE_TOLERANCE,
     UNDEFINED,
     auc_standard_error,
     describe_split,
@@ -32,6 +33,7 @@ VALIDATION = "validation"
 HISTORY = "history"
 BEST = "best"
 BEST_DIR = "best"
+START_DIR = "start"
 RUN_ONLY = ("trained_from_step", "steps_trained", "export_dir")
 LINEAR_START = "linear_start"
 
@@ -116,27 +118,31 @@ class Selection:
                 self.best = {"step": best["step"], self.metric: value, "checkpoint": checkpoint}
 
     def evaluate_start(self, estimator, make_input_fn) -> None:
-        """Makes the starting point (`model.ckpt-0`) a candidate too.
+        """Makes the starting point (`model.ckpt-0`, kept under MODEL_DIR/start/ when it was
+        saved: `KeepStart`) a candidate too.
 
         The model starts where counting ends (`--bias-init`: the best single feature's
         log-odds, the rest at 0), so a run whose training does not improve on validation
         keeps that start: the model chosen on validation is never below the count it began
-        from. Only for a run that began at step 0 and selects on a validation split.
+        from. Evaluated once per model directory, and again on a resume that lost the best
+        checkpoint; only where the start is counted and a validation split selects.
         """
         import tensorflow as tf
 
-        start = artifacts.join(self.args.model_dir, "model.ckpt-0")
-        if self.files and self.args.eval_every_steps and tf.io.gfile.exists(start + ".index"):
+        start = artifacts.join(self.args.model_dir, START_DIR, "model.ckpt-0")
+        counted = self.args.bias_init and self.args.id_bias
+        wanted = self.start is None or self.best is None
+        if not (self.files and self.args.eval_every_steps and counted and wanted):
+            return
+        if tf.io.gfile.exists(start + ".index"):
             self.evaluate(estimator, make_input_fn, checkpoint=start)
 
-    def evaluate(
-        self, estimator, make_input_fn, checkpoint: str | None = None, with_start: bool = False
-    ) -> None:
-        """Evaluates `checkpoint` (default: the latest) on the validation split and keeps it
-        when it is the best so far; `with_start`: `evaluate_start` first."""
+    def evaluate(self, estimator, make_input_fn, checkpoint: str | None = None) -> None:
+        """Evaluates `checkpoint` (default: the latest, after `evaluate_start`) on the
+        validation split and keeps it when it is the best so far."""
         if not self.args.eval_every_steps:
             return
-        if with_start:
+        if checkpoint is None:
             self.evaluate_start(estimator, make_input_fn)
         files, name = (self.files, VALIDATION) if self.files else (self.eval_files, "eval")
         if not files:
@@ -286,12 +292,28 @@ class Selection:
         return lines
 
 
-def _keep_checkpoint(checkpoint: str, model_dir: str) -> str:
+def keep_start(model_dir: str):
+    """A `CheckpointSaverListener` that copies the checkpoint of step 0 to MODEL_DIR/start/
+    as soon as it is saved: checkpoint rotation may delete `model.ckpt-0` before the first
+    evaluation (more than five checkpoints apart), and a resumed run still compares with it."""
+    import tensorflow as tf
+
+    class KeepStart(tf.estimator.CheckpointSaverListener):
+        def after_save(self, session, global_step_value):
+            del session
+            if global_step_value == 0:
+                source = artifacts.join(model_dir, "model.ckpt-0")
+                _keep_checkpoint(source, model_dir, START_DIR)
+
+    return KeepStart()
+
+
+def _keep_checkpoint(checkpoint: str, model_dir: str, directory: str = BEST_DIR) -> str:
     """Copies a checkpoint's files to MODEL_DIR/best/ (replacing the previous best) and
     returns its path there."""
     import tensorflow as tf
 
-    best_dir = artifacts.join(model_dir, BEST_DIR)
+    best_dir = artifacts.join(model_dir, directory)
     if tf.io.gfile.exists(best_dir):
         tf.io.gfile.rmtree(best_dir)
     tf.io.gfile.makedirs(best_dir)
@@ -342,8 +364,8 @@ def verdict(
         base = float(baselines[baseline_key])
         # The model's AUC is streaming (bucketed), the baseline's exact: the same ranking
         # may read up to AUC_TOLERANCE lower, and is judged equal.
-        tolerance = AUC_TOLERANCE if metric == "auc" else 0.0
-        beats = float(model) >= base - tolerance if higher else float(model) <= base
+        tolerance = AUC_TOLERANCE if metric == "auc" else RMSE_TOLERANCE * base
+        beats = float(model) >= base - tolerance if higher else float(model) <= base + tolerance
         judged = {
             "judged_on": judged_on,
             metric: float(model),
@@ -395,8 +417,8 @@ def log_verdict(metrics: dict[str, Any]) -> None:
         return
     if model_loses(metrics):
         LOG.warning(
-            "%s: the model loses to counting one column; train longer or change the model "
-            "before trusting it (eval_metrics.json has every baseline)",
+            "%s: on eval the model is below counting one column; train longer or change the "
+            "model before trusting it (eval_metrics.json has every baseline)",
             line,
         )
     else:

@@ -46,7 +46,8 @@ def measure_and_start(run: Any, scale: float | None) -> tuple[dict, dict, tuple]
     on_validation = measure(run.train_files, validation, plan, train) if validation else {}
     if scale is None:
         return on_eval, on_validation, ({}, 0.0)
-    best = [on_validation["best_baseline"]] if on_validation else []
+    # No best feature where validation ranks none (rows of one class): the key's alone.
+    best = [on_validation["best_baseline"]] if on_validation.get("best_baseline") else []
     start = initial_biases(train, plan, scale, [*run.key_features, *best])
     linear = _linear_start(run, train, best, scale)
     if linear is not None:

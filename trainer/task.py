@@ -15,8 +15,8 @@ CPU evaluates the checkpoint the TPU wrote), unless --eval-steps caps the batche
 of examples evaluated is in eval_metrics.json. A checkpoint written on CPU resumes on a TPU
 and one written on a TPU resumes on CPU, in the same MODEL_DIR.
 
-MODEL_DIR receives the checkpoints, TensorBoard summaries, eval_metrics.json after each
-evaluation, the resolved training configuration and plan, and export/<timestamp>/, a SavedModel
+MODEL_DIR receives the checkpoints, TensorBoard summaries, eval_metrics.json at the end of
+the run, the resolved training configuration and plan, and export/<timestamp>/, a SavedModel
 whose `serving_default` takes serialized raw tf.Examples.
 """
 
@@ -46,6 +46,7 @@ from trainer.selection import (
     eval_points,
     final_word,
     jsonable,
+    keep_start,
     log_verdict,
     start_figures,
     verdict,
@@ -137,13 +138,10 @@ def train(
             key_features=run.key_features,
             sequence_dropout=args.history_dropout,
         )
-        estimator.train(
-            train_input,
-            max_steps=target,
-            hooks=[TrainingProgress(args.train_steps, args.batch_size)],
-        )
-        evaluation_input = partial(make_input_fn, key_features=run.key_features)
-        selection.evaluate(estimator, evaluation_input, with_start=start == 0)
+        progress = [TrainingProgress(args.train_steps, args.batch_size)]
+        keep = [keep_start(args.model_dir)]  # model.ckpt-0, before rotation can delete it
+        estimator.train(train_input, max_steps=target, hooks=progress, saving_listeners=keep)
+        selection.evaluate(estimator, partial(make_input_fn, key_features=run.key_features))
         start = target
     steps = global_step(estimator) - step_before
     elapsed = time.time() - started

@@ -194,3 +194,23 @@ def test_initial_biases_for_regression_are_the_smoothed_means(tmp_path):
     assert values["items"][0] == pytest.approx(expected)
     assert values["items"][2] == 0.0
     assert set(values) == {"items", "device"}
+
+
+def test_without_a_held_out_split_the_best_feature_is_chosen_by_leave_one_out():
+    """A column unique to each row (an event id) scores every training row perfectly by its
+    own count, and tells nothing about a row it did not count: left out, it ties."""
+    rng = np.random.default_rng(4)
+    rate = np.array([0.1, 0.3, 0.5, 0.7, 0.9])
+    items = rng.integers(0, 5, 2000)
+    y = (rng.random(2000) < rate[items]).astype(float)
+
+    def sums(ids, size):
+        rows = np.bincount(ids, minlength=size + 1).astype(float)
+        labels = np.bincount(ids, y, size + 1)
+        return baselines.Sums(rows, labels, labels)
+
+    train = {"item_id": sums(items, 5), "device": sums(np.arange(2000), 2000)}
+    assert baselines.leave_one_out_best(train, ["item_id", "device"], _plan()) == "item_id"
+    assert baselines.leave_one_out_best(train, ["device"], _plan()) == "device"
+    regression = _plan("regression")
+    assert baselines.leave_one_out_best(train, ["item_id", "device"], regression) == "item_id"

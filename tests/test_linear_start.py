@@ -244,3 +244,24 @@ def test_a_validation_split_of_one_class_starts_from_the_key_alone(tmp_path):
     _, on_validation, (values, _) = measure_and_start(run, 10.0)
     assert on_validation["best_baseline"] is None and "linear_start" not in on_validation
     assert set(values) == {"user_id"}
+
+
+def test_without_a_validation_split_the_start_still_counts_the_best_feature(tmp_path):
+    from types import SimpleNamespace
+
+    from trainer.start import measure_and_start
+
+    rng = np.random.default_rng(2)
+    user, item, labels, _ = _ratings(rng, users=80, items=30, rows=2000)
+    run = SimpleNamespace(
+        plan=_user_item_plan(81, 31),
+        train_files=[_write_rows(tmp_path / "train.gz", user, item, labels)],
+        eval_files=[],
+        eval_rows=0,
+        validation_files=[],
+        key_features=("user_id",),
+    )
+    _, _, (values, _) = measure_and_start(run, 10.0)
+    assert set(values) == {"user_id", "items"}
+    # Every item seen in training starts at its counts; the OOV row at the prior.
+    assert np.all(np.abs(values["items"][:30]) > 1e-6) and abs(values["items"][30]) < 1e-6

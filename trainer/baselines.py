@@ -191,6 +191,40 @@ def initial_biases(
     return result, offset
 
 
+def leave_one_out_best(
+    train: dict[str, Sums], features: Sequence[str], plan: EmbeddingPlan
+) -> str | None:
+    """The feature whose counts best score the training rows each left out of its own id's
+    count (target encoding's leave-one-out): an honest ranking of the features without a
+    held-out split, in which an id seen once tells nothing. By AUC for a binary label, RMSE
+    for regression; None where no feature's figure is defined."""
+    binary = plan.label["type"] == "binary"
+    scored = {}
+    for name in features:
+        sums = train[name]
+        rows, labels, squares = sums.rows[:-1], sums.labels[:-1], sums.squares[:-1]
+        prior = float(sums.labels.sum() / max(sums.rows.sum(), 1.0))
+        # A row's own id, less the row: (label sum - y + SMOOTHING * prior) / (rows - 1 + s).
+        scale = 1.0 / np.maximum(rows - 1 + SMOOTHING, 1e-12)
+        rest = (labels + SMOOTHING * prior) * scale
+        if binary:
+            # Positives read (sum - 1 + s p) / (n - 1 + s), negatives (sum + s p) / (n - 1 + s).
+            scores = np.concatenate([rest - scale, rest])
+            positives = np.concatenate([labels, np.zeros_like(labels)])
+            negatives = np.concatenate([np.zeros_like(labels), rows - labels])
+            value = grouped_auc(scores, positives, negatives)
+        else:
+            # Prediction rest - scale * y: the squared errors sum from the per-id sums.
+            a = 1.0 + scale
+            error = a * a * squares - 2 * a * rest * labels + rest * rest * rows
+            value = float(np.sqrt(max(error.sum(), 0.0) / max(rows.sum(), 1.0)))
+        if value is not None and np.isfinite(value):
+            scored[name] = value
+    if not scored:
+        return None
+    return (max if binary else min)(scored, key=scored.get)
+
+
 def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float | None:
     """The exact ROC AUC of rows grouped by score: group i has `positives[i]` positive and
     `negatives[i]` negative rows, all scored `scores[i]`. Ties count one half, as in the

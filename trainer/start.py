@@ -17,6 +17,7 @@ from trainer.baselines import (
     Sums,
     categorical_features,
     initial_biases,
+    leave_one_out_best,
     measure,
     smoothed_rates,
     split_sums,
@@ -47,7 +48,12 @@ def measure_and_start(run: Any, scale: float | None) -> tuple[dict, dict, tuple]
     if scale is None:
         return on_eval, on_validation, ({}, 0.0)
     # No best feature where validation ranks none (rows of one class): the key's alone.
+    # Without a validation split, the best by leave-one-out on the training split.
     best = [on_validation["best_baseline"]] if on_validation.get("best_baseline") else []
+    if not validation and train:
+        candidates = [n for n in categorical_features(plan) if n not in run.key_features]
+        best = [leave_one_out_best(train, candidates, plan)] if candidates else []
+        best = [b for b in best if b is not None]
     start = initial_biases(train, plan, scale, [*run.key_features, *best])
     linear = _linear_start(run, train, best, scale)
     if linear is not None:

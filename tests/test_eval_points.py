@@ -79,6 +79,10 @@ def test_the_verdict_is_judged_on_validation_where_the_model_was_chosen():
     assert verdict(rmse, {}, {})["beats_baseline"] is False
     assert verdict({**rmse, "rmse": 1.000001}, {}, {})["beats_baseline"] is True
     assert verdict({"examples": 0}, {}, {}) == {}
+    # Figures of part of a split (--eval-steps) against baselines of all of it: no verdict.
+    partial = verdict(on_eval, on_validation, best, partial=True)
+    assert "beats_baseline" not in partial and "--eval-steps" in partial["verdict"]["undefined"]
+    assert losing_line({**on_eval, **partial}) == ""
 
 
 @pytest.mark.trainer_env  # task.main refuses to run outside the trainer environment

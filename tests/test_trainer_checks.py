@@ -47,6 +47,7 @@ def test_the_sinks_empty_shard_has_the_size_the_check_assumes(tmp_path):
         (["--save-checkpoints-steps", "0"], "--save-checkpoints-steps must be >= 1"),
         (["--eval-steps", "0"], "--eval-steps must be >= 1"),
         (["--eval-steps", "-3"], "--eval-steps must be >= 1"),
+        (["--eval-steps", "2", "--require-beats-baseline"], "drop --eval-steps"),
         (["--hidden-units", "0,-4"], "--hidden-units must be positive layer sizes"),
     ],
 )

@@ -220,6 +220,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--cross-layers must be >= 0")
     if args.train_epochs is not None and args.train_epochs <= 0:
         parser.error(f"--train-epochs must be > 0, got {args.train_epochs}")
+    if args.eval_steps is not None and args.require_beats_baseline:
+        parser.error(
+            "--require-beats-baseline judges whole splits against the baselines: drop --eval-steps"
+        )
     if args.eval_steps is not None and args.eval_steps < 1:
         parser.error("--eval-steps must be >= 1")
     if args.eval_every_steps is not None and args.eval_every_steps < 0:

@@ -341,8 +341,14 @@ def chosen_figures(last: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]
     return last
 
 
+PARTIAL = "--eval-steps evaluated part of each split and the baselines count all of it: no verdict"
+
+
 def verdict(
-    metrics: dict[str, Any], validation_baselines: dict[str, Any], best: dict[str, Any]
+    metrics: dict[str, Any],
+    validation_baselines: dict[str, Any],
+    best: dict[str, Any],
+    partial: bool = False,
 ) -> dict[str, Any]:
     """The chosen model against the best single-feature baseline, as TFX's Evaluator blesses
     a model: on the validation split where the model was chosen there (the rows the choice
@@ -350,8 +356,11 @@ def verdict(
 
     Returns:
       `beats_baseline` (the model scores at least the baseline: AUC >=, RMSE <=) and
-      `verdict` (where it was judged, both figures); empty where either figure is missing.
+      `verdict` (where it was judged, both figures); empty where either figure is missing;
+      only `verdict.undefined` where the model's figures cover `partial` splits.
     """
+    if partial:
+        return {"verdict": {"undefined": PARTIAL}}
     for metric, higher in (("auc", True), ("rmse", False)):
         baseline_key = f"best_baseline_{metric}"
         on_validation = best.get(f"{VALIDATION}_{metric}")
@@ -413,6 +422,9 @@ def log_verdict(metrics: dict[str, Any]) -> None:
     from trainer.baselines import summary as baseline_summary
 
     line = baseline_summary(metrics)
+    if (metrics.get("verdict") or {}).get("undefined"):
+        LOG.info("%s", metrics["verdict"]["undefined"])
+        return
     if not line:
         return
     if model_loses(metrics):

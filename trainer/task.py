@@ -89,7 +89,8 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
     if selection.history:
         metrics[HISTORY] = selection.history
     metrics[BEST] = best
-    metrics.update(verdict(metrics, on_validation, best), **start_figures(on_validation))
+    metrics.update(verdict(metrics, on_validation, best, args.eval_steps is not None))
+    metrics.update(start_figures(on_validation))
     check_same_run(args.pipeline_output, run.manifest)  # the evaluation read the run's own rows
     artifacts.write_json(args.model_dir, EVAL_METRICS, metrics)
     log_verdict(metrics)

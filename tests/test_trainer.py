@@ -436,6 +436,8 @@ def test_empty_validation_or_eval_splits_select_and_report_nothing_invented(
         assert all(h["examples"] == stats["rows"]["validation"] for h in history)
         assert best["selected_on"] == "validation"
         assert best["eval"] == {"examples": 0}
+        # The top-level step is the exported (chosen) checkpoint's, with no eval figure.
+        assert written["global_step"] == best["step"]
     else:
         assert "history" not in json.loads((model_dir / "eval_metrics.json").read_text())
         assert best["selected_on"] is None and "no validation rows" in best["reason"]

@@ -332,11 +332,9 @@ def chosen_figures(last: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]
     one was chosen before the last step (the last checkpoint's figures then sit under
     `last`), else the last checkpoint's."""
     chosen = best.get("eval") or {}
-    if (
-        best.get("checkpoint")
-        and chosen.get("examples")
-        and best["step"] != last.get("global_step")
-    ):
+    if best.get("checkpoint") and best["step"] != last.get("global_step"):
+        if not chosen.get("examples"):  # no eval rows: nothing measured, but the step is
+            return {**last, "global_step": best["step"], "last": last}
         return {**chosen, "last": last}
     return last
 

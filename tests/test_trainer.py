@@ -613,7 +613,7 @@ def test_training_trains_the_oov_row(small_pipeline_output, tmp_path):
     output, plan = small_pipeline_output["output"], small_pipeline_output["plan"]
     assert plan.tables["items"].num_oov_buckets == 1
     rows = {}
-    for share in ("0", "0.05"):
+    for share in ("0", "0.2"):
         model_dir = tmp_path / share
         for steps in ("10", "30"):
             task.train_and_evaluate(
@@ -629,7 +629,7 @@ def test_training_trains_the_oov_row(small_pipeline_output, tmp_path):
             )
             rows[share, steps] = _oov_row(str(model_dir), plan)
     np.testing.assert_array_equal(rows["0", "10"], rows["0", "30"])
-    assert np.abs(rows["0.05", "30"] - rows["0.05", "10"]).max() > 1e-4
+    assert np.abs(rows["0.2", "30"] - rows["0.2", "10"]).max() > 1e-4
 
 
 def test_a_damaged_shard_is_one_line_naming_the_output(small_pipeline_output, tmp_path, caplog):

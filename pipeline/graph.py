@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
@@ -49,6 +50,34 @@ def _written_splits(config: Config) -> list[tuple[str, str]]:
 
 def _single(label: str, key: str):
     return label >> beam.Map(lambda value: (key, value))
+
+
+SPLIT_COLUMN = "__pipeline_split__"
+"""The column that carries a batch's split through the one transforming step of all splits
+(a tf.Transform pass-through key: it is no feature, and it is dropped before encoding)."""
+
+
+def _with_split(batch: pa.RecordBatch, index: int) -> pa.RecordBatch:
+    """`batch` with SPLIT_COLUMN: each row's split index, in a list of one, as tf.Transform
+    passes a column through."""
+    rows = batch.num_rows
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int64))
+    values = pa.array(np.full(rows, index, dtype=np.int64))
+    return batch.append_column(SPLIT_COLUMN, pa.LargeListArray.from_arrays(offsets, values))
+
+
+def _split_of(transformed, num_splits: int) -> int:
+    """The index of the split a transformed batch belongs to (its SPLIT_COLUMN)."""
+    record_batch, _ = transformed
+    column = record_batch.column(record_batch.schema.get_field_index(SPLIT_COLUMN))
+    # A batch without rows carries no index; it writes nothing, whichever split it goes to.
+    return int(column.flatten()[0].as_py()) if record_batch.num_rows else 0
+
+
+def _without_split(transformed):
+    record_batch, passed_through = transformed
+    index = record_batch.schema.get_field_index(SPLIT_COLUMN)
+    return record_batch.remove_column(index), passed_through
 
 
 class EncodeExamples(beam.DoFn):
@@ -114,6 +143,7 @@ def build(
       first_file: the file `header` was read from, named when another file's differs.
     """
     import tensorflow_transform.beam as tft_beam
+    from tfx_bsl.public.tfxio import TensorAdapterConfig
 
     from pipeline import features, measure
     from pipeline.analyzers import Measurements
@@ -152,12 +182,32 @@ def build(
     analyzed = PreprocessingFn(config, Measurements(counted["per_token"], measured_train))
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
         transform_fn = (no_rows, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(analyzed)
-        transformed = {
-            name: ((again[split], adapter_config), transform_fn)
-            | f"Transform{name}" >> tft_beam.TransformDataset(output_record_batches=True)
-            for name, split in _written_splits(config)
-        }
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
+    # One transforming step for all the splits: each loads the transform graph and adds its
+    # own stages. A batch's split travels with it as a pass-through column.
+    splits = _written_splits(config)
+    tagged = [
+        again[split] | f"Tag{name}" >> beam.Map(_with_split, index)
+        for index, (name, split) in enumerate(splits)
+    ]
+    with_split = TensorAdapterConfig(
+        schema.append(pa.field(SPLIT_COLUMN, pa.large_list(pa.int64()))),
+        adapter_config.tensor_representations,
+    )
+    with tft_beam.Context(
+        temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft"),
+        passthrough_keys={SPLIT_COLUMN},
+    ):
+        all_transformed, _ = (
+            (tagged | "FlattenSplits" >> beam.Flatten(), with_split),
+            transform_fn,
+        ) | "TransformSplits" >> tft_beam.TransformDataset(output_record_batches=True)
+    parts = all_transformed | "PartitionSplits" >> beam.Partition(_split_of, len(splits))
+    # Each split's transformed batches, without the column that told them apart.
+    transformed = {
+        name: (parts[index] | f"Transform{name}" >> beam.Map(_without_split), None)
+        for index, (name, _) in enumerate(splits)
+    }
 
     # The first pass's rows per split: they decide the default number of files of a split
     # (the transforming pass waits on the analysis of the first pass anyway).

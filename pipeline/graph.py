@@ -52,6 +52,48 @@ def _single(label: str, key: str):
     return label >> beam.Map(lambda value: (key, value))
 
 
+class Collect(beam.CombineFn):
+    """(key, value) pairs -> one dict of the run's figures, in one combining step.
+
+    The values of a key in `summed` are added up (0 without any), those of a key in `listed`
+    are listed (in no particular order; [] without any), a key in neither has one value.
+    Each figure its own global combine would add a handful of Beam steps and stages to the
+    job for one number.
+    """
+
+    def __init__(self, summed: Sequence[str] = (), listed: Sequence[str] = ()):
+        self._summed = tuple(summed)
+        self._listed = tuple(listed)
+
+    def create_accumulator(self) -> dict[str, Any]:
+        return {**{key: 0 for key in self._summed}, **{key: [] for key in self._listed}}
+
+    def add_input(self, accumulator, element):
+        key, value = element
+        if key in self._summed:
+            accumulator[key] += value
+        elif key in self._listed:
+            accumulator[key].append(value)
+        else:
+            accumulator[key] = value
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for accumulator in accumulators:
+            for key, value in accumulator.items():
+                if key in self._summed:
+                    merged[key] += value
+                elif key in self._listed:
+                    merged[key].extend(value)
+                else:
+                    merged[key] = value
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
 SPLIT_COLUMN = "__pipeline_split__"
 """The column that carries a batch's split through the one transforming step of all splits
 (a tf.Transform pass-through key: it is no feature, and it is dropped before encoding)."""
@@ -234,15 +276,13 @@ def build(
             checksum_dir=artifacts.join(work_dir, artifacts.CHECKSUMS_DIR),
         )
         written.append(
-            examples
-            | f"Count{name}Written" >> beam.Map(len)
-            | f"Sum{name}Written" >> beam.CombineGlobally(sum)
-            | _single(f"Key{name}Written", name.lower())
+            examples | f"Count{name}Written" >> beam.Map(lambda e, n: (n, len(e)), split)
         )
     _ = (
         written
         | "FlattenWritten" >> beam.Flatten()
-        | "CollectWritten" >> beam.combiners.ToDict()
+        | "CollectWritten"
+        >> beam.CombineGlobally(Collect(summed=[name.lower() for name in transformed]))
         | "WriteWritten" >> beam.Map(_write_json, artifacts.join(work_dir, WRITTEN))
     )
 
@@ -258,38 +298,33 @@ def build(
     )
 
     measurements = [
-        blocks
-        | "BlockRows" >> beam.Map(lambda block: len(block[1]))
-        | "CountRead" >> beam.CombineGlobally(sum)
-        | _single("KeyRead", "read"),
-        rejected
-        | "CountRejected" >> beam.combiners.Count.Globally()
-        | _single("KeyRejected", "rejected"),
+        blocks | "BlockRows" >> beam.Map(lambda block: ("read", len(block[1]))),
+        rejected | "CountRejected" >> beam.Map(lambda _: ("rejected", 1)),
         rejected
         | "Reasons" >> beam.Map(lambda r: decode.reason_kind(r["reason"]))
         | "CountReasons" >> beam.combiners.Count.PerElement()
-        | "ListReasons" >> beam.combiners.ToList()
         | _single("KeyReasons", "reasons"),
         measured_train | _single("KeyTrain", "train"),
         first_pass_rows[decode.EVAL] | _single("KeyEval", "eval"),
-        counted["frequencies"]
-        | "ListFrequencies" >> beam.combiners.ToList()
-        | _single("KeyFrequencies", "frequencies"),
-        counted["overlaps"]
-        | "ListOverlaps" >> beam.combiners.ToList()
-        | _single("KeyOverlaps", "overlaps"),
+        counted["frequencies"] | _single("KeyFrequencies", "frequencies"),
+        counted["overlaps"] | _single("KeyOverlaps", "overlaps"),
         first_pass_rows[decode.VALIDATION] | _single("KeyValidation", "validation"),
         eval_
         | "MeasureEval" >> beam.CombineGlobally(measure.MeasureBatches(config))
         | _single("KeyEvalMeasured", "eval_measured"),
         (counted["per_token"], eval_)
         | "MeasureEvalSkew" >> measure.MeasureEvalSkew(config)
-        | "ListEvalSkew" >> beam.combiners.ToList()
         | _single("KeyEvalSkew", "eval_skew"),
     ]
     _ = (
         measurements
         | "FlattenMeasurements" >> beam.Flatten()
-        | "CollectMeasurements" >> beam.combiners.ToDict()
+        | "CollectMeasurements"
+        >> beam.CombineGlobally(
+            Collect(
+                summed=["read", "rejected"],
+                listed=["reasons", "frequencies", "overlaps", "eval_skew"],
+            )
+        )
         | "WriteMeasurements" >> beam.Map(_write_json, artifacts.join(work_dir, MEASUREMENTS))
     )

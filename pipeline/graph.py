@@ -13,6 +13,7 @@ pipeline/batches.py).
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -253,15 +254,18 @@ def build(
 
     # The first pass's rows per split: they decide the default number of files of a split
     # (the transforming pass waits on the analysis of the first pass anyway).
-    first_pass_rows = {
-        split: rows[split]
-        | f"{name}Rows" >> beam.Map(lambda batch: batch.num_rows)
-        | f"Count{name}" >> beam.CombineGlobally(sum)
-        for name, split in [
-            ("Train", decode.TRAIN),
-            ("Validation", decode.VALIDATION),
-            ("Eval", decode.EVAL),
+    all_splits = [("Train", decode.TRAIN), ("Validation", decode.VALIDATION), ("Eval", decode.EVAL)]
+    rows_per_split = (
+        [
+            rows[split] | f"{name}Rows" >> beam.Map(lambda batch, s: (s, batch.num_rows), split)
+            for name, split in all_splits
         ]
+        | "FlattenRows" >> beam.Flatten()
+        | "CountRows" >> beam.CombineGlobally(Collect(summed=[split for _, split in all_splits]))
+    )
+    first_pass_rows = {
+        split: rows_per_split | f"Count{name}" >> beam.Map(operator.itemgetter(split))
+        for name, split in all_splits
     }
     written = []
     for name, (batches, _) in transformed.items():

@@ -55,7 +55,7 @@ def stage_of(step: str) -> str:
         return "tf.Transform saved models (tracing, writing)"
     if top == "Analyze":
         return "tf.Transform analysis"
-    if top.startswith(("Transform", "Tag")) or top in ("FlattenSplits", "PartitionSplits"):
+    if top.startswith("Transform"):
         return "transforming"
     if top.startswith("Encode"):
         return "tf.Example encoding"

@@ -13,12 +13,10 @@ pipeline/batches.py).
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
@@ -51,76 +49,6 @@ def _written_splits(config: Config) -> list[tuple[str, str]]:
 
 def _single(label: str, key: str):
     return label >> beam.Map(lambda value: (key, value))
-
-
-class Collect(beam.CombineFn):
-    """(key, value) pairs -> one dict of the run's figures, in one combining step.
-
-    The values of a key in `summed` are added up (0 without any), those of a key in `listed`
-    are listed (in no particular order; [] without any), a key in neither has one value.
-    Each figure its own global combine would add a handful of Beam steps and stages to the
-    job for one number.
-    """
-
-    def __init__(self, summed: Sequence[str] = (), listed: Sequence[str] = ()):
-        self._summed = tuple(summed)
-        self._listed = tuple(listed)
-
-    def create_accumulator(self) -> dict[str, Any]:
-        return {**{key: 0 for key in self._summed}, **{key: [] for key in self._listed}}
-
-    def add_input(self, accumulator, element):
-        key, value = element
-        if key in self._summed:
-            accumulator[key] += value
-        elif key in self._listed:
-            accumulator[key].append(value)
-        else:
-            accumulator[key] = value
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        merged = self.create_accumulator()
-        for accumulator in accumulators:
-            for key, value in accumulator.items():
-                if key in self._summed:
-                    merged[key] += value
-                elif key in self._listed:
-                    merged[key].extend(value)
-                else:
-                    merged[key] = value
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-SPLIT_COLUMN = "__pipeline_split__"
-"""The column that carries a batch's split through the one transforming step of all splits
-(a tf.Transform pass-through key: it is no feature, and it is dropped before encoding)."""
-
-
-def _with_split(batch: pa.RecordBatch, index: int) -> pa.RecordBatch:
-    """`batch` with SPLIT_COLUMN: each row's split index, in a list of one, as tf.Transform
-    passes a column through."""
-    rows = batch.num_rows
-    offsets = pa.array(np.arange(rows + 1, dtype=np.int64))
-    values = pa.array(np.full(rows, index, dtype=np.int64))
-    return batch.append_column(SPLIT_COLUMN, pa.LargeListArray.from_arrays(offsets, values))
-
-
-def _split_of(transformed, num_splits: int) -> int:
-    """The index of the split a transformed batch belongs to (its SPLIT_COLUMN)."""
-    record_batch, _ = transformed
-    column = record_batch.column(record_batch.schema.get_field_index(SPLIT_COLUMN))
-    # A batch without rows carries no index; it writes nothing, whichever split it goes to.
-    return int(column.flatten()[0].as_py()) if record_batch.num_rows else 0
-
-
-def _without_split(transformed):
-    record_batch, passed_through = transformed
-    index = record_batch.schema.get_field_index(SPLIT_COLUMN)
-    return record_batch.remove_column(index), passed_through
 
 
 class EncodeExamples(beam.DoFn):
@@ -186,7 +114,6 @@ def build(
       first_file: the file `header` was read from, named when another file's differs.
     """
     import tensorflow_transform.beam as tft_beam
-    from tfx_bsl.public.tfxio import TensorAdapterConfig
 
     from pipeline import features, measure
     from pipeline.analyzers import Measurements
@@ -225,47 +152,24 @@ def build(
     analyzed = PreprocessingFn(config, Measurements(counted["per_token"], measured_train))
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
         transform_fn = (no_rows, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(analyzed)
+        transformed = {
+            name: ((again[split], adapter_config), transform_fn)
+            | f"Transform{name}" >> tft_beam.TransformDataset(output_record_batches=True)
+            for name, split in _written_splits(config)
+        }
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
-    # One transforming step for all the splits: each loads the transform graph and adds its
-    # own stages. A batch's split travels with it as a pass-through column.
-    splits = _written_splits(config)
-    tagged = [
-        again[split] | f"Tag{name}" >> beam.Map(_with_split, index)
-        for index, (name, split) in enumerate(splits)
-    ]
-    with_split = TensorAdapterConfig(
-        schema.append(pa.field(SPLIT_COLUMN, pa.large_list(pa.int64()))),
-        adapter_config.tensor_representations,
-    )
-    with tft_beam.Context(
-        temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft"),
-        passthrough_keys={SPLIT_COLUMN},
-    ):
-        all_transformed, _ = (
-            (tagged | "FlattenSplits" >> beam.Flatten(), with_split),
-            transform_fn,
-        ) | "TransformSplits" >> tft_beam.TransformDataset(output_record_batches=True)
-    parts = all_transformed | "PartitionSplits" >> beam.Partition(_split_of, len(splits))
-    # Each split's transformed batches, without the column that told them apart.
-    transformed = {
-        name: (parts[index] | f"Transform{name}" >> beam.Map(_without_split), None)
-        for index, (name, _) in enumerate(splits)
-    }
 
     # The first pass's rows per split: they decide the default number of files of a split
     # (the transforming pass waits on the analysis of the first pass anyway).
-    all_splits = [("Train", decode.TRAIN), ("Validation", decode.VALIDATION), ("Eval", decode.EVAL)]
-    rows_per_split = (
-        [
-            rows[split] | f"{name}Rows" >> beam.Map(lambda batch, s: (s, batch.num_rows), split)
-            for name, split in all_splits
-        ]
-        | "FlattenRows" >> beam.Flatten()
-        | "CountRows" >> beam.CombineGlobally(Collect(summed=[split for _, split in all_splits]))
-    )
     first_pass_rows = {
-        split: rows_per_split | f"Count{name}" >> beam.Map(operator.itemgetter(split))
-        for name, split in all_splits
+        split: rows[split]
+        | f"{name}Rows" >> beam.Map(lambda batch: batch.num_rows)
+        | f"Count{name}" >> beam.CombineGlobally(sum)
+        for name, split in [
+            ("Train", decode.TRAIN),
+            ("Validation", decode.VALIDATION),
+            ("Eval", decode.EVAL),
+        ]
     }
     written = []
     for name, (batches, _) in transformed.items():
@@ -280,13 +184,15 @@ def build(
             checksum_dir=artifacts.join(work_dir, artifacts.CHECKSUMS_DIR),
         )
         written.append(
-            examples | f"Count{name}Written" >> beam.Map(lambda e, n: (n, len(e)), split)
+            examples
+            | f"Count{name}Written" >> beam.Map(len)
+            | f"Sum{name}Written" >> beam.CombineGlobally(sum)
+            | _single(f"Key{name}Written", name.lower())
         )
     _ = (
         written
         | "FlattenWritten" >> beam.Flatten()
-        | "CollectWritten"
-        >> beam.CombineGlobally(Collect(summed=[name.lower() for name in transformed]))
+        | "CollectWritten" >> beam.combiners.ToDict()
         | "WriteWritten" >> beam.Map(_write_json, artifacts.join(work_dir, WRITTEN))
     )
 
@@ -302,33 +208,38 @@ def build(
     )
 
     measurements = [
-        blocks | "BlockRows" >> beam.Map(lambda block: ("read", len(block[1]))),
-        rejected | "CountRejected" >> beam.Map(lambda _: ("rejected", 1)),
+        blocks
+        | "BlockRows" >> beam.Map(lambda block: len(block[1]))
+        | "CountRead" >> beam.CombineGlobally(sum)
+        | _single("KeyRead", "read"),
+        rejected
+        | "CountRejected" >> beam.combiners.Count.Globally()
+        | _single("KeyRejected", "rejected"),
         rejected
         | "Reasons" >> beam.Map(lambda r: decode.reason_kind(r["reason"]))
         | "CountReasons" >> beam.combiners.Count.PerElement()
+        | "ListReasons" >> beam.combiners.ToList()
         | _single("KeyReasons", "reasons"),
         measured_train | _single("KeyTrain", "train"),
         first_pass_rows[decode.EVAL] | _single("KeyEval", "eval"),
-        counted["frequencies"] | _single("KeyFrequencies", "frequencies"),
-        counted["overlaps"] | _single("KeyOverlaps", "overlaps"),
+        counted["frequencies"]
+        | "ListFrequencies" >> beam.combiners.ToList()
+        | _single("KeyFrequencies", "frequencies"),
+        counted["overlaps"]
+        | "ListOverlaps" >> beam.combiners.ToList()
+        | _single("KeyOverlaps", "overlaps"),
         first_pass_rows[decode.VALIDATION] | _single("KeyValidation", "validation"),
         eval_
         | "MeasureEval" >> beam.CombineGlobally(measure.MeasureBatches(config))
         | _single("KeyEvalMeasured", "eval_measured"),
         (counted["per_token"], eval_)
         | "MeasureEvalSkew" >> measure.MeasureEvalSkew(config)
+        | "ListEvalSkew" >> beam.combiners.ToList()
         | _single("KeyEvalSkew", "eval_skew"),
     ]
     _ = (
         measurements
         | "FlattenMeasurements" >> beam.Flatten()
-        | "CollectMeasurements"
-        >> beam.CombineGlobally(
-            Collect(
-                summed=["read", "rejected"],
-                listed=["reasons", "frequencies", "overlaps", "eval_skew"],
-            )
-        )
+        | "CollectMeasurements" >> beam.combiners.ToDict()
         | "WriteMeasurements" >> beam.Map(_write_json, artifacts.join(work_dir, MEASUREMENTS))
     )

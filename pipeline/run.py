@@ -58,6 +58,7 @@ from pipeline.input_checks import (
 from pipeline.input_files import InputError
 from pipeline.local_runner import default_runner
 from pipeline.options import Options
+from pipeline.signatures import cache_signatures
 
 LOG = logging.getLogger("pipeline")
 
@@ -320,6 +321,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     console.import_tensorflow(args.verbose)  # the flags, config and inputs are good
     output = args.output.rstrip("/")
     options = Options(with_worker_requirements(beam_args), save_main_session=False)
+    cache_signatures()  # building, translating and running the job read them thousands of times
     dry_run = bool(options.view_as(TestOptions).dry_run)
     this_run = None if dry_run else commit.begin(output, args.overwrite, [f.path for f in files])
 

@@ -12,8 +12,8 @@ trainer's rates need the trainer environment and are skipped where TPUEstimator 
    variant (--long-rows rows of about 100 history ids each).
 2. Where the time goes: the seconds and share of each stage of our run (benchmarks/stages.py:
    imports, graph construction and tracing, reading and decoding, measuring, tf.Transform's
-   analysis, the second read, transforming, tf.Example encoding, the sink, the runner's own
-   share, the commit).
+   analysis, keeping the decoded rows between the passes, transforming, tf.Example
+   encoding, the sink, the runner's own share, the commit).
 3. The floor: the same analysis (the shared vocabulary, frequency thresholds, exact length
    histograms, moments) and id mapping in one process with pyarrow and numpy, writing
    nothing; our time as a multiple of it.

@@ -32,7 +32,7 @@ STAGES = (
     "measuring",
     "tf.Transform analysis",
     "tf.Transform saved models (tracing, writing)",
-    "second read and decode",
+    "decoded rows kept between the passes (Arrow IPC: write, read back)",
     "transforming",
     "tf.Example encoding",
     "sink: sorted runs",
@@ -47,8 +47,8 @@ STAGES = (
 def stage_of(step: str) -> str:
     """The stage a Beam step of pipeline/graph.py belongs to, by its label."""
     top = step.split("/", 1)[0]
-    if top in ("ReadRawAgain", "DecodeAgain"):
-        return "second read and decode"
+    if top.startswith("Spill"):
+        return "decoded rows kept between the passes (Arrow IPC: write, read back)"
     if top in ("ReadRaw", "Decode"):
         return "reading and decoding"
     if top == "WriteTransformFn" or "CreateSavedModel" in step:

@@ -47,15 +47,12 @@ class DecodeBlocks(beam.DoFn):
 
     Args:
       config, header, schema: as `pipeline.batches.BlockDecoder` takes them.
-      counted: whether this pass reports: the row counters and rejected rows. The pipeline
-        decodes its input twice and reports the first pass only.
     """
 
-    def __init__(self, config: Config, header: list[str] | None, schema, counted: bool = True):
+    def __init__(self, config: Config, header: list[str] | None, schema):
         self._config = config
         self._header = header
         self._schema = schema
-        self._counted = counted
         self._rows = beam.metrics.Metrics.counter("pipeline", "rows_read")
         self._rejected = beam.metrics.Metrics.counter("pipeline", "rows_rejected")
         self._train = beam.metrics.Metrics.counter("pipeline", "rows_train")
@@ -70,7 +67,7 @@ class DecodeBlocks(beam.DoFn):
         # A line every few seconds from each worker; a bar would garble between processes.
         self._progress = Progress(
             logging.getLogger("pipeline"),
-            f"{'measuring' if self._counted else 'transforming'} pass, this worker",
+            "measuring pass, this worker",
             unit="rows read",
             every_s=PROGRESS_EVERY_S,
             bar=False,
@@ -85,8 +82,6 @@ class DecodeBlocks(beam.DoFn):
         for split in (decode.VALIDATION, decode.EVAL):
             for batch in block.split(split):
                 yield beam.pvalue.TaggedOutput(split, batch)
-        if not self._counted:
-            return
         self._rows.inc(len(records))
         self._train.inc(sum(batch.num_rows for batch in block.train))
         self._eval.inc(sum(batch.num_rows for batch in block.eval))

@@ -3,9 +3,9 @@
 Read blocks of raw records -> decode them into Arrow record batches (train, validation, eval,
 rejected) -> measure (exact length histograms, token frequencies, moments, the eval split's
 skew from train) -> the transform graph, whose vocabulary files and z-score moments come from
-those exact counts (tf.Transform's analysis reads no rows); then a second read and decode of
-the same input -> transform with that transform_fn ->
-tf.Examples -> TFRecords. Beam elements are blocks and record batches, never single rows; a
+those exact counts (tf.Transform's analysis reads no rows); the decoded batches, kept on disk
+meanwhile (pipeline/spill.py) -> transform with that transform_fn -> tf.Examples ->
+TFRecords. Beam elements are blocks and record batches, never single rows; a
 row is parsed on its own in Python only when a vectorized check refused its block (see
 pipeline/batches.py).
 """
@@ -26,6 +26,7 @@ from pipeline import decode, example_encoding
 from pipeline.decode_blocks import REJECTED, DecodeBlocks
 from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import ReadRaw
+from pipeline.spill import Spill
 
 MEASUREMENTS = "measurements.json"
 WRITTEN = "written.json"
@@ -122,26 +123,23 @@ def build(
     adapter_config = features.tensor_adapter_config(config)
     schema = adapter_config.arrow_schema
 
-    def read_and_decode(read: ReadRaw, suffix: str, counted: bool):
-        blocks = p | f"ReadRaw{suffix}" >> read
-        rows = blocks | f"Decode{suffix}" >> beam.ParDo(
-            DecodeBlocks(config, header, schema, counted)
-        ).with_outputs(REJECTED, decode.VALIDATION, decode.EVAL, main=decode.TRAIN)
-        return blocks, rows
-
-    # The input is read twice: once to measure and analyze, once, after the analysis, to
-    # transform and write. Keeping the decoded rows between the two passes instead would
-    # hold the whole dataset (in memory on the DirectRunner); reading and decoding again
-    # costs a few seconds a million rows, and memory stays flat however many rows there are.
-    # Every count comes from the first pass; decoding is deterministic, so the second pass
-    # sees the same rows if it reads the same bytes. It reads only the files the first pass
-    # matched, unchanged in size and time, and the examples it writes are counted and checked
-    # against the first pass's counts before the commit (pipeline/run.py).
-    first = ReadRaw(patterns, config, header, batch_size, first_file)
-    blocks, rows = read_and_decode(first, "", counted=True)
+    # The input is read and decoded once. Each written split's decoded batches also go to
+    # Arrow IPC files in the work directory (pipeline/spill.py), which the transforming pass
+    # reads after the analysis: it neither reads nor decodes the input again, and memory
+    # stays flat (the rows wait on disk, not in memory). Every count comes from this pass;
+    # the examples the transforming pass writes are counted and checked against them before
+    # the commit (pipeline/run.py).
+    read = ReadRaw(patterns, config, header, batch_size, first_file)
+    blocks = p | "ReadRaw" >> read
+    rows = blocks | "Decode" >> beam.ParDo(DecodeBlocks(config, header, schema)).with_outputs(
+        REJECTED, decode.VALIDATION, decode.EVAL, main=decode.TRAIN
+    )
     train, eval_ = rows[decode.TRAIN], rows[decode.EVAL]
-    second = ReadRaw(patterns, config, header, batch_size, first_file, pinned=first.matched)
-    _, again = read_and_decode(second, "Again", counted=False)
+    again = {
+        split: rows[split]
+        | f"Spill{name}" >> Spill(artifacts.join(work_dir, "spill", split), schema, batch_size)
+        for name, split in _written_splits(config)
+    }
 
     counted = train | "CountTokens" >> measure.CountFrequencies(config)
     measured_train = train | "MeasureTrain" >> beam.CombineGlobally(measure.MeasureBatches(config))

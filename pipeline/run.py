@@ -194,8 +194,9 @@ def check_written(rows: dict[str, int], written: dict[str, int]) -> None:
     """Refuses a run whose transforming pass wrote other numbers of examples than the
     measuring pass counted rows, split by split.
 
-    The input is read twice (pipeline/graph.py); an input that changed between the reads
-    would otherwise lose rows, or add rows, silently.
+    The transforming pass reads the rows the measuring pass decoded and kept in the work
+    directory (pipeline/spill.py); a kept file lost or damaged would otherwise lose rows
+    silently.
 
     Args:
       rows: stats.json's `rows` (the measuring pass's counts, keyed by split name).
@@ -211,9 +212,10 @@ def check_written(rows: dict[str, int], written: dict[str, int]) -> None:
     ]
     if differ:
         raise InputError(
-            "the input changed while the pipeline read it: the transforming pass wrote other "
-            f"numbers of examples than the measuring pass counted ({'; '.join(differ)}); "
-            "nothing was committed. Rerun once the input files no longer change"
+            "the transforming pass wrote other numbers of examples than the measuring pass "
+            f"counted ({'; '.join(differ)}); nothing was committed. The decoded rows kept "
+            "between the passes under the output's staging directory were changed or lost "
+            "while the pipeline ran: rerun"
         )
 
 

@@ -16,10 +16,6 @@ compressed file is decompressed with Python's zlib, bz2 or lzma, which check eve
 end and checksum (`pipeline.input_files.open_checked`: Beam's own decompression stops quietly
 at a cut, so a truncated `.csv.gz` would be read as a shorter file), a TFRecord's checksums
 are checked, and a Parquet file pyarrow cannot read is named.
-
-The pipeline reads its input twice (pipeline/graph.py). The second read checks each file it
-matches against the first read's match: a file that appeared, or whose size or modification
-time changed between the two, fails the run, named (`MatchFilesOnce(pinned=...)`).
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filebasedsource import FileBasedSource, ReadAllFiles
-from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.filesystem import CompressionTypes
 
 from common import storage
 from common.config import Config
@@ -311,76 +307,26 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _unchanged(metadata: FileMetadata, pinned: dict[str, FileMetadata]) -> FileMetadata:
-    """The file's metadata, if the first read matched it with the same size and time.
-
-    On Cloud Storage the time is the object's update time, which every new generation of the
-    object changes (a test on the storage emulator checks it): size and time pin the
-    generation too, without a request per object for it (Beam's match does not report it).
-
-    Raises:
-      InputError: the file appeared, or its size or modification time changed, since the
-        first read matched the inputs.
-    """
-    path = metadata.path
-    before = pinned.get(storage.canonical(path))
-    if before is None:
-        raise InputError(
-            f"{path}: appeared while the pipeline ran (the measuring pass did not match it); "
-            "the two passes must read the same files. Rerun once the input no longer changes"
-        )
-    if before.size_in_bytes != metadata.size_in_bytes:
-        raise InputError(
-            f"{path}: changed while the pipeline ran ({before.size_in_bytes:,} bytes when the "
-            f"measuring pass matched it, {metadata.size_in_bytes:,} now); the two passes must "
-            "read the same data. Rerun once the input no longer changes"
-        )
-    if before.last_updated_in_seconds != metadata.last_updated_in_seconds:
-        raise InputError(
-            f"{path}: changed while the pipeline ran (modified after the measuring pass "
-            "matched it); the two passes must read the same data. Rerun once the input no "
-            "longer changes"
-        )
-    return metadata
-
-
 class MatchFilesOnce(beam.PTransform):
     """File patterns -> the `FileMetadata` of every file they match, each file once.
 
     Matching runs on the workers, so the job graph holds the patterns only.
-
-    Args:
-      pinned: the `FileMetadata` an earlier match of the same patterns gave (the first
-        read's), or None. With it, every file must be one of those, with the same size and
-        modification time; another fails the run, named (see `_unchanged`).
     """
 
-    def __init__(self, pinned: beam.PCollection | None = None):
-        super().__init__()
-        self._pinned = pinned
-
     def expand(self, patterns):
-        files = (
+        return (
             patterns
             | "Match" >> fileio.MatchAll()
             | "KeyByPath" >> beam.Map(lambda metadata: (storage.canonical(metadata.path), metadata))
             | "GroupByPath" >> beam.GroupByKey()
             | "OncePerFile" >> beam.MapTuple(lambda _, same: next(iter(same)))
         )
-        if self._pinned is None:
-            return files
-        pinned = self._pinned | "KeyPinned" >> beam.Map(
-            lambda metadata: (storage.canonical(metadata.path), metadata)
-        )
-        return files | "Unchanged" >> beam.Map(_unchanged, pinned=beam.pvalue.AsDict(pinned))
 
 
 class ReadRaw(beam.PTransform):
     """File patterns -> blocks of raw records, (source file, [record, ...]), for the format.
 
     A record is a CSV or JSON line (bytes), a serialized tf.Example, or a Parquet row (a dict).
-    Once applied, `matched` is the PCollection of the files it matched (`FileMetadata`), to pin
-    a second read of the same input to them.
 
     Args:
       patterns: the `--input` file patterns (local or gs://).
@@ -389,8 +335,6 @@ class ReadRaw(beam.PTransform):
         returns it from `first_file`); a file with another header fails the run, named.
       block_size: records per block.
       first_file: the file the header was read from, for the error message.
-      pinned: an earlier `ReadRaw`'s `matched` files; each file this one matches must be one
-        of them, unchanged (`MatchFilesOnce`).
     """
 
     def __init__(
@@ -400,15 +344,12 @@ class ReadRaw(beam.PTransform):
         header: Sequence[str] | None,
         block_size: int,
         first_file: str = "the first input file",
-        pinned: beam.PCollection | None = None,
     ):
         super().__init__()
         self._patterns = list(patterns)
         self._format = config.input.format
         self._block_size = block_size
-        self._pinned = pinned
         self._columns = config.columns()
-        self.matched: beam.PCollection | None = None
         self._header = None
         if self._format == "csv":
             if header is None:
@@ -416,10 +357,8 @@ class ReadRaw(beam.PTransform):
             self._header = CsvHeader(tuple(header), config.input.field_delimiter, first_file)
 
     def expand(self, pbegin):
-        self.matched = (
-            pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "MatchFiles" >> MatchFilesOnce(self._pinned)
+        matched = (
+            pbegin | "Patterns" >> beam.Create(self._patterns) | "MatchFiles" >> MatchFilesOnce()
         )
         if self._format in ("csv", "jsonl"):
             label = "ReadLines"
@@ -434,7 +373,7 @@ class ReadRaw(beam.PTransform):
             source = functools.partial(
                 _ParquetBlockSource, block_rows=self._block_size, columns=self._columns
             )
-        return self.matched | label >> ReadAllFiles(
+        return matched | label >> ReadAllFiles(
             splittable=self._format != "tfrecord",
             compression_type=CompressionTypes.AUTO,
             desired_bundle_size=DESIRED_RANGE_BYTES,

@@ -110,7 +110,8 @@ def test_dry_run_job_over_2000_files_is_as_small_as_over_2(tmp_path, capsys):
     for step in (
         "ReadRaw/MatchFiles",
         "ReadRaw/ReadLines",
-        "ReadRawAgain/ReadLines",
+        "SpillTrain",
+        "SpillEval",
         "Decode",
         "Analyze",
         "TransformTrain",

@@ -18,7 +18,7 @@ from common import artifacts
 from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import run as pipeline_run
-from pipeline import sources
+from pipeline import spill
 from pipeline.input_files import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
@@ -293,33 +293,25 @@ def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
     shutil.rmtree(two)
 
 
-def test_an_input_rewritten_between_the_two_reads_commits_nothing(rows, tmp_path, monkeypatch):
-    # The second read of the file (whichever pass it is) finds one good row made bad, with
-    # the file's size and modification time kept: only the count of examples written can tell.
+def test_rows_lost_between_the_two_passes_commit_nothing(rows, tmp_path, monkeypatch):
+    # The transforming pass reads the rows the measuring pass kept on disk; one batch of them
+    # lost (a kept file damaged or deleted while the run ran) must fail the run, not write
+    # fewer examples than stats.json counts.
     data = tmp_path / "clicks.csv"
     generate.write_csv(str(data), rows)
-    lines = data.read_bytes().split(b"\r\n")
-    assert lines[-1] == b"" and lines[-2][-1:] in (b"0", b"1")
-    lines[-2] = lines[-2][:-1] + b"x"  # the label: "x" is not a number
-    edited = b"\r\n".join(lines)
+    real_read = spill.read_spilled
     reads = []
-    real_read = sources._LineBlockSource.read_records
 
-    def read_records(self, file_name, range_tracker):
-        reads.append(file_name)
-        if len(reads) == 2:
-            times = os.stat(file_name)
-            with open(file_name, "r+b") as f:
-                f.write(edited)
-            os.utime(file_name, ns=(times.st_atime_ns, times.st_mtime_ns))
-        yield from real_read(self, file_name, range_tracker)
+    def read_spilled(path, batch_size):
+        batches = list(real_read(path, batch_size))
+        reads.append(path)
+        yield from batches[1:] if len(reads) == 1 else batches
 
-    monkeypatch.setattr(sources._LineBlockSource, "read_records", read_records)
+    monkeypatch.setattr(spill, "read_spilled", read_spilled)
     with pytest.raises(InputError) as error:
         _run(tmp_path, "out", "csv", [str(data)])
-    assert len(reads) == 2
     message = str(error.value)
-    assert message.startswith("the input changed while the pipeline read it: ")
+    assert message.startswith("the transforming pass wrote other numbers of examples than ")
     assert "examples written" in message and "nothing was committed" in message
     assert not glob.glob(str(tmp_path / "out*"))  # nothing committed, no staging left
 

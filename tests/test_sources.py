@@ -4,17 +4,14 @@ matched and their byte ranges split, and a CSV file with another header stops th
 import bz2
 import gzip
 import lzma
-import re
 import zlib
 
 import apache_beam as beam
 import pytest
 from apache_beam.io import source_test_utils
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from common import storage
 from common.config import parse_config
 from pipeline import sinks, sources
 from pipeline.input_files import InputError
@@ -268,43 +265,6 @@ def test_a_damaged_parquet_file_fails_naming_it(tmp_path, damage):
     message = str(error.value)
     assert message.startswith(f"{path}: not a readable Parquet file (")
     assert "\n" not in message
-
-
-def test_the_second_read_refuses_a_file_that_changed_since_the_first(tmp_path):
-    path = tmp_path / "part.csv"
-    path.write_bytes(b"user_id,item_id,clicked\nu1,i1,1\n")
-    first = FileSystems.match([str(path)])[0].metadata_list[0]
-    path.write_bytes(b"user_id,item_id,clicked\nu1,i1,1\nu2,i2,0\n")
-    (tmp_path / "new.csv").write_bytes(b"user_id,item_id,clicked\nu3,i3,1\n")
-    for pattern, says in [
-        (str(path), r"part\.csv: changed while the pipeline ran \(32 bytes when the measuring"),
-        (str(tmp_path / "new.csv"), r"new\.csv: appeared while the pipeline ran"),
-    ]:
-        with pytest.raises(InputError, match=says):
-            with TestPipeline() as p:
-                pinned = p | "Pinned" >> beam.Create([first])
-                _ = p | ReadRaw([pattern], CONFIG, list(HEADER), block_size=10, pinned=pinned)
-    # Unchanged, it is read.
-    first = FileSystems.match([str(path)])[0].metadata_list[0]
-    with TestPipeline() as p:
-        pinned = p | "Pinned" >> beam.Create([first])
-        blocks = p | ReadRaw([str(path)], CONFIG, list(HEADER), block_size=10, pinned=pinned)
-        assert_that(blocks, equal_to([(str(path), [b"u1,i1,1", b"u2,i2,0"])]))
-
-
-def test_an_object_rewritten_with_the_same_size_is_refused_on_cloud_storage(gcs_root):
-    # Each new generation of a Cloud Storage object gets a new update time, which Beam's match
-    # reports: pinned on size and time, the second read refuses a rewrite of the same size.
-    path = f"{gcs_root}/part.csv"
-    storage.write_bytes(path, b"user_id,item_id,clicked\nu1,i1,1\n")
-    first = FileSystems.match([path])[0].metadata_list[0]
-    storage.write_bytes(path, b"user_id,item_id,clicked\nu1,i9,0\n")
-    assert FileSystems.match([path])[0].metadata_list[0].size_in_bytes == first.size_in_bytes
-    says = rf"{re.escape(path)}: changed while the pipeline ran \(modified after the measuring"
-    with pytest.raises(InputError, match=says):
-        with TestPipeline() as p:
-            pinned = p | "Pinned" >> beam.Create([first])
-            _ = p | ReadRaw([path], CONFIG, list(HEADER), block_size=10, pinned=pinned)
 
 
 def test_parquet_row_groups_split_into_ranges_are_read_once_and_only_the_used_columns(tmp_path):

@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 
 from common.config import LIST_TYPES, Config
 from pipeline import decode
+from pipeline.lines import LineBlock
 
 
 @dataclasses.dataclass
@@ -123,15 +124,18 @@ class BlockDecoder:
         """Decodes what it can of a CSV block in one go, into `block`.
 
         Returns:
-          The lines without their trailing "\r", and the indices of those left for the
-          row-by-row path.
+          The lines (without their trailing "\r" where some are left for the row-by-row
+          path), and the indices of those left for the row-by-row path.
         """
-        text = b"\n".join(records)
-        if b"\r" in text:
+        text = records.text if isinstance(records, LineBlock) else b"\n".join(records)
+        if b"\r" in text and _stray_cr(text, ends_a_line=True):
             records = [r.rstrip(b"\r") for r in records]
             text = b"\n".join(records)
+        # Otherwise each "\r" ends a line ("\r\n"), which pyarrow's reader takes as a newline.
         if b'"' not in text and self._try_plain(text, len(records), block):
             return records, ()  # the common case: the whole block at once
+        if b"\r" in text:
+            records = [r.rstrip(b"\r") for r in records]
         # Sort the lines out: the quote-free ones with the header's number of fields.
         plain = [
             i
@@ -182,7 +186,7 @@ class BlockDecoder:
         """`lines` lines without quotes, joined by newlines, parsed in one go; the batch of
         each split."""
         text += b"\n"
-        if b"\0" in text or b"\r" in text:
+        if b"\0" in text or _stray_cr(text):
             raise _NotVectorizable  # Python's csv module rejects both; pyarrow would not
         try:
             # The row path refuses a line that is not UTF-8 whichever column holds the bad
@@ -249,6 +253,18 @@ class BlockDecoder:
         if pc.any(pc.equal(keys, "")).as_py():
             raise _NotVectorizable
         return decode.split_hashes(keys)
+
+
+def _stray_cr(text: bytes, ends_a_line: bool = False) -> bool:
+    """Whether `text` holds a "\r" that is not the "\r" of a "\r\n" (nor, if `ends_a_line`,
+    its last byte)."""
+    data = np.frombuffer(text, np.uint8)
+    after = np.flatnonzero(data == ord("\r")) + 1
+    if len(after) and after[-1] == len(data):
+        if not ends_a_line:
+            return True
+        after = after[:-1]
+    return bool(np.any(data[after] != ord("\n")))
 
 
 def _text(record: bytes) -> str:

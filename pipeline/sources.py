@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import struct
 from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filebasedsource import FileBasedSource, ReadAllFiles
 from apache_beam.io.filesystem import CompressionTypes
@@ -34,11 +34,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from common import storage
 from common.config import Config
 from pipeline.input_files import InputError, csv_header, header_mismatch, open_checked
+from pipeline.lines import LineBlock
 from pipeline.sinks import masked_crc32c
 
 # Byte ranges a worker reads at a time from an uncompressed file (Beam's ReadAllFromText
 # uses the same); a compressed file is read whole.
 DESIRED_RANGE_BYTES = 64 << 20
+_NEWLINE = ord("\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +78,13 @@ class _CheckedSource(FileBasedSource):
 
 
 class _LineBlockSource(_CheckedSource):
-    """A text file as blocks of lines: (file, [line, ...]), newlines removed.
+    """A text file as blocks of lines: (file, LineBlock), newlines removed.
 
     Splittable like ReadFromText: a line belongs to the range its first byte falls in, and
-    each line is claimed from the range tracker, so dynamic splits never read a line twice.
-    Lines end at "\n" (a "\r" before it is removed when the line is decoded). Compressed
+    each block's lines are claimed from the range tracker (by the start of its last line),
+    so dynamic splits never read a line twice. Lines end at "\n" (a "\r" before it is
+    removed when the line is decoded); they are found with numpy and a block keeps the text
+    they were read as (`pipeline.lines.LineBlock`), so no Python runs per line. Compressed
     files are read whole, as Beam does for every compressed text file.
 
     Args:
@@ -108,36 +112,54 @@ class _LineBlockSource(_CheckedSource):
             if start > position:
                 f.seek(start - 1)  # the line that starts before `start` is not ours
                 position = start - 1 + len(f.readline())
-            claim = range_tracker.try_claim
-            block: list[bytes] = []
-            remainder = b""
-            done = False
-            while not done:
+            data = b""  # the bytes from `position` on, not yet in a block
+            while True:
                 chunk = f.read(self._CHUNK_BYTES)
-                if chunk:
-                    data = remainder + chunk
-                    cut = data.rfind(b"\n")
-                    if cut < 0:
-                        remainder = data
-                        continue
-                    lines = data[:cut].split(b"\n")
-                    remainder = data[cut + 1 :]
-                else:  # the end of the file; a last line may lack its newline
-                    lines = [remainder] if remainder else []
-                    cut = -1
-                    done = True
-                starts = itertools.accumulate((len(line) + 1 for line in lines), initial=position)
-                for line, line_start in zip(lines, starts, strict=False):  # one start too many
-                    if not claim(line_start):
-                        done = True  # the rest of the file belongs to other ranges
+                data = data + chunk if data else chunk
+                ends = np.flatnonzero(np.frombuffer(data, np.uint8) == _NEWLINE)
+                if not chunk and data and (not len(ends) or ends[-1] != len(data) - 1):
+                    ends = np.append(ends, len(data))  # a last line without its newline
+                done = False
+                used = 0  # bytes of `data` in blocks
+                for first in range(0, len(ends), self._block_lines):
+                    last = min(first + self._block_lines, len(ends)) - 1
+                    if last - first + 1 < self._block_lines and chunk:
+                        break  # a block's worth of lines is not there yet
+                    lines, done = self._claimed(data, ends, first, last, position, range_tracker)
+                    if lines:
+                        yield file_name, lines
+                    if done:
                         break
-                    block.append(line)
-                    if len(block) == self._block_lines:
-                        yield file_name, block
-                        block = []
-                position += cut + 1
-            if block:
-                yield file_name, block
+                    used = int(ends[last]) + 1
+                position += used
+                data = data[used:]
+                if done or not chunk:
+                    return
+
+    @staticmethod
+    def _claimed(data, ends, first, last, position, range_tracker) -> tuple[LineBlock | None, bool]:
+        """The lines first..last of `data` (which starts at byte `position` of the file;
+        `ends[i]` is where its line i ends) that this range reads, as a block, and whether
+        the range ends there.
+
+        The block's first line is claimed as a split point, and its last line's start set
+        as the current position, so that no split falls inside the block from then on; the
+        range's end read after that is final up to there, and the lines that start before
+        it are this range's."""
+
+        def start(i: int) -> int:
+            return position + (int(ends[i - 1]) + 1 if i else 0)
+
+        if not range_tracker.try_claim(start(first)):
+            return None, True
+        if last > first:
+            range_tracker.set_current_position(start(last))
+        stop = range_tracker.stop_position()
+        count = last - first + 1
+        while count > 1 and start(first + count - 1) >= stop:  # a split fell in the block
+            count -= 1
+        text = data[start(first) - position : int(ends[first + count - 1])]
+        return LineBlock(text, count), count < last - first + 1
 
 
 class _TFRecordBlockSource(_CheckedSource):

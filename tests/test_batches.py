@@ -6,6 +6,7 @@ import pytest
 from common.config import parse_config
 from pipeline import decode, features
 from pipeline.batches import BlockDecoder, _NotVectorizable
+from pipeline.lines import LineBlock
 
 pytestmark = pytest.mark.pipeline_env
 
@@ -48,6 +49,13 @@ BAD = [
     b"u17,i7,i1,mobile,9.5,1,\xff",  # not UTF-8, in a column the config does not use
     b'u18,"i7 cut,i1,mobile,9.5,1,x',  # a quoted cell cut by a line break...
     b'here",i1,mobile,9.5,1,x',  # ...and its second part
+]
+
+CARRIAGE_RETURNS = [
+    b"u19,i7,i1\rx,mobile,9.5,1,x",  # a "\r" inside a line
+    b"u20,i7,i1,mobile,9.5,1,x\r\r",  # two at the end: both removed
+    b"u21,i7,i1,mobile,9.5,1,x\r",
+    b"\r",  # a blank line, with its "\r"
 ]
 
 
@@ -168,7 +176,7 @@ def test_a_rows_fate_does_not_depend_on_its_neighbours(seed):
     import random
 
     rng = random.Random(seed)
-    lines = [rng.choice(GOOD + BAD) for _ in range(rng.randint(1, 120))]
+    lines = [rng.choice(GOOD + BAD + CARRIAGE_RETURNS) for _ in range(rng.randint(1, 120))]
     alone = []
     for line in lines:
         alone += _outcomes([line], _decode_block([line], vectorized=False))
@@ -180,6 +188,26 @@ def test_a_rows_fate_does_not_depend_on_its_neighbours(seed):
         start += size
     key = lambda o: (str(o[0]), o[1], str(o[2]))  # noqa: E731
     assert sorted(mixed, key=key) == sorted(alone, key=key)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_block_read_as_text_decodes_as_its_lines(seed):
+    # The reader hands the decoder a block as the text it read (LineBlock); "\r\n" endings
+    # go to pyarrow as they are. Every row must end as it does from the list of lines.
+    import random
+
+    rng = random.Random(seed)
+    lines = [rng.choice(GOOD + BAD + CARRIAGE_RETURNS) for _ in range(rng.randint(1, 200))]
+    as_text = _decode_block(LineBlock(b"\n".join(lines), len(lines)))
+    assert _outcomes(lines, as_text) == _outcomes(lines, _decode_block(lines))
+    # Lines that all end "\r\n" are decoded in one go, as the same lines ending "\n" are.
+    crlf = [line.rstrip(b"\r") + b"\r" for line in GOOD * 30]
+    decoder = BlockDecoder(CONFIG, HEADER, SCHEMA)
+    row_by_row = []
+    decoder._decode_rows = lambda records, indices, block: row_by_row.extend(indices)
+    as_text = decoder.decode(LineBlock(b"\n".join(crlf), len(crlf)))
+    assert not row_by_row
+    assert _outcomes(crlf, as_text) == _outcomes(crlf, _decode_block(crlf, vectorized=False))
 
 
 def test_sequences_keep_their_tokens_and_drop_empty_ones():

@@ -73,10 +73,11 @@ BUFFER_BYTES = 64 << 20
 MAX_OPEN_RUNS = 128
 """Runs merged at once; more are merged in rounds through intermediate runs."""
 READ_BYTES = 1 << 20
-"""Bytes read at a time from each open run: a merge holds about MAX_OPEN_RUNS times this."""
+"""Bytes read at a time from each open run, or the rest of its chunk when that is more."""
 CHUNK_BYTES = 1 << 20
 """A run file's chunks hold at least this many bytes (whole records, 16 bytes each counted
-for the digest and the length), the last one less: a merge holds a chunk of each open run."""
+for the digest and the length), the last one less: a merge holds a chunk of each open run,
+so about MAX_OPEN_RUNS times this."""
 WRITE_BYTES = 1 << 20
 """Records are framed and compressed in groups of at least this many bytes (whole records):
 the groups depend on the records only, so the gzip stream does too."""
@@ -398,12 +399,13 @@ class _Reader:
         while have < size and (more := self._f.read(max(READ_BYTES, size - have))):
             parts.append(more)
             have += len(more)
-        self._data, self._at = b"".join(parts), min(size, have)
-        if not self._data:
+        data = b"".join(parts)
+        if not data:
             return None
         if have < size:
             raise OSError(f"{self._path}: the run file ends inside {what}")
-        return self._data[:size]
+        self._data, self._at = data[size:], 0  # keeps only what is not returned
+        return data if have == size else data[:size]
 
 
 def _read_blocks(path: str) -> Iterator[_Block]:

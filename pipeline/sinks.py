@@ -128,11 +128,14 @@ def _masked(crcs: np.ndarray) -> np.ndarray:
 
 
 _LENGTH_CRCS: dict[int, int] = {}
+_LENGTH_CRCS_KEPT = 1 << 16
 
 
 def _length_crcs(lengths: np.ndarray) -> np.ndarray:
     """The masked CRC32Cs of the records' 8-byte lengths, computed once per distinct length
-    (a group of records has few) and kept."""
+    (a group of records has few) and kept, up to _LENGTH_CRCS_KEPT lengths."""
+    if len(_LENGTH_CRCS) > _LENGTH_CRCS_KEPT:
+        _LENGTH_CRCS.clear()
     distinct, which = np.unique(lengths, return_inverse=True)
     crcs = []
     for length in distinct.tolist():
@@ -294,7 +297,8 @@ def _sort_order(keys: np.ndarray, records: list[bytes]) -> np.ndarray:
     """The order of (key, record) pairs: a stable sort of the keys, then the records of each
     run of equal keys (the same record twice, or a collision of the hash) sorted by bytes."""
     order = np.argsort(keys, kind="stable")
-    same = np.flatnonzero(keys[order][1:] == keys[order][:-1]).tolist()
+    sorted_keys = keys[order]
+    same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]).tolist()
     first = 0
     while first < len(same):
         last = first
@@ -316,6 +320,8 @@ def _cuts(sizes: np.ndarray, limit: int, carry: int = 0) -> tuple[list[int], int
     starting with `carry` already: the ends (exclusive) of the groups closed, and the size of
     the last group, left open."""
     totals = np.cumsum(sizes, dtype=np.int64)
+    if limit <= 0:  # every item closes its group
+        return list(range(1, len(totals) + 1)), 0 if len(totals) else carry
     ends: list[int] = []
     start = -carry  # the total before the open group's first item, less what it carries
     while (end := int(np.searchsorted(totals, start + limit, "left"))) < len(totals):

@@ -330,3 +330,23 @@ def test_an_error_at_the_end_of_the_stream_is_raised_by_close():
     f.write(b"small")  # compressed into the stream's buffer: nothing written yet
     with pytest.raises(OSError, match="Input/output error"):
         f.close()
+
+
+def test_groups_close_at_the_records_a_record_by_record_count_closes_them():
+    import numpy as np
+
+    def one_at_a_time(sizes, limit, carry):
+        ends, size = [], carry
+        for i, item in enumerate(sizes):
+            size += item
+            if size >= limit:
+                ends.append(i + 1)
+                size = 0
+        return ends, size
+
+    rng = random.Random(11)
+    for _ in range(2000):
+        sizes = [rng.choice([0, 0, 1, 5, 40, 200]) for _ in range(rng.randrange(30))]
+        limit, carry = rng.choice([0, 1, 3, 50, 300, 1000]), rng.choice([0, 10, 299])
+        expected = one_at_a_time(sizes, limit, carry)
+        assert sinks._cuts(np.array(sizes, np.int64), limit, carry) == expected

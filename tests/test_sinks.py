@@ -169,3 +169,184 @@ def test_each_files_crc32c_is_recorded_as_it_is_written(tmp_path):
     prefix = str(tmp_path / "out" / "data" / "train")
     assert recorded == {f"train{suffix}": storage.crc32c(prefix + suffix) for suffix in written}
     assert len(set(recorded.values())) == 3
+
+
+def _framed_one_at_a_time(records):
+    """The TFRecord framing written record by record, as the format describes it."""
+    import struct
+
+    out = []
+    for record in records:
+        length = struct.pack("<Q", len(record))
+        out += [length, struct.pack("<I", sinks.masked_crc32c(length))]
+        out += [record, struct.pack("<I", sinks.masked_crc32c(record))]
+    return b"".join(out)
+
+
+def test_the_framing_of_many_records_at_once_is_the_framing_of_each(tmp_path):
+    rng = random.Random(7)
+    lengths = [
+        *range(300),
+        0,
+        0,
+        1,
+        65_535,
+        65_536,
+        70_000,
+        *(rng.randrange(2000) for _ in range(300)),
+    ]
+    records = [rng.randbytes(n) for n in lengths]
+    path = str(tmp_path / "reference.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    with open(path, "rb") as f:
+        assert tfrecord_frames(records) == _framed_one_at_a_time(records) == f.read()
+    assert tfrecord_frames(iter(records[:5])) == _framed_one_at_a_time(records[:5])
+    for one in ([b""], [b"x"], []):
+        assert tfrecord_frames(one) == _framed_one_at_a_time(one)
+
+
+def _reference_files(records, num_shards, digest):
+    """The files the writer made record by record: each shard's (digest, record) pairs in
+    plain sorted order, framed and compressed in groups of at least WRITE_BYTES of records."""
+    import zlib
+
+    shards = {shard: [] for shard in range(num_shards)}
+    for record in records:
+        shards[int.from_bytes(digest(record), "little") % num_shards].append(
+            (digest(record), record)
+        )
+    files = {}
+    for shard, pairs in shards.items():
+        compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        out, group, size = [], [], 0
+        for _, record in sorted(pairs):
+            group.append(record)
+            size += len(record)
+            if size >= sinks.WRITE_BYTES:
+                out.append(compressor.compress(_framed_one_at_a_time(group)))
+                group, size = [], 0
+        out.append(compressor.compress(_framed_one_at_a_time(group)) + compressor.flush())
+        name = f"-{shard:05d}-of-{num_shards:05d}.tfrecord.gz"
+        files[name] = (b"".join(out), _framed_one_at_a_time(r for _, r in sorted(pairs)))
+    return files
+
+
+def _tricky_records(count, seed):
+    """Records of many lengths, with empty ones, copies, and records that begin others."""
+    rng = random.Random(seed)
+    records = [rng.randbytes(rng.randrange(60)) for _ in range(count)]
+    records += [b"", b"", b"a", b"ab", b"abc", b"a\x00", b"b"] + records[:20]
+    rng.shuffle(records)
+    return records
+
+
+@pytest.mark.parametrize(
+    "digest_bytes",
+    [
+        pytest.param(None, id="blake2b"),
+        pytest.param(1, id="one-byte digests: many equal"),
+        pytest.param(0, id="one digest for all"),
+    ],
+)
+def test_the_files_are_the_bytes_of_the_record_by_record_writer(
+    tmp_path, monkeypatch, digest_bytes
+):
+    import gzip
+    import hashlib
+
+    digest = sinks._digest
+    if digest_bytes is not None:
+        # Digests of one byte repeated (or all the same) make ties of the sort key, which
+        # the record's bytes break, across runs and across the chunks of a run.
+        def digest(record):
+            return hashlib.blake2b(record, digest_size=1).digest() * 8 if digest_bytes else b"k" * 8
+
+        monkeypatch.setattr(sinks, "_digest", digest)
+        monkeypatch.setattr(sinks, "_digests", lambda records: b"".join(map(digest, records)))
+    monkeypatch.setattr(sinks, "WRITE_BYTES", 300)  # many groups per file
+    monkeypatch.setattr(sinks, "CHUNK_BYTES", 200)  # many chunks per run
+    monkeypatch.setattr(sinks, "READ_BYTES", 64)
+    records = _tricky_records(600, seed=3)
+    lists = [records[i::13] for i in range(13)]
+    written = _write(tmp_path, "out", lists, num_shards=3, buffer_bytes=3000, max_open=3)
+    assert len(glob.glob(str(tmp_path / "out" / ".work" / "*.run"))) > 20
+    reference = _reference_files(records, 3, digest)
+    assert sorted(written) == sorted(reference)
+    for name, data in written.items():
+        compressed, framed = reference[name]
+        assert gzip.decompress(data) == framed
+        assert data == compressed
+
+
+def test_runs_merge_in_order_across_chunks_with_equal_digests(tmp_path, monkeypatch):
+    monkeypatch.setattr(sinks, "CHUNK_BYTES", 40)
+    rng = random.Random(5)
+    runs, every = [], []
+    for i in range(7):
+        pairs = sorted(
+            (bytes([rng.randrange(3)]) * 8, rng.randbytes(rng.randrange(6))) for _ in range(60)
+        )
+        every += pairs
+        runs.append(str(tmp_path / f"run-{i}.run"))
+        sinks.write_run(runs[-1], pairs)
+    assert list(sinks.read_run(runs[0])) == sorted(every[:60])
+    for max_open in (2, 7):
+        merged, _ = sinks.merge_runs(runs, str(tmp_path / f"merged-{max_open}"), max_open)
+        assert list(merged) == sorted(every)
+
+
+def test_an_error_while_compressing_is_raised_by_the_writer_without_a_hang():
+    class Raw:
+        def __init__(self):
+            self.writes = 0
+
+        def write(self, data):
+            self.writes += 1
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            raise AssertionError("a failed file is not closed (not committed)")
+
+    raw = Raw()
+    f = sinks._FastGzipFile(raw)
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(10 * sinks.QUEUED_WRITES):  # more than the queue holds
+            f.write(random.randbytes(1 << 16))  # incompressible: the first write reaches raw
+        f.close()
+    assert raw.writes == 1  # nothing is compressed or written after the error
+    f.abort()  # the caller's clean-up after an error returns
+
+
+def test_an_error_at_the_end_of_the_stream_is_raised_by_close():
+    class Raw:
+        def write(self, data):
+            if not data:
+                return
+            raise OSError(5, "Input/output error")
+
+    f = sinks._FastGzipFile(Raw())
+    f.write(b"small")  # compressed into the stream's buffer: nothing written yet
+    with pytest.raises(OSError, match="Input/output error"):
+        f.close()
+
+
+def test_groups_close_at_the_records_a_record_by_record_count_closes_them():
+    import numpy as np
+
+    def one_at_a_time(sizes, limit, carry):
+        ends, size = [], carry
+        for i, item in enumerate(sizes):
+            size += item
+            if size >= limit:
+                ends.append(i + 1)
+                size = 0
+        return ends, size
+
+    rng = random.Random(11)
+    for _ in range(2000):
+        sizes = [rng.choice([0, 0, 1, 5, 40, 200]) for _ in range(rng.randrange(30))]
+        limit, carry = rng.choice([0, 1, 3, 50, 300, 1000]), rng.choice([0, 10, 299])
+        expected = one_at_a_time(sizes, limit, carry)
+        assert sinks._cuts(np.array(sizes, np.int64), limit, carry) == expected

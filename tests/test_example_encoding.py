@@ -80,3 +80,51 @@ def test_an_empty_batch_has_no_examples():
 def test_other_columns_are_left_to_tfx_bsl(column):
     batch = pa.RecordBatch.from_pydict({"ok": pa.array([[1], [2]], INT64), "other": column})
     assert example_encoding.encode(batch) is None
+
+
+def test_a_batch_of_only_empty_lists_matches_the_reference():
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "history": pa.array([[], [], []], INT64),
+            "price": pa.array([[], [], []], FLOAT),
+        }
+    )
+    assert example_encoding.encode(batch) == _reference(batch)
+
+
+def test_negative_ids_in_every_row_match_the_reference():
+    rng = np.random.default_rng(11)
+    ids = rng.integers(-(2**63), 2**63 - 1, size=(50, 3), endpoint=True)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "history": pa.array(ids.tolist(), INT64),
+            "item_id": pa.array([[int(i)] for i in -rng.integers(1, 2**40, 50)], INT64),
+        }
+    )
+    assert example_encoding.encode(batch) == _reference(batch)
+
+
+def test_a_sliced_batch_matches_the_reference():
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "history": pa.array([[1, 2], [300], [], [4, 5, 70000]], INT64),
+            "price": pa.array([[1.0], [2.0, 3.0], [], [4.0]], FLOAT),
+        }
+    )
+    for sliced in (batch.slice(1), batch.slice(1, 2), batch.slice(3)):
+        assert example_encoding.encode(sliced) == _reference(sliced)
+
+
+def test_a_few_long_rows_among_short_ones_match_the_reference():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 5, size=300)
+    lengths[[7, 150]] = [40_000, 25_000]  # far wider than the rest: encoded in parts
+    ids = rng.integers(0, 2**20, size=int(lengths.sum()))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "history": pa.LargeListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
+            "price": pa.array([[float(p)] for p in rng.normal(size=300)], FLOAT),
+        }
+    )
+    assert example_encoding.encode(batch) == _reference(batch)

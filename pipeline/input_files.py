@@ -2,10 +2,11 @@
 
 The error that names a bad input file (`InputError`), the CSV header as both read it, and
 `open_checked`: a file opened as Beam's readers open it, by its name's compression, except that
-gzip, bzip2 and xz files are decompressed with Python's zlib, bz2 or lzma, which check every
-member's end and checksum (Beam's own decompression stops quietly at a cut, so a truncated
-`.csv.gz` would be read as a shorter file). The launcher reads a file's first lines through it
-(`pipeline.input_checks`), the workers every line (`pipeline.sources`).
+gzip, bzip2, xz, deflate and zstd files are decompressed with Python's zlib, bz2, lzma or
+zstandard, which check every member's (frame's) end and checksum (Beam's own decompression
+stops quietly at a cut, so a truncated `.csv.gz` would be read as a shorter file). The
+launcher reads a file's first lines through it (`pipeline.input_checks`), the workers every
+line (`pipeline.sources`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import lzma
 import zlib
 
+import zstandard
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -57,23 +59,33 @@ def header_mismatch(path: str, first: str) -> str:
 _READ_BYTES = 1 << 20
 
 # What Python's decompressors raise on damaged data: zlib.error, OSError (bz2's "Invalid data
-# stream"), lzma.LZMAError, EOFError.
-_DAMAGED = (zlib.error, OSError, lzma.LZMAError, EOFError)
+# stream"), lzma.LZMAError, EOFError, zstandard.ZstdError.
+_DAMAGED = (zlib.error, OSError, lzma.LZMAError, EOFError, zstandard.ZstdError)
 
 
 def _gzip_decompressor():
     return zlib.decompressobj(zlib.MAX_WBITS | 16)  # gzip framing: the trailer is checked
 
 
+def _zstd_decompressor():
+    # The window Beam's own reader allows (python-zstandard's default refuses large ones).
+    return zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj()
+
+
 _DECOMPRESSORS = {
     CompressionTypes.GZIP: ("gzip", _gzip_decompressor),
     CompressionTypes.BZIP2: ("bzip2", bz2.BZ2Decompressor),
     CompressionTypes.LZMA: ("xz/lzma", lzma.LZMADecompressor),
+    CompressionTypes.DEFLATE: ("deflate", zlib.decompressobj),
+    CompressionTypes.ZSTD: ("zstd", _zstd_decompressor),
 }
+"""Every compression Beam detects from a file name (.gz, .bz2, .xz/.lzma, .deflate, .zst):
+each is decompressed here, its end and checksums checked."""
 
 
 class _CheckedDecompression(io.RawIOBase):
-    """The decompressed bytes of a gzip, bzip2 or xz file, its end and checksums checked.
+    """The decompressed bytes of a gzip, bzip2, xz, deflate or zstd file, its end and
+    checksums checked.
 
     A file may hold several members (concatenated gzip files, as `cat a.gz b.gz` gives).
     Each must end complete: a member cut short (a file truncated, even at a flush point)

@@ -204,9 +204,20 @@ def test_a_damaged_gzip_file_fails_a_real_read(tmp_path):
             _ = p | ReadRaw([str(tmp_path / "*.csv.gz")], CONFIG, list(HEADER), block_size=10)
 
 
-@pytest.mark.parametrize("compress", [bz2.compress, lzma.compress], ids=["bz2", "xz"])
-def test_other_compressions_are_checked_too(tmp_path, compress):
-    suffix = ".bz2" if compress is bz2.compress else ".xz"
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize(
+    "compress, suffix",
+    [(bz2.compress, ".bz2"), (lzma.compress, ".xz"), (zlib.compress, ".deflate"), (_zstd, ".zst")],
+    ids=["bz2", "xz", "deflate", "zstd"],
+)
+def test_other_compressions_are_checked_too(tmp_path, compress, suffix):
+    # Every compression Beam reads by the file's name: a cut file fails, named, instead of
+    # being read as a shorter one.
     whole = compress(DATA)
     path = tmp_path / f"part.jsonl{suffix}"
     path.write_bytes(whole)
@@ -214,6 +225,21 @@ def test_other_compressions_are_checked_too(tmp_path, compress):
     path.write_bytes(whole[: len(whole) * 7 // 10])
     with pytest.raises(InputError, match=rf"part\.jsonl\{suffix}: not a complete"):
         _read_lines(path)
+
+
+@pytest.mark.parametrize(
+    "compress, suffix", [(zlib.compress, ".deflate"), (_zstd, ".zst")], ids=["deflate", "zstd"]
+)
+def test_a_damaged_deflate_or_zstd_file_fails_naming_it(tmp_path, compress, suffix):
+    damaged = bytearray(compress(DATA))
+    damaged[len(damaged) // 2] ^= 0xFF
+    path = tmp_path / f"part.jsonl{suffix}"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InputError) as error:
+        _read_lines(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a complete ")
+    assert "\n" not in message
 
 
 def test_concatenated_gzip_members_and_zero_padding_are_read_whole(tmp_path):

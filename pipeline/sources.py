@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import struct
 from collections.abc import Sequence
 
@@ -325,6 +326,14 @@ class _ParquetBlockSource(_CheckedSource):
                     yield file_name, _rows(batch)
 
 
+def _source_of(make_source, path: str):
+    """The block source of one matched file. Beam's file source matches its path again, as a
+    pattern: a file named `part[1].csv` would match nothing and be skipped without a word, so
+    the wildcard characters of the name are escaped (Beam's patterns, local and gs://, read
+    `[[]`, `[*]` and `[?]` as the characters themselves)."""
+    return make_source(glob.escape(path))
+
+
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -400,5 +409,5 @@ class ReadRaw(beam.PTransform):
             compression_type=CompressionTypes.AUTO,
             desired_bundle_size=DESIRED_RANGE_BYTES,
             min_bundle_size=0,
-            source_from_file=source,
+            source_from_file=functools.partial(_source_of, source),
         )

@@ -20,13 +20,12 @@ from pipeline.sources import CsvHeader, ReadRaw, _LineBlockSource
 
 pytestmark = pytest.mark.pipeline_env
 
-CONFIG = parse_config(
-    {
-        "split": {"key": "user_id"},
-        "label": {"name": "clicked"},
-        "feature": [{"name": "item_id", "type": "categorical"}],
-    }
-)
+CONFIG_DATA = {
+    "split": {"key": "user_id"},
+    "label": {"name": "clicked"},
+    "feature": [{"name": "item_id", "type": "categorical"}],
+}
+CONFIG = parse_config(CONFIG_DATA)
 HEADER = ("user_id", "item_id", "clicked")
 
 
@@ -145,6 +144,31 @@ def test_read_raw_reads_each_line_of_each_file_once(tmp_path, monkeypatch):
         lines = (
             p
             | ReadRaw(patterns, CONFIG, list(HEADER), block_size=4, first_file="part-0.csv.gz")
+            | beam.FlatMap(lambda block: [(block[0], line) for line in block[1]])
+        )
+        assert_that(lines, equal_to(expected))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tfrecord"])
+def test_files_whose_names_hold_wildcard_characters_are_read(tmp_path, fmt):
+    # Beam matches each file's path again as a pattern: unescaped, `a[1].csv` matched nothing
+    # and its rows were skipped without a word.
+    names = ["a[1]", "b*x", "c?", "d]"]
+    expected = []
+    for i, name in enumerate(names):
+        lines = [f"u{i}-{j},i{j},{j % 2}".encode() for j in range(5 + i)]
+        path = tmp_path / f"{name}.{fmt}"
+        if fmt == "csv":
+            path.write_bytes(b"\n".join([b"user_id,item_id,clicked", *lines]) + b"\n")
+        else:
+            path.write_bytes(sinks.tfrecord_frames(lines))
+        expected += [(str(path), line) for line in lines]
+    config = CONFIG if fmt == "csv" else parse_config({**CONFIG_DATA, "input": {"format": fmt}})
+    header = list(HEADER) if fmt == "csv" else None
+    with TestPipeline() as p:
+        lines = (
+            p
+            | ReadRaw([str(tmp_path / "*")], config, header, block_size=4)
             | beam.FlatMap(lambda block: [(block[0], line) for line in block[1]])
         )
         assert_that(lines, equal_to(expected))

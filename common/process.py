@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,16 +17,49 @@ def run_main(main: Callable[[], int]) -> None:
     modules are gone and prints a dozen `Exception ignored in: AtomicFunction.__del__`
     tracebacks after the error line. A failed run has nothing left to clean up (its `finally`
     blocks have run): the streams are flushed and the process ends without that shutdown. A
-    bug keeps its traceback, then ends the same way.
+    bug keeps its traceback, then ends the same way. Ctrl-C and SIGTERM (what `timeout`,
+    schedulers and Kubernetes send) stop the command alike: its cleanup runs (a pipeline run
+    deletes its staging folder), then one line, and exit code 130.
     """
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the command cleans up the same
     try:
         code = main()
-    except Exception:
-        traceback.print_exc()
-        code = 1
+    except Exception as e:
+        if not _interrupted(e):
+            traceback.print_exc()
+            code = 1
+        else:
+            code = _say_interrupted()
+    except KeyboardInterrupt:
+        code = _say_interrupted()
     if code and "tensorflow" in sys.modules:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+INTERRUPTED = 130
+"""The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells use)."""
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether `error` is an interrupt that a library wrapped (Beam re-raises one from inside a
+    step as a RuntimeError naming the step)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, KeyboardInterrupt) or str(error).startswith("KeyboardInterrupt"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _say_interrupted() -> int:
+    print("interrupted: stopped before the end", file=sys.stderr)
+    return INTERRUPTED

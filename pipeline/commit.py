@@ -35,7 +35,7 @@ loudly when it opens one of its deleted shards (files with fixed names, such as 
 the commit itself fails or the process dies inside the window, OUTPUT is left without
 `_SUCCESS` (the old run's files gone, the new run's partly moved) and must be rewritten by a
 rerun with `--overwrite`; a killed run also leaves its `OUTPUT.incomplete-<run id>` prefix
-behind, to be deleted by hand. The window lasts as long as the deletes and the copies: on
+behind, to be deleted by hand (the next run of OUTPUT names it: `left_behind`). The window lasts as long as the deletes and the copies: on
 Cloud Storage, batches of 100 objects per request. Two runs must not commit to the same
 OUTPUT at the same time.
 """
@@ -259,7 +259,44 @@ def begin(output: str, overwrite: bool, inputs: list[str] | None = None) -> Run:
     run_id = new_run_id()
     staging = f"{output}{STAGING_MARK}{run_id}"
     _check_writable(staging)
+    left = left_behind(output)
+    if left:
+        LOG.warning(
+            "%s: %d staging folder(s) of earlier runs lie beside it, left by runs that were "
+            "killed before they could delete them: %s. Delete them, unless a run is still "
+            "writing there",
+            output,
+            len(left),
+            ", ".join(left),
+        )
     return Run(output=output, run_id=run_id, staging=staging)
+
+
+def left_behind(output: str) -> list[str]:
+    """The staging prefixes `OUTPUT.incomplete-<run id>` that lie beside OUTPUT now: a run
+    deletes its own, unless it was killed (SIGKILL, a machine lost) before it could."""
+    if storage.is_remote(output):
+        from apache_beam.io.filesystems import FileSystems
+
+        (result,) = FileSystems.match([output + STAGING_MARK + "**"])
+        mark = len(output) + len(STAGING_MARK)
+        prefixes = set()
+        for metadata in result.metadata_list:
+            end = metadata.path.find("/", mark)
+            prefixes.add(metadata.path if end < 0 else metadata.path[:end])
+        return sorted(prefixes)
+    import os
+
+    parent, name = os.path.split(os.path.abspath(output))
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return []
+    return sorted(
+        os.path.join(os.path.dirname(output), entry)
+        for entry in entries
+        if entry.startswith(name + STAGING_MARK)
+    )
 
 
 def _committed_name(run_id: str):

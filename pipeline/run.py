@@ -409,8 +409,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if out_of_space(e):
             raise InputError(
                 f"--output {output}: no space left on the device while writing the run beside "
-                f"it ({staging}, deleted); until the commit the run needs room for its sorted "
-                "runs (about the uncompressed size of the examples) besides the output"
+                f"it ({staging}, deleted); until the commit the run needs room for the decoded "
+                "rows it keeps between its passes (about 2.5 times the size of a CSV input) "
+                "and its sorted runs (the uncompressed size of the examples) besides the output"
             ) from None
         raise
     LOG.info("Wrote %s", output)

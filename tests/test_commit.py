@@ -9,6 +9,7 @@ runs the real pipeline locally.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 
@@ -99,6 +100,22 @@ def test_an_existing_output_is_refused_before_anything_runs(any_root):
         commit.begin(output, overwrite=False)
     commit.begin(storage.join(any_root, "ou"), overwrite=False)  # a prefix of it: not it
     assert commit.begin(output, overwrite=True).staging.startswith(output + ".incomplete-")
+
+
+def test_staging_folders_that_killed_runs_left_are_named(any_root, caplog):
+    output = _output(any_root)
+    killed = [output + ".incomplete-20260101T000000Z-0badf00d", output + ".incomplete-x"]
+    for staging in killed:
+        storage.write_text(storage.join(staging, ".work", "spill", "train", "a.arrow"), "x")
+    storage.write_text(storage.join(any_root, "other.incomplete-y", "stats.json"), "{}")
+    caplog.set_level(logging.WARNING, logger="pipeline")
+    commit.begin(output, overwrite=False)
+    assert commit.left_behind(output) == sorted(killed)
+    assert "2 staging folder(s) of earlier runs lie beside it" in caplog.text
+    assert all(staging in caplog.text for staging in killed)
+    caplog.clear()
+    commit.begin(storage.join(any_root, "fresh"), overwrite=False)
+    assert "staging folder" not in caplog.text
 
 
 def test_an_output_that_appears_during_the_run_is_not_replaced(any_root):

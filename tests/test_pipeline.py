@@ -10,6 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -444,3 +448,25 @@ def test_the_manifest_of_a_real_run_records_each_files_crc32c(rows, tmp_path):
     assert set(manifest.crc32c) == set(manifest.files)
     for relative, checksum in manifest.crc32c.items():
         assert storage.crc32c(os.path.join(output, relative)) == checksum, relative
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_stopped_by_a_signal_says_so_in_one_line_and_leaves_nothing(tmp_path, signum):
+    # SIGTERM is what `timeout`, schedulers and Kubernetes send: it stops a run as Ctrl-C
+    # does, staging deleted, one line, exit code 130.
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), generate.generate(60_000, seed=5))
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline", "--config", str(EXAMPLE_CONFIG)]
+    command += ["--input", str(data), "--output", str(output)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not glob.glob(str(tmp_path / "out.incomplete-*" / ".work" / "*")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run never began"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert stderr.decode().strip().splitlines()[-1] == "interrupted: stopped before the end"
+    assert "Traceback" not in stderr.decode()
+    assert sorted(os.listdir(tmp_path)) == ["clicks.csv"]

@@ -25,7 +25,7 @@ def run_main(main: Callable[[], int]) -> None:
     try:
         code = main()
     except Exception as e:
-        if not _interrupted(e):
+        if not is_interrupt(e):
             traceback.print_exc()
             code = 1
         else:
@@ -48,11 +48,11 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _interrupted(error: BaseException) -> bool:
+def is_interrupt(error: object) -> bool:
     """Whether `error` is an interrupt that a library wrapped (Beam re-raises one from inside a
     step as a RuntimeError naming the step)."""
     seen = set()
-    while error is not None and id(error) not in seen:
+    while isinstance(error, BaseException) and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, KeyboardInterrupt) or str(error).startswith("KeyboardInterrupt"):
             return True

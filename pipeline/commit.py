@@ -35,9 +35,9 @@ loudly when it opens one of its deleted shards (files with fixed names, such as 
 the commit itself fails or the process dies inside the window, OUTPUT is left without
 `_SUCCESS` (the old run's files gone, the new run's partly moved) and must be rewritten by a
 rerun with `--overwrite`; a killed run also leaves its `OUTPUT.incomplete-<run id>` prefix
-behind, to be deleted by hand (the next run of OUTPUT names it: `left_behind`). The window lasts as long as the deletes and the copies: on
-Cloud Storage, batches of 100 objects per request. Two runs must not commit to the same
-OUTPUT at the same time.
+behind, to be deleted by hand (the next run of OUTPUT names it: `left_behind`). The window
+lasts as long as the deletes and the copies: on Cloud Storage, batches of 100 objects per
+request. Two runs must not commit to the same OUTPUT at the same time.
 """
 
 from __future__ import annotations
@@ -218,6 +218,9 @@ def _check_writable(staging: str) -> None:
         storage.delete_tree(staging)
     except Exception as e:
         raise InputError(f"--output: cannot write beside it, at {staging}: {e}") from None
+    except BaseException:  # stopped here (Ctrl-C, SIGTERM): leave nothing
+        storage.delete_tree(staging)
+        raise
 
 
 def check_output(output: str, overwrite: bool, inputs: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from common import storage
 from common.config import LIST_TYPES, Config
+from common.process import is_interrupt
 from pipeline import decode
 from pipeline.input_files import InputError, csv_header, header_mismatch, open_checked
 
@@ -273,12 +274,12 @@ class BeamInputErrorFilter(logging.Filter):
 
     Beam logs every exception a DoFn raises, with its traceback, before the pipeline re-raises
     it; an InputError (a damaged or changed input file) is the user's to fix, and
-    `python -m pipeline` prints it as its one-line error; so is a full disk (ENOSPC). Other
-    exceptions keep their log.
+    `python -m pipeline` prints it as its one-line error; so is a full disk (ENOSPC), and so
+    is an interrupt (Ctrl-C, SIGTERM: "interrupted"). Other exceptions keep their log.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, InputError):
+        if isinstance(record.msg, InputError) or is_interrupt(record.msg):
             return False
         # A full disk: `python -m pipeline` says it in one line naming --output.
         return not (isinstance(record.msg, BaseException) and out_of_space(record.msg))

@@ -21,7 +21,7 @@ def run_main(main: Callable[[], int]) -> None:
     schedulers and Kubernetes send) stop the command alike: its cleanup runs (a pipeline run
     deletes its staging folder), then one line, and exit code 130.
     """
-    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the command cleans up the same
+    handle_stops()
     try:
         code = main()
     except Exception as e:
@@ -46,6 +46,17 @@ INTERRUPTED = 130
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def handle_stops() -> None:
+    """SIGTERM stops the command as Ctrl-C does. Called first thing, before the seconds of
+    imports, and again by `run_main`."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def exit_interrupted() -> None:
+    """Ends a command stopped before `run_main` began (while it imported its libraries)."""
+    sys.exit(_say_interrupted())
 
 
 def is_interrupt(error: object) -> bool:

@@ -1,13 +1,16 @@
 """`python -m pipeline`: see pipeline/run.py. Runs in the pipeline environment only."""
 
-from common import console, environments
+from common import console, environments, process
 
 # Before anything imports Beam or TensorFlow: one line naming the right environment.
 environments.require(environments.PIPELINE, "python -m pipeline")
 console.start()
+process.handle_stops()
 
-from common.process import run_main  # noqa: E402
-from pipeline.run import main  # noqa: E402
+try:
+    from pipeline.run import main
+except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the imports
+    process.exit_interrupted()
 
 if __name__ == "__main__":
-    run_main(main)
+    process.run_main(main)

@@ -42,9 +42,12 @@ request. Two runs must not commit to the same OUTPUT at the same time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import signal
+import threading
 import time
 import uuid
 
@@ -265,9 +268,9 @@ def begin(output: str, overwrite: bool, inputs: list[str] | None = None) -> Run:
     left = left_behind(output)
     if left:
         LOG.warning(
-            "%s: %d staging folder(s) of earlier runs lie beside it, left by runs that were "
-            "killed before they could delete them: %s. Delete them, unless a run is still "
-            "writing there",
+            "%s: %d staging folder(s) of earlier runs lie beside it, with their work "
+            "directories, left by runs that were killed before they could delete them: %s. "
+            "Delete them, unless a run is still writing there",
             output,
             len(left),
             ", ".join(left),
@@ -276,8 +279,9 @@ def begin(output: str, overwrite: bool, inputs: list[str] | None = None) -> Run:
 
 
 def left_behind(output: str) -> list[str]:
-    """The staging prefixes `OUTPUT.incomplete-<run id>` that lie beside OUTPUT now: a run
-    deletes its own, unless it was killed (SIGKILL, a machine lost) before it could."""
+    """The staging prefixes `OUTPUT.incomplete-<run id>` that lie beside OUTPUT now with a
+    work directory in them: a run deletes its own, unless it was killed (SIGKILL, a machine
+    lost) before it could. (One kept for its rejected rows has no work directory left.)"""
     if storage.is_remote(output):
         from apache_beam.io.filesystems import FileSystems
 
@@ -286,7 +290,8 @@ def left_behind(output: str) -> list[str]:
         prefixes = set()
         for metadata in result.metadata_list:
             end = metadata.path.find("/", mark)
-            prefixes.add(metadata.path if end < 0 else metadata.path[:end])
+            if end > 0 and metadata.path[end:].startswith("/" + artifacts.WORK_DIR + "/"):
+                prefixes.add(metadata.path[:end])
         return sorted(prefixes)
     import os
 
@@ -299,6 +304,7 @@ def left_behind(output: str) -> list[str]:
         os.path.join(os.path.dirname(output), entry)
         for entry in entries
         if entry.startswith(name + STAGING_MARK)
+        and os.path.isdir(os.path.join(parent, entry, artifacts.WORK_DIR))
     )
 
 
@@ -349,6 +355,36 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
     if storage.exists(output):
         # Again: files may have been added while the run ran.
         replaced = _check_replaceable(output, [])
+    with _stops_held():
+        manifest = _replace(run, output, files, crc32c, replaced, rename)
+    LOG.info("Committed run %s as %s (%d files)", run.run_id, output, len(files))
+    return manifest
+
+
+@contextlib.contextmanager
+def _stops_held():
+    """Ctrl-C and SIGTERM wait until the commit is done: stopped inside it, the old OUTPUT
+    would be gone and the new one not there. The commit then completes, and says so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum, frame):
+        received.append(signum)
+        LOG.warning("Asked to stop while committing: stopping once the commit is done")
+
+    held = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+
+
+def _replace(run, output, files, crc32c, replaced, rename) -> artifacts.Manifest:
+    """The commit's window: the old OUTPUT invalidated and deleted, the staged files moved in,
+    the manifest written last."""
     try:
         if storage.exists(output):
             LOG.info("Replacing the existing %s (--overwrite)", output)
@@ -375,7 +411,6 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
             f"invalidated ({type(e).__name__}: {e}); {output} holds no commit now: rerun the "
             "pipeline with --overwrite"
         ) from e
-    LOG.info("Committed run %s as %s (%d files)", run.run_id, output, len(files))
     return manifest
 
 

@@ -128,8 +128,8 @@ class _CheckedDecompression(io.RawIOBase):
             self._in_member = False
         if not data:
             data = self._raw.read(_READ_BYTES)
-        if not self._in_member and self._name == "gzip":
-            data = data.lstrip(b"\0")  # zero padding after the last member, as gzip allows
+        if not self._in_member and self._name in ("gzip", "xz/lzma"):
+            data = data.lstrip(b"\0")  # zero padding after a member, as gzip and xz allow
             if not data and not self._done:
                 data = self._read_past_zeros()
         if not data:

@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import shutil
+import signal
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from common import artifacts, storage
+from common import artifacts, process, storage
 from embedding.planner import load_or_make_plan, plan_pipeline_output
 from pipeline import commit
 from pipeline.input_files import InputError
@@ -90,6 +91,31 @@ def test_a_commit_lists_every_file_and_writes_the_manifest_last(any_root, monkey
     assert leftovers == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_inside_the_commit_waits_for_its_end(tmp_path, monkeypatch, caplog, signum):
+    # Stopped inside the window, the old OUTPUT would be deleted and the new one not moved in.
+    # SIGTERM stops a command as Ctrl-C does (common.process.run_main): the same here.
+    previous = signal.signal(signal.SIGTERM, process._interrupt)
+    output = _output(str(tmp_path))
+    _commit_run(output, train_shards=2, tag="old")
+    move_tree = storage.move_tree
+
+    def move_after_a_stop(*args, **kwargs):
+        os.kill(os.getpid(), signum)  # delivered here, in the middle of the window
+        return move_tree(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "move_tree", move_after_a_stop)
+    caplog.set_level(logging.WARNING, logger="pipeline")
+    try:
+        before = signal.getsignal(signum)
+        run, _ = _commit_run(output, train_shards=3, tag="new", overwrite=True)
+        assert signal.getsignal(signum) is before  # the handler before the commit is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert artifacts.require_complete(output).run_id == run.run_id
+    assert "Asked to stop while committing: stopping once the commit is done" in caplog.text
+
+
 def test_an_existing_output_is_refused_before_anything_runs(any_root):
     output = _output(any_root)
     storage.write_text(storage.join(output, "data", "train-0.tfrecord.gz"), "old")
@@ -108,10 +134,14 @@ def test_staging_folders_that_killed_runs_left_are_named(any_root, caplog):
     for staging in killed:
         storage.write_text(storage.join(staging, ".work", "spill", "train", "a.arrow"), "x")
     storage.write_text(storage.join(any_root, "other.incomplete-y", "stats.json"), "{}")
+    # Kept on purpose for its rejected rows (no work directory left), and a plain file.
+    storage.write_text(storage.join(output + ".incomplete-kept", "rejected", "r.jsonl"), "{}")
+    storage.write_text(output + ".incomplete-file", "x")
     caplog.set_level(logging.WARNING, logger="pipeline")
     commit.begin(output, overwrite=False)
     assert commit.left_behind(output) == sorted(killed)
     assert "2 staging folder(s) of earlier runs lie beside it" in caplog.text
+    assert "incomplete-kept" not in caplog.text and "incomplete-file" not in caplog.text
     assert all(staging in caplog.text for staging in killed)
     caplog.clear()
     commit.begin(storage.join(any_root, "fresh"), overwrite=False)

@@ -266,6 +266,13 @@ def test_a_damaged_deflate_or_zstd_file_fails_naming_it(tmp_path, compress, suff
     assert "\n" not in message
 
 
+def test_xz_stream_padding_is_read_as_xz_allows(tmp_path):
+    path = tmp_path / "padded.jsonl.xz"
+    padded = lzma.compress(DATA[:1000]) + b"\0" * 4 + lzma.compress(DATA[1000:]) + b"\0" * 8
+    path.write_bytes(padded)
+    assert _read_lines(path) == [line.encode() for line in LINES]
+
+
 def test_concatenated_gzip_members_and_zero_padding_are_read_whole(tmp_path):
     # `cat a.gz b.gz` is a valid gzip file, and gzip tolerates zero bytes after the end.
     path = tmp_path / "joined.jsonl.gz"

@@ -3,7 +3,6 @@ from the files the writing stage listed only."""
 
 from __future__ import annotations
 
-import glob
 import os
 
 import apache_beam as beam
@@ -12,6 +11,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
+from common import storage
 from pipeline import spill
 
 pytestmark = pytest.mark.pipeline_env
@@ -50,15 +50,16 @@ def _check(expected, batch_size: int, directory: str):
         (read,) = lists
         assert all(batch.schema == SCHEMA for batch in read)
         assert _rows(read) == _rows(expected), "other rows came back"
-        files = len(glob.glob(f"{directory}/*.arrow"))
+        files = len(storage.list_files(directory))
         assert sum(batch.num_rows < batch_size for batch in read) <= files
 
     return check
 
 
-def test_spilled_batches_come_back_whole_joined_and_typed(tmp_path):
+def test_spilled_batches_come_back_whole_joined_and_typed(any_root):
+    # On the local disk, then on Cloud Storage (the emulator), as on Dataflow.
     batches = [_batch(start, rows) for start, rows in [(0, 3), (3, 1), (4, 5), (9, 2), (11, 4)]]
-    directory = str(tmp_path / "spill")
+    directory = storage.join(any_root, "spill")
     with TestPipeline() as p:
         read = (
             p
@@ -67,7 +68,7 @@ def test_spilled_batches_come_back_whole_joined_and_typed(tmp_path):
         )
         assert_that(read | beam.combiners.ToList(), _check(batches, 4, directory))
     # file_bytes=1: a file a batch.
-    assert len(glob.glob(f"{directory}/*.arrow")) == len(batches)
+    assert len(storage.list_files(directory)) == len(batches)
 
 
 def test_a_file_nothing_listed_is_not_read(tmp_path):

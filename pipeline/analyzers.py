@@ -190,6 +190,12 @@ def _measured_sums(measured, feature: str) -> tuple[int, int, int]:
     return count, total, total_sq
 
 
+def measured_mean_and_variance(measured, feature: str) -> tuple[float, float]:
+    """The mean and the variance of numeric `feature` that `MeanAndVariance` hands
+    tf.Transform, from `measure.MeasureBatches`' result over the training split."""
+    return statistics.mean_and_variance(*_measured_sums(measured, feature))
+
+
 class MeanAndVariance(beam.PTransform):
     """The mean and the variance of a numeric column (`statistics.mean_and_variance`: exact,
     rounded once), as two PCollections of one float64 each.

@@ -27,6 +27,7 @@ from pipeline.decode_blocks import REJECTED, DecodeBlocks
 from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import ReadRaw
 from pipeline.spill import Spill
+from pipeline.transform import TransformBatches
 
 MEASUREMENTS = "measurements.json"
 WRITTEN = "written.json"
@@ -71,8 +72,7 @@ class EncodeExamples(beam.DoFn):
         self._encoder = RecordBatchToExamplesEncoder()
         self._parse = example_pb2.Example.FromString
 
-    def process(self, batch):
-        record_batch, _ = batch  # (record batch, tf.Transform's pass-through features)
+    def process(self, record_batch):
         encoded = example_encoding.encode(record_batch)
         if encoded is not None:
             yield encoded
@@ -150,12 +150,18 @@ def build(
     analyzed = PreprocessingFn(config, Measurements(counted["per_token"], measured_train))
     with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
         transform_fn = (no_rows, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(analyzed)
-        transformed = {
-            name: ((again[split], adapter_config), transform_fn)
-            | f"Transform{name}" >> tft_beam.TransformDataset(output_record_batches=True)
-            for name, split in _written_splits(config)
-        }
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
+    transform_fn_dir = beam.pvalue.AsSingleton(transform_fn[0])
+    transformed = {
+        name: again[split]
+        | f"Transform{name}"
+        >> beam.ParDo(
+            TransformBatches(config, adapter_config),
+            transform_fn_dir,
+            beam.pvalue.AsSingleton(measured_train),
+        )
+        for name, split in _written_splits(config)
+    }
 
     # The first pass's rows per split: they decide the default number of files of a split
     # (the transforming pass waits on the analysis of the first pass anyway).
@@ -170,7 +176,7 @@ def build(
         ]
     }
     written = []
-    for name, (batches, _) in transformed.items():
+    for name, batches in transformed.items():
         split = name.lower()
         examples = batches | f"Encode{name}" >> beam.ParDo(EncodeExamples())
         _ = examples | f"Write{name}" >> WriteTFRecordLists(

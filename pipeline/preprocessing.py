@@ -67,39 +67,42 @@ def _known(path) -> bool:
     )
 
 
+def lookup_table(vocabulary_path, num_oov_buckets: int, key_dtype=tf.string):
+    """The table `tft.apply_vocabulary` builds by default over a text vocabulary file (a
+    value outside it hashed into one of `num_oov_buckets`, or -1 without them), under its
+    content-derived name. The transform graph's tables and the transforming pass's
+    (pipeline/transform.py) both come from here."""
+    initializer = _ContentNamedTextFileInitializer(
+        vocabulary_path,
+        key_dtype=key_dtype,
+        key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+        value_dtype=tf.int64,
+        value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+    )
+    if num_oov_buckets > 0:
+        return tf.lookup.StaticVocabularyTable(
+            initializer, num_oov_buckets=num_oov_buckets, lookup_key_dtype=key_dtype
+        )
+    return tf.lookup.StaticHashTable(initializer, default_value=-1)
+
+
 def _lookup_fn(num_oov_buckets: int):
-    """tf.Transform's `lookup_fn` for one vocabulary: the table `tft.apply_vocabulary` builds
-    by default (over the text file; a value outside it hashed into one of `num_oov_buckets`,
-    or -1 without them), under its content-derived name."""
+    """tf.Transform's `lookup_fn` for one vocabulary: `lookup_table`'s table."""
 
     def lookup(x, vocabulary_path):
-        def table():
-            initializer = _ContentNamedTextFileInitializer(
-                vocabulary_path,
-                key_dtype=x.dtype,
-                key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
-                value_dtype=tf.int64,
-                value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
-            )
-            if num_oov_buckets > 0:
-                return tf.lookup.StaticVocabularyTable(
-                    initializer, num_oov_buckets=num_oov_buckets, lookup_key_dtype=x.dtype
-                )
-            return tf.lookup.StaticHashTable(initializer, default_value=-1)
-
         if tf.inside_function() and _known(vocabulary_path):
             # As tf.Transform does for its own tables: a known path builds the table once,
             # outside the traced function, not at every call of it.
             with tf.init_scope():
-                built = table()
+                built = lookup_table(vocabulary_path, num_oov_buckets, x.dtype)
         else:
-            built = table()
+            built = lookup_table(vocabulary_path, num_oov_buckets, x.dtype)
         return built.lookup(x), built.size()
 
     return lookup
 
 
-def _z_score(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
+def z_score(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
     """(x - mean) / sqrt(variance), or x - mean where the variance is 0: the operations of
     `tft.scale_to_z_score`, in x's dtype."""
     numerator = x - mean
@@ -143,7 +146,7 @@ class PreprocessingFn:
                 )
                 # In float64, as the mean and the variance are: the same operations as
                 # tft.scale_to_z_score on float64 input.
-                scaled = _z_score(tf.cast(values, tf.float64), mean, variance)
+                scaled = z_score(tf.cast(values, tf.float64), mean, variance)
                 outputs[feature.name] = tf.cast(scaled, tf.float32)
         outputs[config.label.name] = tf.cast(inputs[config.label.name], tf.float32)
         return outputs

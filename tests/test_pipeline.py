@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import tensorflow as tf
 
@@ -22,7 +24,7 @@ from common import artifacts
 from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import run as pipeline_run
-from pipeline import spill
+from pipeline import spill, transform
 from pipeline.input_files import InputError
 from tests.conftest import EXAMPLE_CONFIG
 
@@ -317,6 +319,27 @@ def test_rows_lost_between_the_two_passes_commit_nothing(rows, tmp_path, monkeyp
     message = str(error.value)
     assert message.startswith("the transforming pass wrote other numbers of examples than ")
     assert "examples written" in message and "nothing was committed" in message
+    assert not glob.glob(str(tmp_path / "out*"))  # nothing committed, no staging left
+
+
+def test_a_transform_that_disagrees_with_the_transform_graph_commits_nothing(
+    rows, tmp_path, monkeypatch
+):
+    # The transforming pass maps ids column-wise, not through the transform graph; each
+    # worker checks its first batch against the graph, and a difference fails the run.
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), rows)
+    real_transform = transform.transform
+
+    def off_by_one(batch, *args):
+        out = real_transform(batch, *args)
+        ids = out.column("region")
+        shifted = pa.LargeListArray.from_arrays(ids.offsets, pc.add(ids.values, 1))
+        return out.set_column(out.schema.get_field_index("region"), "region", shifted)
+
+    monkeypatch.setattr(transform, "transform", off_by_one)
+    with pytest.raises(Exception, match="feature 'region': the transforming pass and the "):
+        _run(tmp_path, "out", "csv", [str(data)])
     assert not glob.glob(str(tmp_path / "out*"))  # nothing committed, no staging left
 
 

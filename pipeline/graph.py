@@ -24,6 +24,7 @@ from common import artifacts
 from common.config import Config
 from pipeline import decode, example_encoding
 from pipeline.decode_blocks import REJECTED, DecodeBlocks
+from pipeline.record_batch_coder import RecordBatchCoder  # noqa: F401 (registers it)
 from pipeline.sinks import WriteTFRecordLists
 from pipeline.sources import ReadRaw
 from pipeline.spill import Spill
@@ -134,6 +135,8 @@ def build(
     rows = blocks | "Decode" >> beam.ParDo(DecodeBlocks(config, header, schema)).with_outputs(
         REJECTED, decode.VALIDATION, decode.EVAL, main=decode.TRAIN
     )
+    for split in (decode.TRAIN, decode.VALIDATION, decode.EVAL):
+        rows[split].element_type = pa.RecordBatch  # Beam's coder: RecordBatchCoder
     train, eval_ = rows[decode.TRAIN], rows[decode.EVAL]
     again = {
         split: rows[split]
@@ -159,7 +162,7 @@ def build(
             TransformBatches(config, adapter_config),
             transform_fn_dir,
             beam.pvalue.AsSingleton(measured_train),
-        )
+        ).with_output_types(pa.RecordBatch)
         for name, split in _written_splits(config)
     }
 

@@ -30,6 +30,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from common import storage
 from common.progress import Progress
+from pipeline import record_batch_coder  # noqa: F401 (Beam's coder of the batches read back)
 
 FILE_BYTES = 256 << 20
 """A file holds about this many bytes of batches (before compression); then the bundle starts
@@ -153,5 +154,8 @@ class Spill(beam.PTransform):
             batches
             | "Write" >> beam.ParDo(_SpillBatches(self._directory, self._schema, self._file_bytes))
             | "EndStage" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadSpilled(self._batch_size, PROGRESS_EVERY_S))
+            | "Read"
+            >> beam.ParDo(_ReadSpilled(self._batch_size, PROGRESS_EVERY_S)).with_output_types(
+                pa.RecordBatch
+            )
         )

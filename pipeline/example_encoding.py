@@ -33,14 +33,15 @@ def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.ones(len(values), np.int64)
     for k in range(1, width):
         lengths += values >= np.uint64(1 << (7 * k))
-    starts = np.cumsum(lengths) - lengths
-    out = np.empty(int(starts[-1] + lengths[-1]), np.uint8)
-    for k in range(width):  # byte k of each value that has one
-        has = slice(None) if k == 0 else lengths > k
-        group = ((values[has] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-        group[lengths[has] > k + 1] |= 0x80  # more bytes follow
-        out[starts[has] + k] = group
-    return out, lengths
+    # Byte k of every value in column k of a table, then the table's bytes that the values
+    # have, row by row: one pass each, no scatter.
+    table = np.empty((len(values), width), np.uint8)
+    for k in range(width):
+        group = ((values >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        if k < width - 1:
+            group |= (lengths > k + 1).astype(np.uint8) << 7  # more bytes follow
+        table[:, k] = group
+    return table[np.arange(width) < lengths[:, None]], lengths
 
 
 def _binary(data: np.ndarray, row_lengths: np.ndarray) -> pa.Array:

@@ -19,6 +19,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils import shared
 
 from common import artifacts
 from common.config import Config
@@ -155,11 +156,12 @@ def build(
         transform_fn = (no_rows, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(analyzed)
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
     transform_fn_dir = beam.pvalue.AsSingleton(transform_fn[0])
+    tables = shared.Shared()
     transformed = {
         name: again[split]
         | f"Transform{name}"
         >> beam.ParDo(
-            TransformBatches(config, adapter_config),
+            TransformBatches(config, adapter_config, tables),
             transform_fn_dir,
             beam.pvalue.AsSingleton(measured_train),
         ).with_output_types(pa.RecordBatch)

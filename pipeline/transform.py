@@ -176,22 +176,32 @@ class TransformBatches(beam.DoFn):
 
     Side inputs: the transform graph's directory (tf.Transform's `transform_fn`) and the
     training split's measurements (`measure.MeasureBatches`).
+
+    Args:
+      config: the validated config.
+      adapter_config: tfx_bsl's tensor adapter config of the raw batches.
+      handle: a `Shared` handle, the same for every split's DoFn, so that a process loads
+        the transform graph and builds its tables once.
     """
 
-    def __init__(self, config: Config, adapter_config):
+    def __init__(self, config: Config, adapter_config, handle: shared.Shared):
         self._config = config
         self._adapter_config = adapter_config
-        self._shared = shared.Shared()  # one set of tables a process, for every split
+        self._shared = handle  # one for every split: one set of tables a process
 
     def setup(self):
         self._checked = False
         self._moments = None
+        self._resources = None
 
     def process(self, batch: pa.RecordBatch, transform_fn_dir: str, measured):
         config = self._config
-        resources = self._shared.acquire(
-            lambda: _Resources(config, transform_fn_dir), tag=transform_fn_dir
-        )
+        if self._resources is None:
+            # Held for the DoFn's life: Shared keeps the object only while someone holds it.
+            self._resources = self._shared.acquire(
+                lambda: _Resources(config, transform_fn_dir), tag=transform_fn_dir
+            )
+        resources = self._resources
         if self._moments is None:
             from pipeline import analyzers
 

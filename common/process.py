@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -13,13 +14,15 @@ from collections.abc import Callable
 def run_main(main: Callable[[], int]) -> None:
     """Runs a command's `main` and exits with its code, leaving the last line on stderr ours.
 
-    Once TensorFlow is loaded, the interpreter's shutdown collects its functions after their
-    modules are gone and prints a dozen `Exception ignored in: AtomicFunction.__del__`
-    tracebacks after the error line. A failed run has nothing left to clean up (its `finally`
-    blocks have run): the streams are flushed and the process ends without that shutdown. A
-    bug keeps its traceback, then ends the same way. Ctrl-C and SIGTERM (what `timeout`,
-    schedulers and Kubernetes send) stop the command alike: its cleanup runs (a pipeline run
-    deletes its staging folder), then one line, and exit code 130.
+    Once TensorFlow is loaded, the interpreter's shutdown takes about a second (it collects
+    every module and TensorFlow object one by one) and, after a failure, prints a dozen
+    `Exception ignored in: AtomicFunction.__del__` tracebacks after the error line. The
+    command has nothing left to clean up when `main` returns (its `finally` blocks have run),
+    so the exit handlers run (logging's flush, TensorFlow's removal of its temporary files),
+    the streams are flushed, and the process ends without that shutdown, whether it
+    succeeded or not. A bug keeps its traceback, then ends the same way. Ctrl-C and SIGTERM
+    (what `timeout`, schedulers and Kubernetes send) stop the command alike: its cleanup runs
+    (a pipeline run deletes its staging folder), then one line, and exit code 130.
     """
     handle_stops()
     try:
@@ -32,12 +35,21 @@ def run_main(main: Callable[[], int]) -> None:
             code = _say_interrupted()
     except KeyboardInterrupt:
         code = _say_interrupted()
-    if code and "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
+        _exit_now(code)
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process with `code` after its exit handlers, skipping the interpreter's
+    shutdown (see `run_main`)."""
+    try:
+        atexit._run_exitfuncs()  # logging.shutdown among them
+    finally:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    sys.exit(code)
 
 
 INTERRUPTED = 130

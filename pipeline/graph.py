@@ -23,7 +23,7 @@ from apache_beam.utils import shared
 
 from common import artifacts
 from common.config import Config
-from pipeline import decode, example_encoding
+from pipeline import decode, example_encoding, keyed_results
 from pipeline.decode_blocks import REJECTED, DecodeBlocks
 from pipeline.record_batch_coder import RecordBatchCoder  # noqa: F401 (registers it)
 from pipeline.sinks import WriteTFRecordLists
@@ -49,10 +49,6 @@ def _written_splits(config: Config) -> list[tuple[str, str]]:
     if config.split.validation_fraction > 0:
         splits.insert(1, ("Validation", decode.VALIDATION))
     return splits
-
-
-def _single(label: str, key: str):
-    return label >> beam.Map(lambda value: (key, value))
 
 
 class EncodeExamples(beam.DoFn):
@@ -168,16 +164,66 @@ def build(
         for name, split in _written_splits(config)
     }
 
-    # The first pass's rows per split: they decide the default number of files of a split
-    # (the transforming pass waits on the analysis of the first pass anyway).
+    # The first pass's global results, in one combine (pipeline/keyed_results.py): the rows
+    # read, the rejects and their reasons, each split's rows, the vocabularies' frequency
+    # summaries and overlaps, the eval split's measurements and skew.
+    rejected = rows[REJECTED]
+    measured = (
+        [
+            blocks | "TagRead" >> beam.Map(lambda block: ("read", len(block[1]))),
+            rejected | "TagRejected" >> beam.Map(lambda _: ("rejected", 1)),
+            rejected
+            | "TagReasons" >> beam.Map(lambda r: ("reasons", decode.reason_kind(r["reason"]))),
+            measured_train | "TagTrain" >> beam.Map(lambda m: ("train", m)),
+            counted["frequencies"] | "TagFrequencies" >> beam.Map(lambda f: ("frequencies", f)),
+            counted["overlaps"] | "TagOverlaps" >> beam.Map(lambda o: ("overlaps", o)),
+            eval_
+            | "MeasureEval"
+            >> beam.CombineGlobally(measure.MeasureBatches(config)).without_defaults()
+            | "TagEvalMeasured" >> beam.Map(lambda m: ("eval_measured", m)),
+            (counted["per_token"], eval_)
+            | "MeasureEvalSkew" >> measure.MeasureEvalSkew(config)
+            | "TagEvalSkew" >> beam.Map(lambda s: ("eval_skew", s)),
+            *(
+                rows[split] | f"Tag{name}Rows" >> beam.Map(lambda b, k: (k, b.num_rows), key)
+                for name, split, key in [
+                    ("Train", decode.TRAIN, "train_rows"),
+                    ("Validation", decode.VALIDATION, "validation"),
+                    ("Eval", decode.EVAL, "eval"),
+                ]
+            ),
+        ]
+        | "FlattenMeasurements" >> beam.Flatten()
+        | "Measurements"
+        >> beam.CombineGlobally(
+            keyed_results.ByKey(
+                {
+                    "read": keyed_results.Sum(),
+                    "rejected": keyed_results.Sum(),
+                    "reasons": keyed_results.Tally(),
+                    "train": keyed_results.Only(),
+                    "frequencies": keyed_results.Listed(),
+                    "overlaps": keyed_results.Listed(),
+                    "eval_measured": keyed_results.Only(),
+                    "eval_skew": keyed_results.Listed(),
+                    "train_rows": keyed_results.Sum(),
+                    "validation": keyed_results.Sum(),
+                    "eval": keyed_results.Sum(),
+                }
+            )
+        )
+    )
+    _ = measured | "WriteMeasurements" >> beam.Map(
+        _write_json, artifacts.join(work_dir, MEASUREMENTS)
+    )
+    # The first pass's rows of a split decide its default number of files (the transforming
+    # pass waits on the analysis of the first pass anyway).
     first_pass_rows = {
-        split: rows[split]
-        | f"{name}Rows" >> beam.Map(lambda batch: batch.num_rows)
-        | f"Count{name}" >> beam.CombineGlobally(sum)
-        for name, split in [
-            ("Train", decode.TRAIN),
-            ("Validation", decode.VALIDATION),
-            ("Eval", decode.EVAL),
+        split: measured | f"{name}Rows" >> beam.Map(lambda m, k: m[k], key)
+        for name, split, key in [
+            ("Train", decode.TRAIN, "train_rows"),
+            ("Validation", decode.VALIDATION, "validation"),
+            ("Eval", decode.EVAL, "eval"),
         ]
     }
     written = []
@@ -193,19 +239,20 @@ def build(
             checksum_dir=artifacts.join(work_dir, artifacts.CHECKSUMS_DIR),
         )
         written.append(
-            examples
-            | f"Count{name}Written" >> beam.Map(len)
-            | f"Sum{name}Written" >> beam.CombineGlobally(sum)
-            | _single(f"Key{name}Written", name.lower())
+            examples | f"Count{name}Written" >> beam.Map(lambda e, k: (k, len(e)), split)
         )
     _ = (
         written
         | "FlattenWritten" >> beam.Flatten()
-        | "CollectWritten" >> beam.combiners.ToDict()
+        | "SumWritten"
+        >> beam.CombineGlobally(
+            keyed_results.ByKey(
+                {split: keyed_results.Sum() for _, split in _written_splits(config)}
+            )
+        )
         | "WriteWritten" >> beam.Map(_write_json, artifacts.join(work_dir, WRITTEN))
     )
 
-    rejected = rows[REJECTED]
     _ = (
         rejected
         | "FormatRejected" >> beam.Map(json.dumps, sort_keys=True)
@@ -214,41 +261,4 @@ def build(
             artifacts.join(output, artifacts.REJECTED_DIR, "rejected"),
             file_name_suffix=".jsonl",
         )
-    )
-
-    measurements = [
-        blocks
-        | "BlockRows" >> beam.Map(lambda block: len(block[1]))
-        | "CountRead" >> beam.CombineGlobally(sum)
-        | _single("KeyRead", "read"),
-        rejected
-        | "CountRejected" >> beam.combiners.Count.Globally()
-        | _single("KeyRejected", "rejected"),
-        rejected
-        | "Reasons" >> beam.Map(lambda r: decode.reason_kind(r["reason"]))
-        | "CountReasons" >> beam.combiners.Count.PerElement()
-        | "ListReasons" >> beam.combiners.ToList()
-        | _single("KeyReasons", "reasons"),
-        measured_train | _single("KeyTrain", "train"),
-        first_pass_rows[decode.EVAL] | _single("KeyEval", "eval"),
-        counted["frequencies"]
-        | "ListFrequencies" >> beam.combiners.ToList()
-        | _single("KeyFrequencies", "frequencies"),
-        counted["overlaps"]
-        | "ListOverlaps" >> beam.combiners.ToList()
-        | _single("KeyOverlaps", "overlaps"),
-        first_pass_rows[decode.VALIDATION] | _single("KeyValidation", "validation"),
-        eval_
-        | "MeasureEval" >> beam.CombineGlobally(measure.MeasureBatches(config))
-        | _single("KeyEvalMeasured", "eval_measured"),
-        (counted["per_token"], eval_)
-        | "MeasureEvalSkew" >> measure.MeasureEvalSkew(config)
-        | "ListEvalSkew" >> beam.combiners.ToList()
-        | _single("KeyEvalSkew", "eval_skew"),
-    ]
-    _ = (
-        measurements
-        | "FlattenMeasurements" >> beam.Flatten()
-        | "CollectMeasurements" >> beam.combiners.ToDict()
-        | "WriteMeasurements" >> beam.Map(_write_json, artifacts.join(work_dir, MEASUREMENTS))
     )

@@ -229,7 +229,9 @@ def build(
     written = []
     for name, batches in transformed.items():
         split = name.lower()
-        examples = batches | f"Encode{name}" >> beam.ParDo(EncodeExamples())
+        examples = batches | f"Encode{name}" >> beam.ParDo(EncodeExamples()).with_output_types(
+            list[bytes]
+        )
         _ = examples | f"Write{name}" >> WriteTFRecordLists(
             artifacts.join(output, artifacts.DATA_DIR, split),
             file_name_suffix=artifacts.TFRECORD_SUFFIX,

@@ -706,9 +706,10 @@ class WriteTFRecordLists(beam.PTransform):
         else:
             count = self._rows | "NumShards" >> beam.Map(default_num_shards)
         num_shards = beam.pvalue.AsSingleton(count)
+        # The output types are declared: Beam would infer them from the bytecode.
         runs = pcoll | "SortRuns" >> beam.ParDo(
             _SortRuns(self._work_dir, self._buffer_bytes), num_shards
-        )
+        ).with_output_types(tuple[int, str])
         every_shard = count | "EveryShard" >> beam.FlatMap(lambda n: [(s, "") for s in range(n)])
         return (
             (runs, every_shard)
@@ -720,5 +721,5 @@ class WriteTFRecordLists(beam.PTransform):
                     self._prefix, self._suffix, self._work_dir, self._max_open, self._checksum_dir
                 ),
                 num_shards,
-            )
+            ).with_output_types(str)
         )

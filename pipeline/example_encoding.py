@@ -22,14 +22,47 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+TABLE_LIMIT = 1 << 20
+"""Values below this are written by copying their varints from a table of every value up to
+a power of two above the largest (built once a process and size); larger ones, and negative
+ids (ten bytes each), byte by byte."""
+_tables: dict[int, pa.LargeBinaryArray] = {}
+
 
 def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The varints of uint64 values, concatenated, and the byte length of each."""
     if not len(values):
         return np.zeros(0, np.uint8), np.zeros(0, np.int64)
-    width = max(1, (int(values.max()).bit_length() + 6) // 7)
-    if width == 1:  # every value below 128: one byte each, the value itself
+    largest = int(values.max())
+    if largest < 128:  # one byte each, the value itself
         return values.astype(np.uint8), np.ones(len(values), np.int64)
+    if largest < TABLE_LIMIT:
+        return _varints_from_table(values, largest)
+    return _varints_bytewise(values, largest)
+
+
+def _varints_from_table(values: np.ndarray, largest: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_varints` by gathering each value's bytes from a table of every value's varint
+    (pyarrow's `take` over a binary array): a copy a value instead of a pass a byte."""
+    size = 1 << largest.bit_length()
+    table = _tables.get(size)
+    if table is None:
+        data, lengths = _varints_bytewise(np.arange(size, dtype=np.uint64), size - 1)
+        offsets = np.zeros(size + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        table = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), size, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+        _tables[size] = table
+    taken = pc.take(table, pa.array(values.view(np.int64)))
+    offsets = np.frombuffer(taken.buffers()[1], np.int64, len(values) + 1, taken.offset * 8)
+    data = np.frombuffer(taken.buffers()[2], np.uint8, int(offsets[-1] - offsets[0]), offsets[0])
+    return data, np.diff(offsets)
+
+
+def _varints_bytewise(values: np.ndarray, largest: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_varints` a byte position at a time, for any uint64 values."""
+    width = max(1, (largest.bit_length() + 6) // 7)
     lengths = np.ones(len(values), np.int64)
     for k in range(1, width):
         lengths += values >= np.uint64(1 << (7 * k))

@@ -128,3 +128,31 @@ def test_a_few_long_rows_among_short_ones_match_the_reference():
         }
     )
     assert example_encoding.encode(batch) == _reference(batch)
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value >> 7 else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "high", [128, 16_384, 2_000_000, example_encoding.TABLE_LIMIT, 2**40, None]
+)
+def test_varints_from_the_table_and_byte_by_byte_are_the_reference(high):
+    # Below TABLE_LIMIT the varints are copied from a table of every value; above it (and for
+    # negative ids) they are written a byte position at a time. Both give protobuf's bytes.
+    rng = np.random.default_rng(high or 0)
+    if high is None:
+        values = np.array([-1, 0, 127, 128, -(2**63), 2**63 - 1], np.int64)
+    else:
+        values = rng.integers(0, high, 5_000, dtype=np.int64)
+        values[:3] = [0, 127, high - 1]
+    data, lengths = example_encoding._varints(values.view(np.uint64))
+    expected = [_varint(int(v)) for v in values]
+    assert bytes(data) == b"".join(expected)
+    assert lengths.tolist() == [len(e) for e in expected]

@@ -17,12 +17,14 @@ def run_main(main: Callable[[], int]) -> None:
     Once TensorFlow is loaded, the interpreter's shutdown takes about a second (it collects
     every module and TensorFlow object one by one) and, after a failure, prints a dozen
     `Exception ignored in: AtomicFunction.__del__` tracebacks after the error line. The
-    command has nothing left to clean up when `main` returns (its `finally` blocks have run),
-    so the exit handlers run (logging's flush, TensorFlow's removal of its temporary files),
-    the streams are flushed, and the process ends without that shutdown, whether it
-    succeeded or not. A bug keeps its traceback, then ends the same way. Ctrl-C and SIGTERM
-    (what `timeout`, schedulers and Kubernetes send) stop the command alike: its cleanup runs
-    (a pipeline run deletes its staging folder), then one line, and exit code 130.
+    command has nothing left to clean up when `main` returns (its `finally` blocks have run):
+    the streams are flushed and the process ends without that shutdown. After a success the
+    exit handlers run first (logging's flush, TensorFlow's removal of its temporary files);
+    after a failure or a stop only logging's flush, so that nothing can hang or print after
+    the command's last line. A bug keeps its traceback, then ends the same way. Ctrl-C and
+    SIGTERM (what `timeout`, schedulers and Kubernetes send) stop the command alike: its
+    cleanup runs (a pipeline run deletes its staging folder), then one line, and exit code
+    130.
     """
     handle_stops()
     try:
@@ -41,10 +43,11 @@ def run_main(main: Callable[[], int]) -> None:
 
 
 def _exit_now(code: int) -> None:
-    """Ends the process with `code` after its exit handlers, skipping the interpreter's
-    shutdown (see `run_main`)."""
+    """Ends the process with `code`, skipping the interpreter's shutdown; after a success,
+    after the exit handlers (see `run_main`)."""
     try:
-        atexit._run_exitfuncs()  # logging.shutdown among them
+        if code == 0:
+            atexit._run_exitfuncs()  # logging.shutdown among them
     finally:
         logging.shutdown()
         sys.stdout.flush()

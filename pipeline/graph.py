@@ -4,10 +4,11 @@ Read blocks of raw records -> decode them into Arrow record batches (train, vali
 rejected) -> measure (exact length histograms, token frequencies, moments, the eval split's
 skew from train) -> the transform graph, whose vocabulary files and z-score moments come from
 those exact counts (tf.Transform's analysis reads no rows); the decoded batches, kept on disk
-meanwhile (pipeline/spill.py) -> transform with that transform_fn -> tf.Examples ->
-TFRecords. Beam elements are blocks and record batches, never single rows; a
-row is parsed on its own in Python only when a vectorized check refused its block (see
-pipeline/batches.py).
+meanwhile (pipeline/spill.py) -> ids and z-scores, column-wise with the transform graph's
+own vocabulary tables and checked against the graph (pipeline/transform.py) -> tf.Examples ->
+TFRecords. The run's global counts are one combine (pipeline/keyed_results.py). Beam
+elements are blocks and record batches, never single rows; a row is parsed on its own in
+Python only when a vectorized check refused its block (see pipeline/batches.py).
 """
 
 from __future__ import annotations

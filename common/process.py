@@ -59,14 +59,45 @@ INTERRUPTED = 130
 """The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells use)."""
 
 
+_stop: list[int] = []
+"""The signals that asked the command to stop, in the order they came."""
+
+
 def _interrupt(signum, frame) -> None:
+    _stop.append(signum)
     raise KeyboardInterrupt
 
 
+def _unraisable(unraisable) -> None:
+    """Python ignores an exception raised in a finalizer (`__del__`) and prints it: a stop
+    whose KeyboardInterrupt lands in one (TensorFlow's `AtomicFunction.__del__` runs often)
+    would be lost, and the run go on to commit. The stop is remembered (`stop_requested`),
+    so it is silent here; the command stops at its next `raise_if_stopped`."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _stop:
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def handle_stops() -> None:
-    """SIGTERM stops the command as Ctrl-C does. Called first thing, before the seconds of
+    """SIGTERM stops the command as Ctrl-C does, and both are remembered even where their
+    KeyboardInterrupt is lost (see `_unraisable`). Called first thing, before the seconds of
     imports, and again by `run_main`."""
     signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+    sys.unraisablehook = _unraisable
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C or SIGTERM asked this process to stop."""
+    return bool(_stop)
+
+
+def raise_if_stopped() -> None:
+    """Raises KeyboardInterrupt if a stop was asked, even one whose KeyboardInterrupt a
+    finalizer swallowed: long loops call it each block, and a run calls it before it commits."""
+    if _stop:
+        raise KeyboardInterrupt
 
 
 def exit_interrupted() -> None:

@@ -51,7 +51,7 @@ import threading
 import time
 import uuid
 
-from common import artifacts, storage
+from common import artifacts, process, storage
 from pipeline.input_files import InputError
 
 LOG = logging.getLogger("pipeline")
@@ -356,6 +356,8 @@ def commit(run: Run, overwrite: bool) -> artifacts.Manifest:
         # Again: files may have been added while the run ran.
         replaced = _check_replaceable(output, [])
     with _stops_held():
+        # A stop asked before the window, even one a finalizer swallowed: nothing replaced.
+        process.raise_if_stopped()
         manifest = _replace(run, output, files, crc32c, replaced, rename)
     LOG.info("Committed run %s as %s (%d files)", run.run_id, output, len(files))
     return manifest

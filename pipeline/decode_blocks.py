@@ -16,6 +16,7 @@ from typing import Any
 import apache_beam as beam
 
 from common.config import Config
+from common.process import raise_if_stopped
 from common.progress import Progress
 from pipeline import decode
 
@@ -74,6 +75,7 @@ class DecodeBlocks(beam.DoFn):
         )
 
     def process(self, element):
+        raise_if_stopped()  # a stop whose KeyboardInterrupt a finalizer swallowed
         source, records = element
         self._seen += len(records)
         self._progress.update(self._seen, f"now {source}")

@@ -29,6 +29,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from common import storage
+from common.process import raise_if_stopped
 from common.progress import Progress
 from pipeline import record_batch_coder  # noqa: F401 (Beam's coder of the batches read back)
 
@@ -115,6 +116,7 @@ class _ReadSpilled(beam.DoFn):
 
     def process(self, path: str):
         for batch in read_spilled(path, self._batch_size):
+            raise_if_stopped()  # a stop whose KeyboardInterrupt a finalizer swallowed
             yield batch
             self._rows += batch.num_rows
             self._progress.update(self._rows)

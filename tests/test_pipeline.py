@@ -473,6 +473,20 @@ def test_the_manifest_of_a_real_run_records_each_files_crc32c(rows, tmp_path):
         assert storage.crc32c(os.path.join(output, relative)) == checksum, relative
 
 
+def test_a_stop_whose_interrupt_was_swallowed_commits_nothing(rows, tmp_path, monkeypatch):
+    # A SIGTERM whose KeyboardInterrupt landed in a finalizer (Python ignores it there) is
+    # still remembered; the run stops at its next block and commits nothing.
+    from common import process
+
+    data = tmp_path / "clicks.csv"
+    generate.write_csv(str(data), rows)
+    monkeypatch.setattr(process, "_stop", [signal.SIGTERM])
+    with pytest.raises(BaseException) as stopped:
+        _run(tmp_path, "out", "csv", [str(data)])
+    assert process.is_interrupt(stopped.value)
+    assert not glob.glob(str(tmp_path / "out*"))  # nothing committed, no staging left
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_run_stopped_by_a_signal_says_so_in_one_line_and_leaves_nothing(tmp_path, signum):
     # SIGTERM is what `timeout`, schedulers and Kubernetes send: it stops a run as Ctrl-C

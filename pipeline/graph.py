@@ -36,6 +36,12 @@ MEASUREMENTS = "measurements.json"
 WRITTEN = "written.json"
 """In the work directory: the number of examples the transforming pass wrote, per split."""
 DEFAULT_BATCH_SIZE = 8192
+_SPLIT_ROWS = [
+    ("Train", decode.TRAIN, "train_rows"),
+    ("Validation", decode.VALIDATION, "validation"),
+    ("Eval", decode.EVAL, "eval"),
+]
+"""(step label, split, key in the measurements) of each split's row count."""
 
 
 def _write_json(value: Any, path: str) -> None:
@@ -187,11 +193,7 @@ def build(
             | "TagEvalSkew" >> beam.Map(lambda s: ("eval_skew", s)),
             *(
                 rows[split] | f"Tag{name}Rows" >> beam.Map(lambda b, k: (k, b.num_rows), key)
-                for name, split, key in [
-                    ("Train", decode.TRAIN, "train_rows"),
-                    ("Validation", decode.VALIDATION, "validation"),
-                    ("Eval", decode.EVAL, "eval"),
-                ]
+                for name, split, key in _SPLIT_ROWS
             ),
         ]
         | "FlattenMeasurements" >> beam.Flatten()
@@ -221,11 +223,7 @@ def build(
     # pass waits on the analysis of the first pass anyway).
     first_pass_rows = {
         split: measured | f"{name}Rows" >> beam.Map(lambda m, k: m[k], key)
-        for name, split, key in [
-            ("Train", decode.TRAIN, "train_rows"),
-            ("Validation", decode.VALIDATION, "validation"),
-            ("Eval", decode.EVAL, "eval"),
-        ]
+        for name, split, key in _SPLIT_ROWS
     }
     written = []
     for name, batches in transformed.items():

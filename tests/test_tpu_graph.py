@@ -614,24 +614,9 @@ def _one_cpu_step(
 ):
     """One CPU training step of the model_fn at `global_step`; returns the table named `table`
     before and after, and its gradient in that step (as a dense array)."""
-    plan = _small_plan()
     graph = tf.Graph()
     with graph.as_default():
-        tf.compat.v1.set_random_seed(1)
-        features = {}
-        for name in plan.features:
-            features[name] = tf.sparse.from_dense(tf.constant(IDS, tf.int64))
-        for name in bias_features(plan):
-            features[bias_feature(name)] = features[name]
-        for name in plan.numeric_features:
-            features[name] = tf.constant([0.5, -1.0])
-        step = tf.compat.v1.train.create_global_step()
-        spec = create_model_fn(
-            plan,
-            optimizer=optimizer,
-            embedding=embedding,
-            bias_learning_rate_fn=bias_learning_rate_fn,
-        )(features, tf.constant([1.0, 0.0]), tf.estimator.ModeKeys.TRAIN, {}, None)
+        step, spec = _cpu_train_spec(embedding, optimizer, bias_learning_rate_fn)
         variable = next(v for v in tf.compat.v1.trainable_variables() if v.op.name == table)
         gradient = tf.convert_to_tensor(tf.gradients(spec.loss, variable)[0])
         with tf.compat.v1.Session() as session:
@@ -642,6 +627,63 @@ def _one_cpu_step(
             after = session.run(variable)
             names = sorted(v.op.name for v in tf.compat.v1.global_variables())
     return before, grad, after, names
+
+
+def _cpu_train_spec(embedding: EmbeddingConfig, optimizer: str, bias_learning_rate_fn=None):
+    """The global step and the TRAIN spec of the small plan's CPU model_fn, in the default
+    graph."""
+    plan = _small_plan()
+    tf.compat.v1.set_random_seed(1)
+    features = {}
+    for name in plan.features:
+        features[name] = tf.sparse.from_dense(tf.constant(IDS, tf.int64))
+    for name in bias_features(plan):
+        features[bias_feature(name)] = features[name]
+    for name in plan.numeric_features:
+        features[name] = tf.constant([0.5, -1.0])
+    step = tf.compat.v1.train.create_global_step()
+    spec = create_model_fn(
+        plan,
+        optimizer=optimizer,
+        embedding=embedding,
+        bias_learning_rate_fn=bias_learning_rate_fn,
+    )(features, tf.constant([1.0, 0.0]), tf.estimator.ModeKeys.TRAIN, {}, None)
+    return step, spec
+
+
+def _before(op) -> set:
+    """The ops `op` waits for: its inputs' and control inputs' ops, transitively."""
+    seen, todo = set(), [op]
+    while todo:
+        current = todo.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_cpu_moves_the_step_on_after_every_read_of_it(optimizer):
+    """Every read of the global step in the train op (the bias tables' decaying rate) comes
+    before its increment, and so does every update. An increment free to run beside the table
+    updates gave the bias tables this step's rate or the next one's by thread timing: the same
+    seed trained a slightly different model now and then."""
+    graph = tf.Graph()
+    with graph.as_default():
+        step, spec = _cpu_train_spec(
+            EmbeddingConfig(optimizer="sgd", learning_rate=0.5),
+            optimizer,
+            cosine_decay(0.5, total_steps=10),
+        )
+    ops = _before(spec.train_op) | {spec.train_op}
+    on_step = [op for op in ops if op.inputs and op.inputs[0].op == step.handle.op]
+    (increment,) = [op for op in on_step if op.type == "AssignAddVariableOp"]
+    first = _before(increment)
+    reads = [op for op in on_step if op.type == "ReadVariableOp"]
+    assert reads and all(op in first for op in reads)
+    updates = [op for op in ops if op.type.startswith(("ResourceApply", "ResourceSparseApply"))]
+    assert len(updates) >= 3 and all(op in first for op in updates)
 
 
 def test_cpu_trains_the_tables_with_the_embedding_optimizer_rate_and_clipping():

@@ -299,7 +299,7 @@ def _train_on_cpu(
     grads = dense_opt.compute_gradients(loss)
     table_grads = [(_looked_up_rows(g), v) for g, v in grads if v.ref() in table_refs]
     dense_grads = [(g, v) for g, v in grads if v.ref() not in table_refs]
-    updates = [dense_opt.apply_gradients(dense_grads, global_step=global_step)]
+    updates = [dense_opt.apply_gradients(dense_grads)]
     groups = [
         ([(g, v) for g, v in table_grads if v.ref() not in bias_tables], None),
         ([(g, v) for g, v in table_grads if v.ref() in bias_tables], bias_rate),
@@ -311,7 +311,11 @@ def _train_on_cpu(
         with tf.control_dependencies([update_tables]):
             clips = clip_updated_rows(group, embedding)
         updates.append(tf.group(update_tables, *clips))
-    return tf.group(*updates)
+    # The step moves on after every update: the bias rate reads the step, and an increment
+    # free to run beside the table updates made it this step's rate or the next one's by
+    # thread timing, so the same seed trained a slightly different model now and then.
+    with tf.control_dependencies(updates):
+        return tf.compat.v1.assign_add(global_step, 1).op
 
 
 def _looked_up_rows(grad):

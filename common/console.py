@@ -149,10 +149,16 @@ def import_tensorflow(verbose: bool) -> None:
     Called by a command after its flags are parsed (so that --help and --version never load
     TensorFlow), before the first library that imports it.
     """
-    if verbose or "tensorflow" in sys.modules:
+    from common.process import imports_without_gc
+
+    if "tensorflow" in sys.modules:
         return
-    with _native_stderr_without(NATIVE_IMPORT_NOISE):
-        import tensorflow  # noqa: F401
+    with imports_without_gc():
+        if verbose:
+            import tensorflow  # noqa: F401
+        else:
+            with _native_stderr_without(NATIVE_IMPORT_NOISE):
+                import tensorflow  # noqa: F401
 
 
 def wants_verbose(argv: Sequence[str] | None) -> bool:

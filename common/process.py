@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def imports_without_gc() -> Iterator[None]:
+    """Imports with Python's cyclic garbage collector paused, then what they built frozen.
+
+    TensorFlow, tf.Transform and Beam leave a few million objects behind on import, and each
+    full collection walks all of them again: in a 1,000-row pipeline run, seven of them took
+    0.8 s, most during the imports themselves. Imports make little cyclic garbage. After the
+    block, its objects go to the collector's permanent generation (`gc.freeze`), which later
+    collections skip, and the collector runs as before (or stays off if it was).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def run_main(main: Callable[[], int]) -> None:

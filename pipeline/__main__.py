@@ -8,7 +8,8 @@ console.start()
 process.handle_stops()
 
 try:
-    from pipeline.run import main
+    with process.imports_without_gc():
+        from pipeline.run import main
 except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the imports
     process.exit_interrupted()
 

@@ -44,7 +44,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from common import artifacts, console, environments, statistics
+from common import artifacts, console, environments, process, statistics
 from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, feature_statistics, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
@@ -327,10 +327,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dry_run = bool(options.view_as(TestOptions).dry_run)
     this_run = None if dry_run else commit.begin(output, args.overwrite, [f.path for f in files])
 
-    import tensorflow_transform as tft
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+    with process.imports_without_gc():
+        import tensorflow_transform as tft
+        import tensorflow_transform.beam  # noqa: F401  (for the graph)
+        from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-    from pipeline import features
+        from pipeline import features
 
     build_args = {
         "batch_size": args.batch_size,

@@ -46,3 +46,44 @@ def test_a_stop_swallowed_by_a_finalizer_still_stops_the_command():
     assert "went on" not in out
     assert "Exception ignored" not in err and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "interrupted: stopped before the end"
+
+
+IMPORTS = """
+import gc, sys
+from common import process
+
+class Cycle:
+    pass
+
+def cycle():
+    a = Cycle()
+    a.me = a
+    return a
+
+before = gc.get_freeze_count()
+gc.{state}()
+with process.imports_without_gc():
+    inside = gc.isenabled()
+    kept = cycle()
+    import json  # an import in the block
+frozen = gc.get_freeze_count() - before
+print(inside, gc.isenabled(), frozen >= 1)
+del kept
+print(gc.collect() == 0)  # the frozen cycle is not collected
+unfrozen = cycle()
+del unfrozen
+print(gc.collect() >= 1)  # a later cycle is
+"""
+
+
+def test_imports_pause_the_collector_freeze_what_they_built_and_restore_it():
+    for state, enabled in (("enable", "True"), ("disable", "False")):
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORTS.format(state=state)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=True,
+        )
+        assert done.stdout.split() == ["False", enabled, "True", "True", "True"], done.stdout

@@ -85,7 +85,10 @@ def truncation(histogram: Mapping[Any, int], length: int) -> dict[str, float]:
 
 
 def vocabulary_summary(
-    frequency_counts: Iterable[tuple[int, int]], top_k: int, frequency_threshold: int
+    frequency_counts: Iterable[tuple[int, int]],
+    top_k: int,
+    frequency_threshold: int,
+    unstorable: Sequence[int] = (0, 0),
 ) -> dict[str, Any]:
     """Vocabulary figures from the frequency of frequencies.
 
@@ -94,18 +97,23 @@ def vocabulary_summary(
     out-of-vocabulary share exactly.
 
     Args:
-      frequency_counts: (frequency, number of distinct values seen that often) pairs.
+      frequency_counts: (frequency, number of distinct values seen that often) pairs, of the
+        values a vocabulary file can hold.
       top_k: the vocabulary keeps at most this many values, the most frequent.
       frequency_threshold: values seen fewer times are left out.
+      unstorable: (tokens, distinct values) of the values no vocabulary file can hold (empty,
+        or holding a line break): out of the vocabulary however often they are seen.
 
     Returns:
       distinct_values, tokens, expected_size (entries after top_k and threshold),
-      in_vocabulary_tokens, oov_rate, and coverage: the share of tokens covered by the top k
-      values, for k at powers of two (the coverage curve of the report).
+      in_vocabulary_tokens, oov_rate, and coverage: the share of all tokens covered by the
+      top k values a vocabulary can hold, for k at powers of two (the coverage curve of the
+      report) and at their number.
     """
     pairs = sorted(((int(f), int(n)) for f, n in frequency_counts if n), key=lambda p: -p[0])
-    distinct = sum(n for _, n in pairs)
-    tokens = sum(f * n for f, n in pairs)
+    storable = sum(n for _, n in pairs)
+    distinct = storable + int(unstorable[1])
+    tokens = sum(f * n for f, n in pairs) + int(unstorable[0])
     size = kept_tokens = 0
     for frequency, n in pairs:
         if frequency < frequency_threshold or size >= top_k:
@@ -121,8 +129,8 @@ def vocabulary_summary(
             k *= 2
         ranked += n
         covered += frequency * n
-    if distinct:
-        coverage[str(distinct)] = 1.0
+    if storable:
+        coverage[str(storable)] = covered / tokens
     return {
         "distinct_values": distinct,
         "tokens": tokens,

@@ -55,12 +55,6 @@ class Measurements:
     moments: beam.PCollection
 
 
-def in_text_file(token: bytes) -> bool:
-    """Whether `tft.vocabulary` keeps a token in a text vocabulary file: it drops the empty
-    token and any token holding a line break, which a line of the file cannot hold."""
-    return bool(token) and b"\n" not in token and b"\r" not in token
-
-
 def vocabulary_lines(entries: list[tuple[int, bytes]]) -> bytes:
     """The text file of a vocabulary: one token a line, as the (count, token) `entries` are
     ordered; tf.Transform's one placeholder entry when there are none."""
@@ -87,7 +81,7 @@ def _batch_token_counts(batch):
 
 def _kept(kv, frequency_threshold: int) -> bool:
     token, count = kv
-    return count >= frequency_threshold and in_text_file(token)
+    return count >= frequency_threshold and measure.in_text_file(token)
 
 
 def _write_vocabulary(entries, path: str) -> np.ndarray:
@@ -100,10 +94,10 @@ class VocabularyFile(tft_beam_experimental.PTransformAnalyzer):
     """Writes one vocabulary's file into tf.Transform's temporary directory; outputs its path.
 
     The entries are those of `tft.vocabulary(top_k=..., frequency_threshold=...)` on the same
-    tokens: tokens seen at least `frequency_threshold` times that a text file can hold (see
-    `in_text_file`), by count descending and, among equal counts, by token descending (bytes),
-    the first `top_k` of them. `Top.Of` keeps at most `top_k` of them on a worker at a time,
-    as tf.Transform does.
+    tokens: tokens seen at least `frequency_threshold` times that a text file can hold
+    (`measure.in_text_file`), by count descending and, among equal counts, by token
+    descending (bytes), the first `top_k` of them. `Top.Of` keeps at most `top_k` of them on
+    a worker at a time, as tf.Transform does.
 
     Args:
       vocabulary: the vocabulary's name.

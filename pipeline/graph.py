@@ -183,6 +183,8 @@ def build(
             | "TagReasons" >> beam.Map(lambda r: ("reasons", decode.reason_kind(r["reason"]))),
             measured_train | "TagTrain" >> beam.Map(lambda m: ("train", m)),
             counted["frequencies"] | "TagFrequencies" >> beam.Map(lambda f: ("frequencies", f)),
+            counted[measure.UNSTORABLE]
+            | "TagUnstorable" >> beam.Map(lambda u: (measure.UNSTORABLE, u)),
             counted["overlaps"] | "TagOverlaps" >> beam.Map(lambda o: ("overlaps", o)),
             eval_
             | "MeasureEval"
@@ -206,6 +208,7 @@ def build(
                     "reasons": keyed_results.Tally(),
                     "train": keyed_results.Only(),
                     "frequencies": keyed_results.Listed(),
+                    measure.UNSTORABLE: keyed_results.Listed(),
                     "overlaps": keyed_results.Listed(),
                     "eval_measured": keyed_results.Only(),
                     "eval_skew": keyed_results.Listed(),

@@ -116,6 +116,13 @@ class MeasureBatches(beam.CombineFn):
         }
 
 
+def in_text_file(token: bytes) -> bool:
+    """Whether `tft.vocabulary` keeps a token in a text vocabulary file: it drops the empty
+    token and any token holding a line break, which a line of the file cannot hold. Such a
+    token is out of the vocabulary however often it is seen."""
+    return bool(token) and b"\n" not in token and b"\r" not in token
+
+
 def _distinct_counts(values: pa.Array) -> Iterator[tuple[bytes, int]]:
     """(token, count) for every distinct value of an array (nothing for an empty one)."""
     if len(values) == 0:
@@ -169,11 +176,30 @@ def _sum_tuples(tuples):
     return tuple(sum(column) for column in zip(*tuples, strict=True)) if tuples else ()
 
 
+def _frequencies(vocabulary: str, triples):
+    """(vocabulary, [(frequency, values seen that often, whether a vocabulary file can hold
+    them), ...]) -> (vocabulary, sorted [(frequency, values), ...]) of the values it can
+    hold; the tokens and values of the others to the UNSTORABLE output."""
+    pairs = sorted((f, n) for f, n, storable in triples if storable)
+    others = [(f, n) for f, n, storable in triples if not storable]
+    if others:
+        tokens, values = sum(f * n for f, n in others), sum(n for _, n in others)
+        yield beam.pvalue.TaggedOutput(UNSTORABLE, (vocabulary, [tokens, values]))
+    yield vocabulary, pairs
+
+
+UNSTORABLE = "unstorable"
+
+
 class CountFrequencies(beam.PTransform):
     """Record batches -> per vocabulary the frequency of frequencies, and value overlaps.
 
     Outputs a dict of PCollections:
-      frequencies: (vocabulary, [(frequency, distinct values seen that often), ...]).
+      frequencies: (vocabulary, [(frequency, distinct values seen that often), ...]), of the
+        values a vocabulary file can hold (`in_text_file`).
+      unstorable: (vocabulary, [tokens, distinct values]) of the values no vocabulary file
+        can hold (empty, or holding a line break): always out of the vocabulary. Only for a
+        vocabulary that has some.
       overlaps: ((vocabulary a, vocabulary b), [the OVERLAP_FIELDS sums over the values both
         hold]).
       per_token: ((vocabulary, token), count), every distinct token.
@@ -191,11 +217,13 @@ class CountFrequencies(beam.PTransform):
         )
         frequencies = (
             per_token
-            | "KeyByFrequency" >> beam.Map(lambda kv: ((kv[0][0], kv[1]), 1))
+            | "KeyByFrequency"
+            >> beam.Map(lambda kv: ((kv[0][0], kv[1], in_text_file(kv[0][1])), 1))
             | "CountPerFrequency" >> beam.CombinePerKey(sum)
-            | "KeyByVocabulary" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+            | "KeyByVocabulary" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1], kv[0][2])))
             | "GroupFrequencies" >> beam.GroupByKey()
-            | "SortFrequencies" >> beam.MapTuple(lambda vocab, pairs: (vocab, sorted(pairs)))
+            | "SortFrequencies"
+            >> beam.FlatMapTuple(_frequencies).with_outputs(UNSTORABLE, main="frequencies")
         )
         if len(self._config.vocabularies()) < 2:
             overlaps = batches.pipeline | "NoOverlaps" >> beam.Create([])
@@ -208,7 +236,12 @@ class CountFrequencies(beam.PTransform):
                 | "SumShared" >> beam.CombinePerKey(_sum_tuples)
                 | "ListSums" >> beam.MapTuple(lambda pair, sums: (pair, list(sums)))
             )
-        return {"frequencies": frequencies, "overlaps": overlaps, "per_token": per_token}
+        return {
+            "frequencies": frequencies.frequencies,
+            UNSTORABLE: frequencies[UNSTORABLE],
+            "overlaps": overlaps,
+            "per_token": per_token,
+        }
 
 
 def feature_token_counts(
@@ -225,14 +258,12 @@ def feature_token_counts(
 def _unseen(joined, thresholds: dict[str, int]):
     """((vocabulary, token), {"train": [count], "eval": [(feature, count), ...]}) ->
     ((vocabulary, feature), (eval tokens, of them unseen in training, of them seen fewer
-    than the vocabulary's frequency_threshold times))."""
-    (vocabulary, _), grouped = joined
+    than the vocabulary's frequency_threshold times or that no vocabulary file can hold))."""
+    (vocabulary, token), grouped = joined
     train = sum(grouped["train"])
+    out = train < thresholds[vocabulary] or not in_text_file(token)
     for feature, count in grouped["eval"]:
-        yield (
-            (vocabulary, feature),
-            (count, count if train == 0 else 0, count if train < thresholds[vocabulary] else 0),
-        )
+        yield (vocabulary, feature), (count, count if train == 0 else 0, count if out else 0)
 
 
 class MeasureEvalSkew(beam.PTransform):

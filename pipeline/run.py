@@ -57,6 +57,7 @@ from pipeline.input_checks import (
 )
 from pipeline.input_files import InputError
 from pipeline.local_runner import default_runner
+from pipeline.measure import UNSTORABLE
 from pipeline.options import Options
 from pipeline.signatures import cache_signatures
 
@@ -79,6 +80,7 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
     """stats.json from the pipeline's measurements and the written vocabulary sizes."""
     train = measured["train"]
     frequencies = dict(measured["frequencies"])
+    unstorable = dict(measured.get(UNSTORABLE, []))
     stats: dict[str, Any] = {
         "rows": {
             "read": measured["read"],
@@ -98,10 +100,14 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
     for vocabulary, names in config.vocabularies().items():
         settings = config.vocabulary_config(vocabulary)
         summary = statistics.vocabulary_summary(
-            frequencies.get(vocabulary, []), settings.top_k, settings.frequency_threshold
+            frequencies.get(vocabulary, []),
+            settings.top_k,
+            settings.frequency_threshold,
+            unstorable.get(vocabulary, (0, 0)),
         )
         size = vocabulary_sizes[vocabulary]
-        if size != summary["expected_size"]:
+        # An empty vocabulary's file holds tf.Transform's one placeholder entry.
+        if size != max(summary["expected_size"], 1):
             LOG.warning(
                 "vocabulary %s: tf.Transform wrote %d entries, the frequency counts expect %d",
                 vocabulary,

@@ -222,4 +222,4 @@ def test_the_empty_vocabulary_entry_is_tf_transforms():
     [(b"a", True), ("日本".encode(), True), (b"", False), (b"a\nb", False), (b"\r", False)],
 )
 def test_a_text_vocabulary_holds_no_empty_token_and_no_line_break(token, kept):
-    assert analyzers.in_text_file(token) is kept
+    assert measure.in_text_file(token) is kept

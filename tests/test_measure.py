@@ -62,6 +62,25 @@ def test_frequencies_and_overlaps():
         )
 
 
+def test_values_no_vocabulary_file_holds_are_counted_apart():
+    # items: a x2, "x\ny" x3 (one value seen 3 times), "\r" x1; tags: nothing odd.
+    schema = features.tensor_adapter_config(CONFIG).arrow_schema
+    rows = [
+        {"u": [b"u1"], "item": [b"a"], "history": [b"x\ny", b"a", b"\r"], "tags": [b"t"]},
+        {"u": [b"u2"], "item": [b"x\ny"], "history": [b"x\ny"], "tags": [b"t"]},
+    ]
+    rows = [{**row, "price": [1.0], "y": [0.0]} for row in rows]
+    with TestPipeline() as p:
+        counted = p | beam.Create([to_record_batch(rows, schema)]) | CountFrequencies(CONFIG)
+        assert_that(
+            counted["frequencies"],
+            equal_to([("items", [(2, 1)]), ("tags", [(2, 1)])]),
+            label="CheckFrequencies",
+        )
+        # 4 tokens of 2 values, for items only.
+        assert_that(counted["unstorable"], equal_to([("items", [4, 2])]), label="CheckApart")
+
+
 def test_lengths_rows_and_numeric_moments():
     with TestPipeline() as p:
         measured = p | beam.Create(BATCHES) | beam.CombineGlobally(MeasureBatches(CONFIG))

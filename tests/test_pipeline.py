@@ -108,6 +108,53 @@ def test_every_format_gives_the_same_measurements(rows, tmp_path):
     assert set(_vocabularies(csv_output)) == {"items", "device", "region"}
 
 
+def _out_of_vocabulary(output, split, features, size):
+    """(ids, ids out of the vocabulary) of `features` in a split's written tf.Examples."""
+    ids = out = 0
+    for example in _examples(output, split):
+        values = json.loads(example)
+        for name in features:
+            ids += len(values[name])
+            out += sum(1 for v in values[name] if not 0 <= v < size)
+    return ids, out
+
+
+def test_stats_count_the_values_no_vocabulary_file_holds_as_out_of_vocabulary(rows, tmp_path):
+    """A value holding a line break (JSONL, Parquet or TFRecord can carry one) is never in a
+    vocabulary file: however often it is seen, its tokens are OOV in the written examples,
+    and stats.json's out-of-vocabulary figures say so."""
+    import pyarrow.parquet as pq
+
+    odd = ["line\nbreak", "carriage\rreturn"]
+    records = []
+    for i, row in enumerate(rows):
+        record = dict(zip(generate.HEADER, row, strict=True))
+        record["history"] = record["history"].split()
+        record["price"] = float(record["price"])
+        if i % 3 == 0:
+            record["item_id"] = odd[i % 2]
+        if i % 4 == 0:
+            record["history"].append(odd[i % 8 // 4])
+        records.append(record)
+    path = tmp_path / "in" / "odd.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(records), str(path))
+    output, stats = _run(tmp_path, "out", "parquet", [str(path)])
+    assert stats["rows"]["rejected"] == 0
+    items = stats["vocabularies"]["items"]
+    assert b"break" not in _vocabularies(output)["items"]
+    ids, out = _out_of_vocabulary(output, "train", ["item_id", "history"], items["size"])
+    assert ids == items["tokens"] and out >= 100
+    assert items["oov_rate"] == out / ids
+    assert items["coverage"][str(items["size"])] == (ids - out) / ids
+    ids, out = _out_of_vocabulary(output, "eval", ["item_id", "history"], items["size"])
+    assert ids == items["eval_tokens"] and out > 0
+    assert items["eval_oov_rate"] == out / ids  # top_k cuts nothing here: the bound is exact
+    for name in ("item_id", "history"):
+        ids, out = _out_of_vocabulary(output, "eval", [name], items["size"])
+        assert stats["eval_skew"]["features"][name]["oov_rate"] == out / ids, name
+
+
 BAD_LINES = {
     "u1,i1,i2 i3,mobile,r1,9.5,1": None,  # good
     "u2,i1,,mobile,r1,9.5,0": None,  # good: an empty history

@@ -71,6 +71,19 @@ def test_vocabulary_summary_top_k_and_threshold():
     assert top2["coverage"]["6"] == 1.0
 
 
+def test_vocabulary_summary_counts_values_no_file_holds_as_out_of_vocabulary():
+    # Storable: one value seen 10 times, three seen once; 6 tokens of 2 values no vocabulary
+    # file can hold, one of them the most frequent value of all.
+    summary = vocabulary_summary([(10, 1), (1, 3)], 100, 1, unstorable=(6, 2))
+    assert summary["distinct_values"] == 6
+    assert summary["tokens"] == 19
+    assert summary["expected_size"] == 4
+    assert summary["in_vocabulary_tokens"] == 13
+    assert summary["oov_rate"] == pytest.approx(6 / 19)
+    assert summary["coverage"] == {"1": 10 / 19, "2": 11 / 19, "4": 13 / 19}
+    assert vocabulary_summary([], 100, 1, unstorable=(3, 1))["oov_rate"] == 1.0
+
+
 def test_numeric_summary():
     scale = 2**SUM_SCALE_BITS
     summary = numeric_summary(4, 10 * scale, 30 * scale**2, 1.0, 4.0)  # values 1, 2, 3, 4

@@ -29,8 +29,8 @@ STAGES = (
     "graph construction and tracing the preprocessing_fn",
     "reading and decoding",
     "measuring",
-    "tf.Transform analysis",
-    "tf.Transform saved models (tracing, writing)",
+    "vocabulary files",
+    "transform graph (tracing, writing)",
     "decoded rows kept between the passes (Arrow IPC: write, read back)",
     "transforming",
     "tf.Example encoding",
@@ -50,10 +50,10 @@ def stage_of(step: str) -> str:
         return "decoded rows kept between the passes (Arrow IPC: write, read back)"
     if top in ("ReadRaw", "Decode"):
         return "reading and decoding"
-    if top == "WriteTransformFn" or "CreateSavedModel" in step:
-        return "tf.Transform saved models (tracing, writing)"
-    if top == "Analyze":
-        return "tf.Transform analysis"
+    if top == "WriteTransformGraph":
+        return "transform graph (tracing, writing)"
+    if top.startswith(("Select[", "Vocabulary[", "Name[", "VocabularyPaths")):
+        return "vocabulary files"
     if top.startswith("Transform"):
         return "transforming"
     if top.startswith("Encode"):

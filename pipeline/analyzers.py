@@ -1,17 +1,17 @@
-"""tf.Transform's analysis results, taken from the pipeline's own exact measurements.
+"""The analysis results, taken from the pipeline's own exact measurements.
 
 The first pass counts every token of each vocabulary and sums every numeric column exactly
 (pipeline/measure.py). tf.Transform's own analyzers (`tft.vocabulary`, `tft.scale_to_z_score`)
-would run the analysis graph over every training batch and count it all again. The analyzers
-here are `tft.experimental.ptransform_analyzer`s that hand tf.Transform those measurements
-instead: a vocabulary file, written in the Beam pipeline with the entries and the order
-`tft.vocabulary` gives them, and the mean and variance of a numeric column. tf.Transform builds
-the transform graph, its assets and the transformed metadata from them as from its own
-analyzers, so it needs no pass over the data: the pipeline hands its analysis an empty dataset
-(pipeline/graph.py).
+would run the analysis graph over every training batch and count it all again. Here the
+vocabulary files are written in the Beam pipeline from those counts, with the entries and the
+order `tft.vocabulary` gives them (`vocabulary_paths`), and the means and variances come from
+the exact sums (`measured_mean_and_variance`); the pipeline traces the transform graph from
+them once (pipeline/transform_graph.py).
 
-Without measurements (a `preprocessing_fn` analyzed on its own, as tf.Transform's test harness
-does) each analyzer counts the batches tf.Transform hands it, with the same rules.
+The same results are also `tft.experimental.ptransform_analyzer`s (`vocabulary`,
+`mean_and_variance`), for a `preprocessing_fn` analyzed by tf.Transform itself: handed the
+measurements, or, without them (as tf.Transform's test harness runs it), counting the batches
+tf.Transform hands them, with the same rules. The tests compare the two ways.
 """
 
 from __future__ import annotations
@@ -84,20 +84,68 @@ def _kept(kv, frequency_threshold: int) -> bool:
     return count >= frequency_threshold and measure.in_text_file(token)
 
 
-def _write_vocabulary(entries, path: str) -> np.ndarray:
+def _write_vocabulary(entries, path: str) -> str:
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(vocabulary_lines(entries))
-    return np.array(path)
+    return path
 
 
-class VocabularyFile(tft_beam_experimental.PTransformAnalyzer):
-    """Writes one vocabulary's file into tf.Transform's temporary directory; outputs its path.
+class WriteVocabulary(beam.PTransform):
+    """(token, count) pairs of one vocabulary -> the path of its file, once written.
 
     The entries are those of `tft.vocabulary(top_k=..., frequency_threshold=...)` on the same
     tokens: tokens seen at least `frequency_threshold` times that a text file can hold
     (`measure.in_text_file`), by count descending and, among equal counts, by token
     descending (bytes), the first `top_k` of them. `Top.Of` keeps at most `top_k` of them on
     a worker at a time, as tf.Transform does.
+
+    Args:
+      settings: the vocabulary's top_k and frequency_threshold.
+      path: the file to write.
+    """
+
+    def __init__(self, settings: VocabularyConfig, path: str):
+        super().__init__()
+        self._top_k = settings.top_k
+        self._frequency_threshold = settings.frequency_threshold
+        self._path = path
+
+    def expand(self, counts):
+        return (
+            counts
+            | "Keep" >> beam.Filter(_kept, self._frequency_threshold)
+            | "CountFirst" >> beam.MapTuple(lambda token, count: (count, token))
+            | "Top" >> beam.combiners.Top.Of(self._top_k)
+            | "Write" >> beam.Map(_write_vocabulary, self._path)
+        )
+
+
+def vocabulary_paths(token_counts: beam.PCollection, config, directory: str) -> beam.PCollection:
+    """(vocabulary, the path of its file) for every vocabulary of `config`, each file written
+    into `directory` under its asset name (`vocabulary_file_name`).
+
+    Args:
+      token_counts: `Measurements.token_counts`.
+      config: the validated config.
+      directory: where the files go.
+    """
+    paths = [
+        token_counts
+        | f"Select[{name}]" >> beam.FlatMap(_tokens_of, name)
+        | f"Vocabulary[{name}]"
+        >> WriteVocabulary(
+            config.vocabulary_config(name),
+            FileSystems.join(directory, vocabulary_file_name(name)),
+        )
+        | f"Name[{name}]" >> beam.Map(lambda path, name: (name, path), name)
+        for name in config.vocabularies()
+    ]
+    return paths | "VocabularyPaths" >> beam.Flatten()
+
+
+class VocabularyFile(tft_beam_experimental.PTransformAnalyzer):
+    """`WriteVocabulary` as a tf.Transform analyzer: writes one vocabulary's file into
+    tf.Transform's temporary directory and outputs its path.
 
     Args:
       vocabulary: the vocabulary's name.
@@ -114,8 +162,7 @@ class VocabularyFile(tft_beam_experimental.PTransformAnalyzer):
     ):
         super().__init__()
         self._vocabulary = vocabulary
-        self._top_k = settings.top_k
-        self._frequency_threshold = settings.frequency_threshold
+        self._settings = settings
         self._token_counts = token_counts
 
     def expand(self, batches):
@@ -130,10 +177,8 @@ class VocabularyFile(tft_beam_experimental.PTransformAnalyzer):
         path = FileSystems.join(self.base_temp_dir, vocabulary_file_name(self._vocabulary))
         return (
             counts
-            | "Keep" >> beam.Filter(_kept, self._frequency_threshold)
-            | "CountFirst" >> beam.MapTuple(lambda token, count: (count, token))
-            | "Top" >> beam.combiners.Top.Of(self._top_k)
-            | "Write" >> beam.Map(_write_vocabulary, path)
+            | "Vocabulary" >> WriteVocabulary(self._settings, path)
+            | "AsArray" >> beam.Map(np.array)
         )
 
 

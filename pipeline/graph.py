@@ -2,8 +2,9 @@
 
 Read blocks of raw records -> decode them into Arrow record batches (train, validation, eval,
 rejected) -> measure (exact length histograms, token frequencies, moments, the eval split's
-skew from train) -> the transform graph, whose vocabulary files and z-score moments come from
-those exact counts (tf.Transform's analysis reads no rows); the decoded batches, kept on disk
+skew from train) -> the vocabulary files, from those exact counts, and the transform graph,
+traced once from them and the exact moments (pipeline/transform_graph.py: no tf.Transform
+analysis pass); the decoded batches, kept on disk
 meanwhile (pipeline/spill.py) -> ids and z-scores, column-wise with the transform graph's
 own vocabulary tables and checked against the graph (pipeline/transform.py) -> tf.Examples ->
 TFRecords. The run's global counts are one combine (pipeline/keyed_results.py). Beam
@@ -97,7 +98,6 @@ def build(
     output: str,
     work_dir: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    transform_temp_dir: str | None = None,
     num_shards: int = 0,
     first_file: str = "the first input file",
 ) -> None:
@@ -112,18 +112,12 @@ def build(
       output: where the artifacts go (a staging directory until committed).
       work_dir: where intermediate measurements go.
       batch_size: rows per record batch.
-      transform_temp_dir: tf.Transform's temporary directory, written while the graph is
-        built; defaults to work_dir/tft. A Dataflow dry run passes a local one, so building
-        the job needs no access to Cloud Storage.
       num_shards: TFRecord files per split; 0 derives it from the split's rows
         (`pipeline.sinks.default_num_shards`).
       first_file: the file `header` was read from, named when another file's differs.
     """
-    import tensorflow_transform.beam as tft_beam
-
-    from pipeline import features, measure
-    from pipeline.analyzers import Measurements
-    from pipeline.preprocessing import PreprocessingFn
+    from pipeline import analyzers, features, measure
+    from pipeline.transform_graph import write_transform_graph
 
     adapter_config = features.tensor_adapter_config(config)
     schema = adapter_config.arrow_schema
@@ -150,15 +144,27 @@ def build(
 
     counted = train | "CountTokens" >> measure.CountFrequencies(config)
     measured_train = train | "MeasureTrain" >> beam.CombineGlobally(measure.MeasureBatches(config))
-    # tf.Transform analyzes no rows: its analyzers take the vocabularies and the moments from
-    # the exact counts above (pipeline/analyzers.py), so its analysis graph never runs over
-    # the training split, which is counted once.
-    no_rows = p | "NoRows" >> beam.Create([]).with_output_types(pa.RecordBatch)
-    analyzed = PreprocessingFn(config, Measurements(counted["per_token"], measured_train))
-    with tft_beam.Context(temp_dir=transform_temp_dir or artifacts.join(work_dir, "tft")):
-        transform_fn = (no_rows, adapter_config) | "Analyze" >> tft_beam.AnalyzeDataset(analyzed)
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output)
-    transform_fn_dir = beam.pvalue.AsSingleton(transform_fn[0])
+    # The analysis is the exact counts and sums above: the vocabulary files come from the
+    # counts, and the transform graph is traced once from them and the sums
+    # (pipeline/transform_graph.py), with no analysis pass over the training split.
+    vocabularies = analyzers.vocabulary_paths(
+        counted["per_token"], config, artifacts.join(work_dir, "vocabularies")
+    )
+    transform_fn = (
+        p
+        | "Graph" >> beam.Create([None])
+        | "WriteTransformGraph"
+        >> beam.Map(
+            write_transform_graph,
+            config,
+            adapter_config,
+            output,
+            work_dir,
+            beam.pvalue.AsDict(vocabularies),
+            beam.pvalue.AsSingleton(measured_train),
+        )
+    )
+    transform_fn_dir = beam.pvalue.AsSingleton(transform_fn)
     tables = shared.Shared()
     transformed = {
         name: again[split]

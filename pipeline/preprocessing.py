@@ -4,8 +4,9 @@ Features (categorical, sequence or bag) that name the same vocabulary are counte
 (one vocabulary file, named after the vocabulary) and mapped through it, so they index one
 embedding table. Ids keep their list structure: a sequence or a bag stays a SparseTensor of
 int64 ids, never padded with 0 (id 0 is the most frequent value). The vocabularies and the
-numbers' means and variances come from the pipeline's own exact measurements when it hands
-them over (pipeline/analyzers.py), so tf.Transform's analysis needs no pass over the data.
+numbers' means and variances come from the pipeline's own exact measurements: known before
+the function is traced (`Analyzed`, pipeline/transform_graph.py), or handed to tf.Transform's
+analysis by the analyzers of pipeline/analyzers.py.
 
 Each vocabulary's lookup table is named after the vocabulary and a digest of its contents,
 not after the file tf.Transform wrote it to (TensorFlow's default name): that file lies in the
@@ -15,6 +16,7 @@ and two runs on the same input wrote different bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 
@@ -46,7 +48,7 @@ class _ContentNamedTextFileInitializer(tf.lookup.TextFileInitializer):
     def _shared_name(self):
         filename = self._filename_arg
         if not _known(filename):
-            # A symbolic path (tf.Transform's analysis pass traces one): no saved graph
+            # A symbolic path (tf.Transform's analysis traces one): no saved graph
             # keeps this table, so TensorFlow's own name does.
             return super()._shared_name
         if isinstance(filename, tf.Tensor):
@@ -110,27 +112,62 @@ def z_score(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.not_equal(denominator, 0), tf.divide(numerator, denominator), numerator)
 
 
+@dataclasses.dataclass(frozen=True)
+class Analyzed:
+    """The analysis's results, known before the graph is traced (`PreprocessingFn`).
+
+    Attributes:
+      vocabularies: vocabulary -> the path of its file (`analyzers.vocabulary_paths`).
+      moments: numeric feature -> (mean, variance) over the training split
+        (`analyzers.measured_mean_and_variance`).
+    """
+
+    vocabularies: dict[str, str]
+    moments: dict[str, tuple[float, float]]
+
+
 class PreprocessingFn:
     """A `preprocessing_fn` for one config.
 
     Args:
       config: the validated feature config.
-      measurements: the pipeline's measurements of the training split, from which the
-        vocabularies, means and variances are taken; None to compute them from the analyzed
-        batches (picklable then, as tf.Transform's test harness needs).
+      measurements: the pipeline's measurements of the training split, from which
+        tf.Transform's analysis takes the vocabularies, means and variances; None to compute
+        them from the analyzed batches (picklable then, as tf.Transform's test harness needs).
+      analyzed: the results themselves, when known: the function then holds no analyzer, and
+        tracing it once gives the transform graph (`pipeline.transform_graph`).
     """
 
-    def __init__(self, config: Config, measurements: analyzers.Measurements | None = None):
+    def __init__(
+        self,
+        config: Config,
+        measurements: analyzers.Measurements | None = None,
+        analyzed: Analyzed | None = None,
+    ):
         self._config = config
         self._measurements = measurements
+        self._analyzed = analyzed
+
+    def _vocabulary(self, inputs: dict, vocabulary: str):
+        if self._analyzed is not None:
+            return self._analyzed.vocabularies[vocabulary]
+        names = self._config.vocabularies()[vocabulary]
+        tokens = tf.concat([_values(inputs[name]) for name in names], axis=0)
+        settings = self._config.vocabulary_config(vocabulary)
+        return analyzers.vocabulary(tokens, vocabulary, settings, self._measurements)
+
+    def _mean_and_variance(self, values, feature: str):
+        if self._analyzed is not None:
+            mean, variance = self._analyzed.moments[feature]
+            return tf.constant(mean, tf.float64), tf.constant(variance, tf.float64)
+        return analyzers.mean_and_variance(values, feature, self._measurements)
 
     def __call__(self, inputs: dict) -> dict:
         config = self._config
         outputs = {}
         for vocabulary, names in config.vocabularies().items():
             settings = config.vocabulary_config(vocabulary)
-            tokens = tf.concat([_values(inputs[name]) for name in names], axis=0)
-            path = analyzers.vocabulary(tokens, vocabulary, settings, self._measurements)
+            path = self._vocabulary(inputs, vocabulary)
             for name in names:
                 outputs[name] = tft.apply_vocabulary(
                     inputs[name],
@@ -141,9 +178,7 @@ class PreprocessingFn:
         for feature in config.features:
             if feature.type == "numeric":
                 values = inputs[feature.name]
-                mean, variance = analyzers.mean_and_variance(
-                    values, feature.name, self._measurements
-                )
+                mean, variance = self._mean_and_variance(values, feature.name)
                 # In float64, as the mean and the variance are: the same operations as
                 # tft.scale_to_z_score on float64 input.
                 scaled = z_score(tf.cast(values, tf.float64), mean, variance)

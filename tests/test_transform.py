@@ -6,6 +6,8 @@ of every vocabulary, the empty string, bytes that are not UTF-8, line breaks, em
 lists, an empty vocabulary, no OOV bucket, a constant column.
 """
 
+from pathlib import Path
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -198,3 +200,43 @@ def test_a_missing_vocabulary_file_is_named(graph, tmp_path):
         FileNotFoundError, match="the transform graph has no vocabulary file .*assets/"
     ):
         _Resources(CONFIG, str(tmp_path))
+
+
+def test_the_graph_traced_from_the_measurements_is_tf_transforms(graph, tmp_path):
+    """The transform graph the pipeline writes from its own counts and sums (one trace, no
+    analysis) transforms as tf.Transform's `AnalyzeDataset` graph of the same rows does, bit
+    for bit, and tf.Transform reads the same metadata, vocabularies and asset map from it."""
+    import filecmp
+
+    import tensorflow_transform as tft
+
+    from pipeline.transform_graph import write_transform_graph
+
+    resources, moments = graph
+    theirs_dir = Path(resources.transform_fn_dir).parent
+    theirs = tft.TFTransformOutput(str(theirs_dir))
+    vocabularies = {name: theirs.vocabulary_file_by_name(name) for name in CONFIG.vocabularies()}
+    measuring = measure.MeasureBatches(CONFIG)
+    measured = measuring.extract_output(measuring.add_input(measuring.create_accumulator(), TRAIN))
+    output = tmp_path / "out"
+    written = write_transform_graph(
+        None, CONFIG, ADAPTER, str(output), str(tmp_path / "work"), vocabularies, measured
+    )
+    assert written == str(output / "transform_fn")
+    assert sorted(p.name for p in output.iterdir()) == ["transform_fn", "transformed_metadata"]
+    assert not list((tmp_path / "work" / "transform_graph").iterdir())  # moved, nothing left
+    ours = tft.TFTransformOutput(str(output))
+    metadata = tft.TFTransformOutput.TRANSFORMED_METADATA_DIR
+    compared = filecmp.dircmp(theirs_dir / metadata, output / metadata)
+    assert sorted(compared.same_files) == ["asset_map", "schema.pbtxt"], compared.report()
+    assert ours.transformed_feature_spec() == theirs.transformed_feature_spec()
+    for name in CONFIG.vocabularies():
+        assert ours.vocabulary_size_by_name(name) == theirs.vocabulary_size_by_name(name)
+        with open(ours.vocabulary_file_by_name(name), "rb") as a:
+            with open(theirs.vocabulary_file_by_name(name), "rb") as b:
+                assert a.read() == b.read(), name
+    mine = _Resources(CONFIG, written)
+    for seed in (3, 4):
+        raw = _unseen_batch(300, seed)
+        # The column-wise values, checked against tf.Transform's graph, against ours.
+        check_against_graph(raw, transform(raw, CONFIG, resources, moments), mine, ADAPTER)

@@ -52,7 +52,7 @@ def stage_of(step: str) -> str:
         return "reading and decoding"
     if top == "WriteTransformGraph":
         return "transform graph (tracing, writing)"
-    if top.startswith(("Select[", "Vocabulary[", "Name[", "VocabularyPaths")):
+    if top.startswith(("Select[", "Vocabulary[", "Name[", "Vocabularies[")):
         return "vocabulary files"
     if top.startswith("Transform"):
         return "transforming"

@@ -223,19 +223,20 @@ def overlap_summary(sums: Sequence[float], tokens_a: int, tokens_b: int) -> dict
     }
 
 
-def unseen_summary(tokens: int, unseen: int, below_threshold: int) -> dict[str, Any]:
+def unseen_summary(tokens: int, unseen: int, out_of_vocabulary: int) -> dict[str, Any]:
     """The eval split's tokens of one feature or vocabulary against the training split.
 
     Args:
       tokens: eval tokens.
       unseen: of them, tokens of values the training split never holds.
-      below_threshold: of them, tokens of values seen fewer than frequency_threshold times in
-        training: out of the vocabulary (top_k can leave out more, among the rarest values).
+      out_of_vocabulary: of them, tokens of values out of the vocabulary (seen fewer than
+        frequency_threshold times in training, left out by top_k, or no vocabulary file can
+        hold them).
     """
     return {
         "tokens": tokens,
         "unseen_rate": unseen / tokens if tokens else 0.0,
-        "oov_rate": below_threshold / tokens if tokens else 0.0,
+        "oov_rate": out_of_vocabulary / tokens if tokens else 0.0,
     }
 
 

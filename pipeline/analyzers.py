@@ -4,7 +4,7 @@ The first pass counts every token of each vocabulary and sums every numeric colu
 (pipeline/measure.py). tf.Transform's own analyzers (`tft.vocabulary`, `tft.scale_to_z_score`)
 would run the analysis graph over every training batch and count it all again. Here the
 vocabulary files are written in the Beam pipeline from those counts, with the entries and the
-order `tft.vocabulary` gives them (`vocabulary_paths`), and the means and variances come from
+order `tft.vocabulary` gives them (`vocabularies`), and the means and variances come from
 the exact sums (`measured_mean_and_variance`); the pipeline traces the transform graph from
 them once (pipeline/transform_graph.py).
 
@@ -90,8 +90,16 @@ def _write_vocabulary(entries, path: str) -> str:
     return path
 
 
+def _smallest(entries) -> tuple[int, bytes] | None:
+    """The last (count, token) entry of a vocabulary (its smallest), None if it has none."""
+    return tuple(entries[-1]) if entries else None
+
+
 class WriteVocabulary(beam.PTransform):
-    """(token, count) pairs of one vocabulary -> the path of its file, once written.
+    """(token, count) pairs of one vocabulary -> {"path": the path of its file, once
+    written; "smallest": its smallest (count, token) entry, or None}. A token seen `count`
+    times is in the vocabulary if and only if it passes `frequency_threshold`, a text file
+    can hold it, and (count, token) >= the smallest entry.
 
     The entries are those of `tft.vocabulary(top_k=..., frequency_threshold=...)` on the same
     tokens: tokens seen at least `frequency_threshold` times that a text file can hold
@@ -111,36 +119,51 @@ class WriteVocabulary(beam.PTransform):
         self._path = path
 
     def expand(self, counts):
-        return (
+        entries = (
             counts
             | "Keep" >> beam.Filter(_kept, self._frequency_threshold)
             | "CountFirst" >> beam.MapTuple(lambda token, count: (count, token))
             | "Top" >> beam.combiners.Top.Of(self._top_k)
-            | "Write" >> beam.Map(_write_vocabulary, self._path)
         )
+        return {
+            "path": entries | "Write" >> beam.Map(_write_vocabulary, self._path),
+            "smallest": entries | "Smallest" >> beam.Map(_smallest),
+        }
 
 
-def vocabulary_paths(token_counts: beam.PCollection, config, directory: str) -> beam.PCollection:
-    """(vocabulary, the path of its file) for every vocabulary of `config`, each file written
-    into `directory` under its asset name (`vocabulary_file_name`).
+def vocabularies(
+    token_counts: beam.PCollection, config, directory: str
+) -> tuple[beam.PCollection, beam.PCollection]:
+    """Writes every vocabulary of `config` into `directory`, each under its asset name
+    (`vocabulary_file_name`).
 
     Args:
       token_counts: `Measurements.token_counts`.
       config: the validated config.
       directory: where the files go.
+
+    Returns:
+      (vocabulary, the path of its file) and (vocabulary, its smallest (count, token) entry
+      or None), one of each per vocabulary.
     """
-    paths = [
-        token_counts
+    written = {
+        name: token_counts
         | f"Select[{name}]" >> beam.FlatMap(_tokens_of, name)
         | f"Vocabulary[{name}]"
         >> WriteVocabulary(
             config.vocabulary_config(name),
             FileSystems.join(directory, vocabulary_file_name(name)),
         )
-        | f"Name[{name}]" >> beam.Map(lambda path, name: (name, path), name)
         for name in config.vocabularies()
-    ]
-    return paths | "VocabularyPaths" >> beam.Flatten()
+    }
+
+    def named(kind: str) -> beam.PCollection:
+        return [
+            outputs[kind] | f"Name[{name}][{kind}]" >> beam.Map(lambda v, n: (n, v), name)
+            for name, outputs in written.items()
+        ] | f"Vocabularies[{kind}]" >> beam.Flatten()
+
+    return named("path"), named("smallest")
 
 
 class VocabularyFile(tft_beam_experimental.PTransformAnalyzer):
@@ -175,11 +198,8 @@ class VocabularyFile(tft_beam_experimental.PTransformAnalyzer):
         else:
             counts = self._token_counts | "Select" >> beam.FlatMap(_tokens_of, self._vocabulary)
         path = FileSystems.join(self.base_temp_dir, vocabulary_file_name(self._vocabulary))
-        return (
-            counts
-            | "Vocabulary" >> WriteVocabulary(self._settings, path)
-            | "AsArray" >> beam.Map(np.array)
-        )
+        written = counts | "Vocabulary" >> WriteVocabulary(self._settings, path)
+        return written["path"] | "AsArray" >> beam.Map(np.array)
 
 
 def vocabulary(

@@ -147,7 +147,7 @@ def build(
     # The analysis is the exact counts and sums above: the vocabulary files come from the
     # counts, and the transform graph is traced once from them and the sums
     # (pipeline/transform_graph.py), with no analysis pass over the training split.
-    vocabularies = analyzers.vocabulary_paths(
+    vocabularies, smallest_entries = analyzers.vocabularies(
         counted["per_token"], config, artifacts.join(work_dir, "vocabularies")
     )
     transform_fn = (
@@ -196,7 +196,7 @@ def build(
             | "MeasureEval"
             >> beam.CombineGlobally(measure.MeasureBatches(config)).without_defaults()
             | "TagEvalMeasured" >> beam.Map(lambda m: ("eval_measured", m)),
-            (counted["per_token"], eval_)
+            (counted["per_token"], eval_, smallest_entries)
             | "MeasureEvalSkew" >> measure.MeasureEvalSkew(config)
             | "TagEvalSkew" >> beam.Map(lambda s: ("eval_skew", s)),
             *(

@@ -255,24 +255,32 @@ def feature_token_counts(
                 yield (vocabulary, token, name), count
 
 
-def _unseen(joined, thresholds: dict[str, int]):
+def _unseen(joined, thresholds: dict[str, int], smallest: dict):
     """((vocabulary, token), {"train": [count], "eval": [(feature, count), ...]}) ->
-    ((vocabulary, feature), (eval tokens, of them unseen in training, of them seen fewer
-    than the vocabulary's frequency_threshold times or that no vocabulary file can hold))."""
+    ((vocabulary, feature), (eval tokens, of them unseen in training, of them out of the
+    vocabulary)). `smallest`: vocabulary -> its smallest (count, token) entry, or None
+    (`analyzers.WriteVocabulary`)."""
     (vocabulary, token), grouped = joined
     train = sum(grouped["train"])
-    out = train < thresholds[vocabulary] or not in_text_file(token)
+    kept = smallest.get(vocabulary)
+    inside = (
+        kept is not None
+        and train >= thresholds[vocabulary]
+        and in_text_file(token)
+        and (train, token) >= tuple(kept)
+    )
     for feature, count in grouped["eval"]:
-        yield (vocabulary, feature), (count, count if train == 0 else 0, count if out else 0)
+        yield (vocabulary, feature), (count, count if train == 0 else 0, 0 if inside else count)
 
 
 class MeasureEvalSkew(beam.PTransform):
     """(training tokens, eval record batches) -> per feature how many of its eval tokens the
     training split never saw.
 
-    The input is a pair: `CountFrequencies(...)["per_token"]` over the training split, and the
-    eval split's record batches. Output: ((vocabulary, feature), [eval tokens, unseen in
-    training, seen fewer than frequency_threshold times in training]). A feature whose eval
+    The input is a triple: `CountFrequencies(...)["per_token"]` over the training split, the
+    eval split's record batches, and each vocabulary's smallest entry
+    (`analyzers.vocabularies`). Output: ((vocabulary, feature), [eval tokens, unseen in
+    training, out of the vocabulary]). A feature whose eval
     values are almost all unseen (the split key used as a feature: every eval user is new)
     only ever looks up its OOV row outside training; the planner drops it.
     """
@@ -282,7 +290,7 @@ class MeasureEvalSkew(beam.PTransform):
         self._config = config
 
     def expand(self, inputs):
-        train_tokens, eval_batches = inputs
+        train_tokens, eval_batches, smallest = inputs
         thresholds = {
             name: self._config.vocabulary_config(name).frequency_threshold
             for name in self._config.vocabularies()
@@ -296,7 +304,7 @@ class MeasureEvalSkew(beam.PTransform):
         return (
             {"train": train_tokens, "eval": eval_tokens}
             | "JoinTrainTokens" >> beam.CoGroupByKey()
-            | "Unseen" >> beam.FlatMap(_unseen, thresholds)
+            | "Unseen" >> beam.FlatMap(_unseen, thresholds, beam.pvalue.AsDict(smallest))
             | "SumUnseen" >> beam.CombinePerKey(_sum_tuples)
             | "ListUnseen" >> beam.MapTuple(lambda key, sums: (key, list(sums)))
         )

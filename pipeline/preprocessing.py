@@ -117,7 +117,7 @@ class Analyzed:
     """The analysis's results, known before the graph is traced (`PreprocessingFn`).
 
     Attributes:
-      vocabularies: vocabulary -> the path of its file (`analyzers.vocabulary_paths`).
+      vocabularies: vocabulary -> the path of its file (`analyzers.vocabularies`).
       moments: numeric feature -> (mean, variance) over the training split
         (`analyzers.measured_mean_and_variance`).
     """

@@ -2,7 +2,7 @@
 
 tf.Transform's `AnalyzeDataset` would trace the `preprocessing_fn` three times and save two
 SavedModels (the analysis phase's and the final one) to learn results the pipeline already
-holds: its exact token counts give the vocabulary files (`analyzers.vocabulary_paths`) and its
+holds: its exact token counts give the vocabulary files (`analyzers.vocabularies`) and its
 exact sums the means and variances. With those known, the `preprocessing_fn` holds no analyzer
 (`preprocessing.Analyzed`), and tf.Transform's `analyze_in_place` traces it once into the same
 layout: `transform_fn/` (a SavedModel whose assets are the vocabulary files) and

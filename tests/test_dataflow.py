@@ -113,7 +113,7 @@ def test_dry_run_job_over_2000_files_is_as_small_as_over_2(tmp_path, capsys):
         "SpillTrain",
         "SpillEval",
         "Decode",
-        "VocabularyPaths",
+        "Vocabularies[path]",
         "TransformTrain",
         "TransformEval",
         "WriteTransformGraph",

@@ -108,7 +108,9 @@ def test_eval_tokens_unseen_in_training_are_counted_per_feature():
     with TestPipeline() as p:
         train_tokens = p | "Train" >> beam.Create(BATCHES) | CountFrequencies(config)
         evaluated = p | "Eval" >> beam.Create(eval_batches)
-        skew = (train_tokens["per_token"], evaluated) | MeasureEvalSkew(config)
+        skew = (train_tokens["per_token"], evaluated, _smallest(train_tokens, config)) | (
+            MeasureEvalSkew(config)
+        )
         # item: a (seen), e (unseen). history: c (seen once), d d (unseen).
         # tags: x (seen twice), a (seen once: below the threshold 2), z (unseen), x.
         assert_that(
@@ -118,6 +120,45 @@ def test_eval_tokens_unseen_in_training_are_counted_per_feature():
                     (("items", "item"), [2, 1, 1]),
                     (("items", "history"), [3, 2, 2]),
                     (("tags", "tags"), [4, 1, 2]),
+                ]
+            ),
+        )
+
+
+def _smallest(counted, config):
+    """Each vocabulary's smallest entry, as the pipeline's vocabulary files give it."""
+    import tempfile
+
+    from pipeline.analyzers import vocabularies
+
+    directory = tempfile.mkdtemp()
+    return vocabularies(counted["per_token"], config, directory)[1]
+
+
+def test_eval_tokens_that_top_k_leaves_out_are_out_of_the_vocabulary():
+    # items: b x1 and c x1 in training, a tie that top_k = 1 breaks by token, descending:
+    # the vocabulary is [c]. tags: x x2, a x1, top_k = 1: [x].
+    config = parse_config(
+        {**CONFIG_DATA, "vocabulary": {"items": {"top_k": 1}, "tags": {"top_k": 1}}}
+    )
+    train = [batch(["u1,b,c,x x a,1,1"])]
+    eval_batches = [batch(["u4,c,b c b,x a,2,1"])]
+    with TestPipeline() as p:
+        counted = p | "Train" >> beam.Create(train) | CountFrequencies(config)
+        evaluated = p | "Eval" >> beam.Create(eval_batches)
+        smallest = _smallest(counted, config)
+        assert_that(
+            smallest, equal_to([("items", (1, b"c")), ("tags", (2, b"x"))]), label="Smallest"
+        )
+        skew = (counted["per_token"], evaluated, smallest) | MeasureEvalSkew(config)
+        # item c: in. history b c b: both b out. tags x a: a out (seen, but cut).
+        assert_that(
+            skew,
+            equal_to(
+                [
+                    (("items", "item"), [1, 0, 0]),
+                    (("items", "history"), [3, 0, 2]),
+                    (("tags", "tags"), [2, 0, 1]),
                 ]
             ),
         )

@@ -901,3 +901,38 @@ def test_the_start_is_a_candidate_whatever_the_checkpoint_rotation_and_a_lost_hi
     written = json.loads((model_dir / "eval_metrics.json").read_text())
     assert [h["global_step"] for h in written["history"]] == [0, 40]
     assert written["best"]["step"] == _chosen(written["history"], written["best"])["global_step"]
+
+
+def test_a_swallowed_stop_ends_training_after_its_step(monkeypatch):
+    """A Ctrl-C or SIGTERM whose KeyboardInterrupt a finalizer swallowed is still a stop:
+    the progress hook ends the training loop after the step in which it came."""
+    from common import process
+    from trainer.progress import TrainingProgress
+
+    monkeypatch.setattr(process, "_stop", [])
+
+    steps = []
+
+    class SignalAtStep(tf.compat.v1.train.SessionRunHook):
+        def before_run(self, run_context):
+            return tf.compat.v1.train.SessionRunArgs(step)
+
+        def after_run(self, run_context, run_values):
+            steps.append(run_values.results)
+            if len(steps) == 3:
+                process._stop.append(signal.SIGTERM)  # what the handler records
+
+    with tf.Graph().as_default():
+        step = tf.compat.v1.train.create_global_step()
+        increment = tf.compat.v1.assign_add(step, 1)
+        hooks = [
+            SignalAtStep(),
+            TrainingProgress(10, 1),
+            tf.compat.v1.train.StopAtStepHook(last_step=10),
+        ]
+        with pytest.raises(KeyboardInterrupt):
+            with tf.compat.v1.train.MonitoredSession(hooks=hooks) as session:
+                while not session.should_stop():
+                    session.run(increment)
+    assert len(steps) == 3  # stopped after the step the stop came in
+    assert process._stop == [signal.SIGTERM]

@@ -1,7 +1,9 @@
 """The trainer's progress: step / total, examples/s, loss and time left; batches evaluated.
 
 These hooks replace TensorFlow's per-100-step log lines (silenced by default, see
-common/console.py) with one bar on a terminal, or a plain line every few seconds in a log.
+common/console.py) with one bar on a terminal, or a plain line every few seconds in a log,
+and stop the loop after the step in which a Ctrl-C or SIGTERM arrived, even one whose
+KeyboardInterrupt a finalizer swallowed (`common.process.raise_if_stopped`).
 The model_fn puts its training loss into the `LOSS` collection; on a TPU the loss lives inside
 the TPU's training loop and the line goes without it.
 """
@@ -13,6 +15,7 @@ import math
 
 import tensorflow as tf
 
+from common import process
 from common.progress import DEFAULT_EVERY_S, Progress
 
 LOSS = "trainer_progress_loss"
@@ -63,6 +66,9 @@ class TrainingProgress(tf.compat.v1.train.SessionRunHook):
         if "loss" in results and math.isfinite(results["loss"]):
             detail += f", loss {results['loss']:.4f}"
         self._progress.update(int(results["step"]), detail)
+        # A Ctrl-C or SIGTERM whose KeyboardInterrupt a finalizer swallowed (TensorFlow's
+        # run them often) stops training here, after this step, as an unswallowed one does.
+        process.raise_if_stopped()
 
     def end(self, session):
         if self._progress is not None:
@@ -97,6 +103,7 @@ class EvaluationProgress(tf.compat.v1.train.SessionRunHook):
     def after_run(self, run_context, run_values):
         self._done += 1
         self._progress.update(self._done)
+        process.raise_if_stopped()  # as in TrainingProgress
 
     def end(self, session):
         if self._progress is not None:

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.inputs import keep_and_truncate, prepare_features
+from trainer.model import oov_rows
 
 pytestmark = pytest.mark.trainer_env
 
@@ -159,3 +160,13 @@ def test_sequence_dropout_leaves_out_a_share_of_each_history_in_order():
     assert len({tuple(r) for r in rows}) > 190, "a new draw for every row"
     assert _rows(prepared["item_id"], 200) == [[1]] * 200, "categorical ids are left alone"
     assert _rows(prepare_features(features, plan)["history"], 200) == history
+
+
+def test_a_value_out_of_a_vocabulary_without_oov_buckets_is_an_unseen_row():
+    # A vocabulary of 3 entries: ids 3 and 4 are OOV buckets; -1 is a value outside a
+    # vocabulary without buckets, which prepare_features drops, leaving the row empty.
+    features = {"history": _parsed([[1]] * 5), "price": tf.constant([1.0] * 5)}
+    for ids, unseen in (([0, 3, -1, 2, 4], [0, 1, 1, 0, 1]), ([-1, -1, 0, 1, 2], [1, 1, 0, 0, 0])):
+        for item in (tf.constant(ids, tf.int64), _parsed([[i] for i in ids])):
+            prepared = prepare_features({**features, "item_id": item}, _plan())
+            assert oov_rows(prepared["item_id"], 3).numpy().tolist() == unseen

@@ -61,10 +61,14 @@ def attend(sequence: tf.Tensor, lengths: tf.Tensor, query: tf.Tensor) -> tf.Tens
 
 
 def oov_rows(ids: tf.SparseTensor, entries: int) -> tf.Tensor:
-    """1.0 for the rows whose id is an OOV bucket (>= the vocabulary's `entries`), else 0."""
+    """1.0 for the rows of a categorical feature (one value a row) whose value is out of the
+    vocabulary, else 0: an id in an OOV bucket (>= the vocabulary's `entries`), or no id at
+    all, where a vocabulary without OOV buckets gave -1 and `prepare_features` dropped it (an
+    empty row's max is the lowest int64)."""
     batch = ids.dense_shape[0]
     first = tf.math.unsorted_segment_max(ids.values, ids.indices[:, 0], batch)
-    return tf.cast(tf.math.greater_equal(first, entries), tf.float32)
+    out = tf.math.logical_or(tf.math.greater_equal(first, entries), tf.math.less(first, 0))
+    return tf.cast(out, tf.float32)
 
 
 def shared_table_interactions(plan: EmbeddingPlan, pooled: dict) -> list:

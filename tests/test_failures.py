@@ -28,6 +28,17 @@ def test_a_restore_failure_names_the_checkpoint_and_a_shard_failure_the_output()
     assert failure_line(ValueError("a bug"), ARGS) is None
 
 
+def test_a_shard_gone_during_training_says_the_output_was_rewritten():
+    # What reading a shard raises after a pipeline run with --overwrite replaced the output.
+    gone = tf.errors.NotFoundError(
+        None, None, "/p/out/data/validation-1-00000-of-00001.tfrecord.gz; No such file"
+    )
+    line = failure_line(gone, ARGS)
+    assert "/p/out/data/validation-1-00000-of-00001.tfrecord.gz" in line
+    assert "rewritten or deleted during the run" in line and "\n" not in line
+    assert failure_line(tf.errors.NotFoundError(None, None, "/elsewhere/x"), ARGS) is None
+
+
 def test_an_unreachable_tpu_is_one_line(monkeypatch):
     import pytest
 

@@ -54,6 +54,14 @@ def failure_line(error: Exception, args: argparse.Namespace) -> str | None:
             "its files (and its line in MODEL_DIR/checkpoint) to resume from the one before, "
             "or train into a new --model-dir"
         )
+    message = getattr(error, "message", None) or str(error)
+    if isinstance(error, tf.errors.NotFoundError) and args.pipeline_output.rstrip("/") in message:
+        return (
+            f"a file of {args.pipeline_output} went missing while the trainer read it "
+            f"({_first_line(error)}): the pipeline output was rewritten or deleted during the "
+            "run (a pipeline run with --overwrite?); nothing was evaluated or exported, the "
+            f"checkpoints stay in {args.model_dir}: rerun the trainer"
+        )
     if isinstance(error, tf.errors.DataLossError):
         from common import artifacts
 

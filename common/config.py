@@ -426,6 +426,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             f"{source}: split.key = {split.key!r} is the label: every row of one label value "
             "would land in one split; split by a user or session id"
         )
+    keyed = next((f for f in features if f.name == split.key), None)
+    if keyed is not None and keyed.type in LIST_TYPES:
+        raise ConfigError(
+            f"{source}: split.key = {split.key!r} is a {keyed.type} feature: a row is split by "
+            "one value, so the key must be a column of one value a row (a user or session id; "
+            "it may also be a categorical feature)"
+        )
 
     vocabulary_section = dict(data.get("vocabulary", {}))
     overrides_raw = {k: v for k, v in vocabulary_section.items() if isinstance(v, dict)}

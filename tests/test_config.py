@@ -177,6 +177,10 @@ def _embedding(**keys):
             with_changes(split={"key": "clicked"}),
             "split.key = 'clicked' is the label",
         ),
+        (
+            with_changes(split={"key": "history"}),
+            "split.key = 'history' is a sequence feature: a row is split by one value",
+        ),
     ],
 )
 def test_every_field_is_checked_by_its_declared_type(data, message):

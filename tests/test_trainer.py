@@ -593,6 +593,12 @@ def test_a_resumed_run_keeps_the_history_and_the_best_checkpoint_so_far(
     assert written["best"]["step"] == top["global_step"]
     if first["best"]["step"] == top["global_step"]:  # the earlier best still wins
         assert written["best"]["checkpoint"] == first["best"]["checkpoint"]
+    # A rerun with nothing left to train evaluates step 30 again: the same figures, once.
+    task.train_and_evaluate(
+        _args(output, model_dir, "--train-steps", "30", "--eval-every-steps", "10", "--no-export")
+    )
+    again = json.loads((model_dir / "eval_metrics.json").read_text())
+    assert again["history"] == written["history"] and again["best"] == written["best"]
 
 
 def test_without_a_validation_split_nothing_is_selected(trained):

@@ -157,6 +157,11 @@ class Selection:
             ),
             self.plan,
         )
+        # A checkpoint evaluated before (a rerun with nothing left to train) keeps one entry.
+        step = result.get("global_step")
+        self.history = [
+            h for h in self.history if (h.get("split"), h.get("global_step")) != (name, step)
+        ]
         self.history.append({"split": name, **result})
         value = result.get(self.metric)
         if not rankable(value):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -942,3 +943,30 @@ def test_a_swallowed_stop_ends_training_after_its_step(monkeypatch):
                     session.run(increment)
     assert len(steps) == 3  # stopped after the step the stop came in
     assert process._stop == [signal.SIGTERM]
+
+
+def test_an_export_stopped_midway_leaves_nothing_behind(trained, tmp_path, monkeypatch):
+    """A stop during the export leaves no `export/temp-*` folder (TensorFlow writes there,
+    then renames), and one an earlier stopped run left is removed by the next export."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    left = model_dir / "export" / "temp-1796603619"
+    (left / "variables").mkdir(parents=True)
+    (left / "saved_model.pb").write_bytes(b"half")
+    estimator = tf.compat.v1.estimator.tpu.TPUEstimator
+
+    def stopped(self, base, *args, **kwargs):
+        (Path(base) / "temp-1796609999").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(estimator, "export_saved_model", stopped)
+    before = sorted(p.name for p in (model_dir / "export").iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        task.train_and_evaluate(_args(trained["output"], model_dir, "--train-steps", "20"))
+    after = sorted(p.name for p in (model_dir / "export").iterdir())
+    assert after == [name for name in before if not name.startswith("temp-")]
+    monkeypatch.undo()
+    (left / "variables").mkdir(parents=True)
+    metrics = task.train_and_evaluate(_args(trained["output"], model_dir, "--train-steps", "20"))
+    assert not list((model_dir / "export").glob("temp-*"))
+    assert os.path.isdir(metrics["export_dir"])

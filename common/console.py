@@ -212,10 +212,10 @@ def configure_logging(verbose: bool) -> None:
     for name in KEPT_LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     if not verbose:
-        _quiet_absl()
+        quiet_absl()
 
 
-def _quiet_absl() -> None:
+def quiet_absl() -> None:
     """absl logs through its own handler once absl.logging is imported by TensorFlow; its
     verbosity decides what reaches the `absl` logger."""
     if "absl.logging" in sys.modules:

@@ -11,6 +11,8 @@ as given.
 
 from __future__ import annotations
 
+import sys
+
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 
@@ -25,8 +27,34 @@ def default_runner(options: PipelineOptions):
     # As the DirectRunner does: the workers (separate processes with
     # --direct_running_mode multi_processing) get the run's options.
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return fn_runner.FnApiRunner(
+    return _quiet_workers_runner()(
         provision_info=fn_runner.ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
         )
     )
+
+
+def _quiet_workers_runner():
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms import environments
+
+    class QuietWorkersRunner(fn_runner.FnApiRunner):
+        """The FnApiRunner, whose worker processes (--direct_running_mode multi_processing)
+        run `pipeline.worker` instead of Beam's own entry point: the same worker, without
+        the libraries' import lines. The runner picks its worker command when it runs the
+        pipeline, so the choice is made where it stores it."""
+
+        @property
+        def _default_environment(self):
+            return self._environment
+
+        @_default_environment.setter
+        def _default_environment(self, environment):
+            command = getattr(environment, "command_string", "")
+            if command.endswith("-m apache_beam.runners.worker.sdk_worker_main"):
+                environment = environments.SubprocessSDKEnvironment.from_command_string(
+                    command_string=f"{sys.executable} -m pipeline.worker"
+                )
+            self._environment = environment
+
+    return QuietWorkersRunner

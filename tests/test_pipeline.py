@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 import tensorflow as tf
 
-from common import artifacts
+from common import artifacts, console
 from embedding.planner import plan_pipeline_output
 from examples.clicks import generate
 from pipeline import run as pipeline_run
@@ -312,7 +312,7 @@ def _content_names(output):
     }
 
 
-def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
+def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path, capfd):
     # Three files, small batches: several bundles, which two workers share out differently.
     # 3,000 rows: the default gives the train split 2 files (one per 2,000 rows), eval and
     # validation 1 each.
@@ -333,6 +333,10 @@ def test_one_and_two_workers_write_the_same_bytes_by_default(tmp_path):
         "--direct_running_mode",
         "multi_processing",
     )
+    # The worker processes print none of the libraries' lines the command drops.
+    printed = capfd.readouterr().err
+    for noise in (*console.NATIVE_IMPORT_NOISE, "INFO:tensorflow", "Warning:"):
+        assert noise not in printed, printed[-2000:]
     stats_one, files_one = _output_bytes(one)
     stats_two, files_two = _output_bytes(two)
     assert stats_two == stats_one

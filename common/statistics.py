@@ -136,7 +136,7 @@ def vocabulary_summary(
         "tokens": tokens,
         "expected_size": size,
         "in_vocabulary_tokens": kept_tokens,
-        "oov_rate": (tokens - kept_tokens) / tokens if tokens else 0.0,
+        "oov_rate": (tokens - kept_tokens) / tokens if tokens else None,
         "coverage": coverage,
     }
 
@@ -235,8 +235,9 @@ def unseen_summary(tokens: int, unseen: int, out_of_vocabulary: int) -> dict[str
     """
     return {
         "tokens": tokens,
-        "unseen_rate": unseen / tokens if tokens else 0.0,
-        "oov_rate": out_of_vocabulary / tokens if tokens else 0.0,
+        # A share of no tokens is not defined: None (null in stats.json), not 0.
+        "unseen_rate": unseen / tokens if tokens else None,
+        "oov_rate": out_of_vocabulary / tokens if tokens else None,
     }
 
 

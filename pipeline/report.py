@@ -20,6 +20,11 @@ from common.formatting import human_bytes
 WIDTH, HEIGHT, PAD = 640, 220, 40
 
 
+def _share(value: float | None, digits: int) -> str:
+    """A share as a percentage; "n/a" where it is not defined (no tokens)."""
+    return "n/a" if value is None else f"{value:.{digits}%}"
+
+
 def _svg(body: list[str], title: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
@@ -240,12 +245,12 @@ def render(
         parts.append(
             "<h2>Eval split against training</h2><table><tr><th>feature</th>"
             "<th>eval tokens</th><th>never seen in training</th>"
-            "<th>below frequency_threshold</th></tr>"
+            "<th>out of vocabulary</th></tr>"
         )
         for name, f in skew.items():
             parts.append(
                 f"<tr><td>{html.escape(name)}</td><td>{f['tokens']:,}</td>"
-                f"<td>{f['unseen_rate']:.1%}</td><td>{f['oov_rate']:.1%}</td></tr>"
+                f"<td>{_share(f['unseen_rate'], 1)}</td><td>{_share(f['oov_rate'], 1)}</td></tr>"
             )
         parts.append("</table>")
 
@@ -256,7 +261,7 @@ def render(
             "</small></h3>",
             f"<p>{vocab['size']:,} values kept of {vocab['distinct_values']:,} distinct "
             f"(top_k {vocab['top_k']:,}, frequency_threshold {vocab['frequency_threshold']}), "
-            f"{vocab['tokens']:,} tokens, {vocab['oov_rate']:.2%} out of vocabulary.</p>",
+            f"{vocab['tokens']:,} tokens, {_share(vocab['oov_rate'], 2)} out of vocabulary.</p>",
             coverage_svg(vocab.get("coverage", {}), vocab["size"]),
         ]
     if stats.get("numeric"):

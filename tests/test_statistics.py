@@ -151,7 +151,9 @@ def test_overlap_summary_against_numpy():
 
 def test_unseen_summary_and_bag_cap():
     assert unseen_summary(200, 50, 60) == {"tokens": 200, "unseen_rate": 0.25, "oov_rate": 0.3}
-    assert unseen_summary(0, 0, 0)["unseen_rate"] == 0.0
+    # A share of no tokens is not defined: None, not an invented 0.
+    assert unseen_summary(0, 0, 0) == {"tokens": 0, "unseen_rate": None, "oov_rate": None}
+    assert vocabulary_summary([], 10, 1)["oov_rate"] is None
     assert bag_cap({}) == 0 and bag_cap({"0": 5}) == 0
     assert bag_cap({"2": 10, "7": 1}) == 7  # the longest, when not an outlier
     assert bag_cap({"2": 9999, "100": 1}) == 8  # 4 x the 99.9% quantile

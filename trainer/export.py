@@ -11,6 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from common import storage
 from common.plan import EmbeddingPlan
 from trainer.inputs import prepare_features
 
@@ -88,3 +89,25 @@ def make_serving_input_receiver_fn(
         return tf.estimator.export.ServingInputReceiver(features, {INPUT_NAME: serialized})
 
     return serving_input_receiver_fn
+
+
+def export_saved_model(estimator, base: str, serving, checkpoint: str | None) -> str:
+    """`estimator.export_saved_model` into `base/<timestamp>`; returns its path.
+
+    TensorFlow writes an export into `base/temp-<timestamp>`, then renames it. A stopped
+    export's folder is removed, and so is one an earlier stopped run left (the run holds the
+    model directory's lock: no other export is in progress).
+    """
+    remove_unfinished_exports(base)
+    try:
+        path = estimator.export_saved_model(base, serving, checkpoint_path=checkpoint)
+    except BaseException:
+        remove_unfinished_exports(base)
+        raise
+    return path.decode() if isinstance(path, bytes) else path
+
+
+def remove_unfinished_exports(base: str) -> None:
+    """Deletes the `temp-<timestamp>` folders of exports that did not finish under `base`."""
+    for unfinished in tf.io.gfile.glob(storage.join(base, "temp-*")):
+        storage.delete_tree(unfinished)

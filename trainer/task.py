@@ -191,7 +191,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
     """Exports the chosen checkpoint (the one validation chose, else the last) to export/,
     serving raw tf.Examples; removes it again when the pipeline output was recommitted while
     it read its transform graph."""
-    from trainer.export import make_serving_input_receiver_fn
+    from trainer.export import export_saved_model, make_serving_input_receiver_fn
 
     best = metrics[BEST]
     serving = make_serving_input_receiver_fn(
@@ -201,14 +201,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
     # it read the vocabularies of the run the model was trained on.
     check_same_run(args.pipeline_output, run.manifest)
     chosen = checkpoint_in(args.model_dir, best["checkpoint"]) if best.get("checkpoint") else None
-    base = artifacts.join(args.model_dir, "export")
-    remove_unfinished_exports(base)  # what a stopped export left (this run holds the lock)
-    try:
-        path = estimator.export_saved_model(base, serving, checkpoint_path=chosen)
-    except BaseException:
-        remove_unfinished_exports(base)
-        raise
-    path = path.decode() if isinstance(path, bytes) else path
+    path = export_saved_model(estimator, artifacts.join(args.model_dir, "export"), serving, chosen)
     metrics["export_dir"] = path
     if best.get("checkpoint"):
         best["export_dir"] = path
@@ -222,15 +215,6 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
         raise
     if best.get("export_dir"):
         artifacts.write_json(args.model_dir, EVAL_METRICS, without_run_only(metrics))
-
-
-def remove_unfinished_exports(base: str) -> None:
-    """Deletes the `temp-<timestamp>` folders of exports that did not finish under `base`
-    (TensorFlow writes an export there, then renames it to its timestamp)."""
-    import tensorflow as tf
-
-    for unfinished in tf.io.gfile.glob(artifacts.join(base, "temp-*")):
-        storage.delete_tree(unfinished)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

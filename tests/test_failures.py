@@ -31,10 +31,13 @@ def test_a_restore_failure_names_the_checkpoint_and_a_shard_failure_the_output()
 def test_a_shard_gone_during_training_says_the_output_was_rewritten():
     # What reading a shard raises after a pipeline run with --overwrite replaced the output.
     gone = tf.errors.NotFoundError(
-        None, None, "/p/out/data/validation-1-00000-of-00001.tfrecord.gz; No such file"
+        None,
+        None,
+        "Graph execution error:\n\n/p/out/data/validation-1-00000-of-00001.tfrecord.gz; No "
+        "such file or directory\n\t [[{{node IteratorGetNext}}]]",
     )
     line = failure_line(gone, ARGS)
-    assert "/p/out/data/validation-1-00000-of-00001.tfrecord.gz" in line
+    assert line.startswith("/p/out/data/validation-1-00000-of-00001.tfrecord.gz went missing")
     assert "rewritten or deleted during the run" in line and "\n" not in line
     assert failure_line(tf.errors.NotFoundError(None, None, "/elsewhere/x"), ARGS) is None
 

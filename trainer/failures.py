@@ -9,6 +9,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def _first_line(error: Exception) -> str:
@@ -55,12 +56,14 @@ def failure_line(error: Exception, args: argparse.Namespace) -> str | None:
             "or train into a new --model-dir"
         )
     message = getattr(error, "message", None) or str(error)
-    if isinstance(error, tf.errors.NotFoundError) and args.pipeline_output.rstrip("/") in message:
+    output = args.pipeline_output.rstrip("/")
+    if isinstance(error, tf.errors.NotFoundError) and output in message:
+        missing = re.search(re.escape(output) + r"[^\s;]*", message).group(0)
         return (
-            f"a file of {args.pipeline_output} went missing while the trainer read it "
-            f"({_first_line(error)}): the pipeline output was rewritten or deleted during the "
-            "run (a pipeline run with --overwrite?); nothing was evaluated or exported, the "
-            f"checkpoints stay in {args.model_dir}: rerun the trainer"
+            f"{missing} went missing while the trainer read it: the pipeline output was "
+            "rewritten or deleted during the run (a pipeline run with --overwrite?); nothing "
+            f"was evaluated or exported, the checkpoints stay in {args.model_dir}: rerun the "
+            "trainer"
         )
     if isinstance(error, tf.errors.DataLossError):
         from common import artifacts

@@ -83,5 +83,6 @@ def write_transform_graph(
         if tf.io.gfile.exists(target):
             tf.io.gfile.rmtree(target)
         tf.io.gfile.rename(artifacts.join(written, name), target)
-    tf.io.gfile.rmtree(written)
+    if tf.io.gfile.exists(written):  # on Cloud Storage no object is left under it
+        tf.io.gfile.rmtree(written)
     return artifacts.join(output, tft.TFTransformOutput.TRANSFORM_FN_DIR)

@@ -594,6 +594,9 @@ def test_a_resumed_run_keeps_the_history_and_the_best_checkpoint_so_far(
     assert written["best"]["step"] == top["global_step"]
     if first["best"]["step"] == top["global_step"]:  # the earlier best still wins
         assert written["best"]["checkpoint"] == first["best"]["checkpoint"]
+    # A run stopped before its end never writes eval_metrics.json: the rerun still has every
+    # evaluation it made (selection.json) and so chooses among the same checkpoints.
+    (model_dir / "eval_metrics.json").unlink()
     # A rerun with nothing left to train evaluates step 30 again: the same figures, once.
     task.train_and_evaluate(
         _args(output, model_dir, "--train-steps", "30", "--eval-every-steps", "10", "--no-export")

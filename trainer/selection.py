@@ -29,6 +29,9 @@ from trainer.metrics import (
 LOG = logging.getLogger("trainer")
 
 EVAL_METRICS = "eval_metrics.json"
+SELECTION = "selection.json"
+"""The history and the best checkpoint so far, rewritten after each evaluation: a run stopped
+before its end (when eval_metrics.json is written) resumes from every evaluation it made."""
 VALIDATION = "validation"
 HISTORY = "history"
 BEST = "best"
@@ -97,13 +100,17 @@ class Selection:
         self._resume(args.model_dir)
 
     def _resume(self, model_dir: str) -> None:
-        """Takes up the history and the best checkpoint of an earlier run in MODEL_DIR, so
-        that a resumed run compares its checkpoints with the best one so far."""
+        """Takes up the history and the best checkpoint of an earlier run in MODEL_DIR (from
+        SELECTION, else from the eval_metrics.json of a model directory written before it),
+        so that a resumed run compares its checkpoints with the best one so far."""
         import tensorflow as tf
 
-        if not storage.exists(artifacts.join(model_dir, EVAL_METRICS)):
+        for name in (SELECTION, EVAL_METRICS):
+            if storage.exists(artifacts.join(model_dir, name)):
+                previous = artifacts.read_json(model_dir, name)
+                break
+        else:
             return
-        previous = artifacts.read_json(model_dir, EVAL_METRICS)
         self.history = list(previous.get(HISTORY, []))
         self.start = next(
             (h for h in self.history if h.get("split") == VALIDATION and h.get("global_step") == 0),
@@ -163,6 +170,7 @@ class Selection:
             h for h in self.history if (h.get("split"), h.get("global_step")) != (name, step)
         ]
         self.history.append({"split": name, **result})
+        self._save()
         value = result.get(self.metric)
         if not rankable(value):
             # An undefined figure ranks nothing: this checkpoint is not a candidate.
@@ -188,6 +196,19 @@ class Selection:
                 self.metric: value,
                 "checkpoint": checkpoint,
             }
+        self._save()
+
+    def _save(self) -> None:
+        """Writes SELECTION: the history, and the best checkpoint as eval_metrics.json
+        records it (`_resume` reads either)."""
+        best = None
+        if self.best is not None:
+            best = {
+                "step": self.best["step"],
+                f"{VALIDATION}_{self.metric}": self.best[self.metric],
+                "checkpoint": artifacts.join(BEST_DIR, os.path.basename(self.best["checkpoint"])),
+            }
+        artifacts.write_json(self.args.model_dir, SELECTION, {HISTORY: self.history, BEST: best})
 
     def _beyond_start(self, result: dict[str, Any]) -> bool:
         """Whether a trained checkpoint may replace the start: by AUC, only where it beats

@@ -15,9 +15,10 @@ CPU evaluates the checkpoint the TPU wrote), unless --eval-steps caps the batche
 of examples evaluated is in eval_metrics.json. A checkpoint written on CPU resumes on a TPU
 and one written on a TPU resumes on CPU, in the same MODEL_DIR.
 
-MODEL_DIR receives the checkpoints, TensorBoard summaries, eval_metrics.json at the end of
-the run, the resolved training configuration and plan, and export/<timestamp>/, a SavedModel
-whose `serving_default` takes serialized raw tf.Examples.
+MODEL_DIR receives the checkpoints, TensorBoard summaries, selection.json after each
+evaluation (what a stopped run resumes from), eval_metrics.json at the end of the run, the
+resolved training configuration and plan, and export/<timestamp>/, a SavedModel whose
+`serving_default` takes serialized raw tf.Examples.
 """
 
 from __future__ import annotations

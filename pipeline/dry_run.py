@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from common.config import Config
 from pipeline.graph import build
+from pipeline.options import new_pipeline
 
 LOG = logging.getLogger("pipeline")
 
@@ -101,7 +102,7 @@ def dry_run(
     Returns:
       `measure_job`'s figures, with `dry_run` True, the `job` and the `summary` line.
     """
-    p = beam.Pipeline(options=options)
+    p = new_pipeline(options)
     build(p, config, patterns, header, output, work_dir, **build_args)  # writes nothing
     result = p.run()
     measured = {**measure_job(result.job), **workers(result.job.options)}

@@ -32,3 +32,21 @@ class Options(PipelineOptions):
         state = dict(super().__getstate__())
         state.pop("_views", None)
         return state
+
+
+def new_pipeline(options: PipelineOptions, runner=None):
+    """`beam.Pipeline(runner, options)`; options Beam's validator refuses (a project id or a
+    bucket name Cloud does not allow) raise InputError naming each, instead of Beam's
+    ValueError."""
+    import apache_beam as beam
+
+    from pipeline.input_files import InputError
+
+    try:
+        return beam.Pipeline(runner=runner, options=options)
+    except ValueError as e:
+        errors = str(e).split("Pipeline has validations errors:", 1)
+        if len(errors) < 2:
+            raise
+        reasons = "; ".join(line.strip() for line in errors[1].splitlines() if line.strip())
+        raise InputError(f"the pipeline options are not valid: {reasons}") from None

@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
     SetupOptions,
@@ -58,7 +57,7 @@ from pipeline.input_checks import (
 from pipeline.input_files import InputError
 from pipeline.local_runner import default_runner
 from pipeline.measure import UNSTORABLE
-from pipeline.options import Options
+from pipeline.options import Options, new_pipeline
 from pipeline.signatures import cache_signatures
 
 LOG = logging.getLogger("pipeline")
@@ -366,7 +365,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     started = time.time()
     try:
-        with beam.Pipeline(runner=default_runner(options), options=options) as p:
+        with new_pipeline(options, default_runner(options)) as p:
             build(p, config, args.input, header, staging, work_dir, **build_args)
         elapsed = time.time() - started
         LOG.info("Beam pipeline finished in %.1f s; summarizing", elapsed)

@@ -19,6 +19,7 @@ from apache_beam.runners.portability.stager import Stager
 
 from examples.clicks import generate
 from pipeline import run as pipeline_run
+from pipeline.input_files import InputError
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline_env]
@@ -215,3 +216,12 @@ def test_the_dockerfile_starts_from_the_locked_beam_and_python():
     python = "".join(map(str, sys.version_info[:2]))
     assert image == f"apache/beam_python{python[0]}.{python[1:]}_sdk:{beam.__version__}"
     assert "requirements/pipeline.txt" in dockerfile and "--require-hashes" in dockerfile
+
+
+def test_options_dataflow_refuses_are_one_error_naming_them(tmp_path):
+    data = _small_csv_files(tmp_path / "two", 2)
+    args = [a if a != "my-project" else "p" for a in _dry_run_args(data)]
+    with pytest.raises(
+        InputError, match=r"the pipeline options are not valid: Invalid Project ID \(p\)"
+    ):
+        pipeline_run.run(args)

@@ -47,18 +47,21 @@ def coverage_length(histogram: Mapping[Any, int], coverage: float) -> int:
 
 
 def sequence_summary(histogram: Mapping[Any, int]) -> dict[str, Any]:
-    """The stats.json entry of one sequence feature, from its exact length histogram."""
+    """The stats.json entry of one sequence feature, from its exact length histogram. The
+    length figures of no sequences (an empty eval split) are not defined: None."""
     pairs = _histogram(histogram)
     count = sum(c for _, c in pairs)
     ids = sum(length * c for length, c in pairs)
     return {
         "count": count,
         "empty": dict(pairs).get(0, 0),
-        "min": pairs[0][0] if pairs else 0,
-        "max": pairs[-1][0] if pairs else 0,
-        "mean": ids / count if count else 0.0,
+        "min": pairs[0][0] if pairs else None,
+        "max": pairs[-1][0] if pairs else None,
+        "mean": ids / count if count else None,
         "ids": ids,
-        "quantiles": {q: coverage_length(histogram, float(q)) for q in QUANTILES},
+        "quantiles": {
+            q: coverage_length(histogram, float(q)) if count else None for q in QUANTILES
+        },
         "histogram": {str(length): c for length, c in pairs},
     }
 

@@ -76,9 +76,10 @@ def statistics_list(
             summary = _list_summary(stats, split, feature.name, kind)
             common.num_non_missing = int(summary["count"])
             common.num_missing = 0
-            common.min_num_values = int(summary["min"])
-            common.max_num_values = int(summary["max"])
-            common.avg_num_values = float(summary["mean"])
+            if summary["count"]:  # no sequences, no lengths
+                common.min_num_values = int(summary["min"])
+                common.max_num_values = int(summary["max"])
+                common.avg_num_values = float(summary["mean"])
             common.tot_num_values = int(summary["ids"])
         else:
             _scalar(common, rows)

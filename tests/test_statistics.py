@@ -39,6 +39,16 @@ def test_sequence_summary():
     assert summary["mean"] == pytest.approx((3 + 20) / 10)
     assert summary["quantiles"] == {"0.5": 1, "0.9": 4, "0.95": 4, "0.99": 4}
     assert summary["histogram"] == {"0": 2, "1": 3, "4": 5}
+    # No sequences (an empty eval split): no length figure is defined.
+    none = sequence_summary({})
+    assert (none["count"], none["ids"], none["min"], none["max"], none["mean"]) == (
+        0,
+        0,
+        None,
+        None,
+        None,
+    )
+    assert set(none["quantiles"].values()) == {None}
 
 
 def test_truncation_costs():

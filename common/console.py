@@ -176,6 +176,9 @@ def start(argv: Sequence[str] | None = None) -> bool:
     verbose = wants_verbose(argv)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_DEFAULT)
+        # gRPC's native library (Beam's link to its worker processes) logs a closed
+        # connection at INFO, through absl, as a stop ends them.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         for category, message in IGNORED_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
     return verbose
@@ -203,6 +206,7 @@ def configure_logging(verbose: bool) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(name)s: %(message)s") if verbose else _OwnFormatter()
         )
+        handler.addFilter(_quiet_after_a_stop)
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     for name in OWN_LOGGERS:
@@ -213,6 +217,19 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     if not verbose:
         quiet_absl()
+
+
+def _quiet_after_a_stop(record: logging.LogRecord) -> bool:
+    """After Ctrl-C or SIGTERM, the libraries' lines are the stop's consequences (Beam's
+    runner losing the worker processes the same signal ended): the command's one line says
+    it. The product's own lines still pass."""
+    from common import process
+
+    if record.name.split(".")[0] in OWN_LOGGERS:
+        return True
+    other_thread = threading.current_thread() is not threading.main_thread()
+    wait = process.STOP_GRACE_S if other_thread and record.levelno >= logging.ERROR else 0.0
+    return not process.stopping(within=wait)
 
 
 def quiet_absl() -> None:

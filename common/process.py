@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 
@@ -108,6 +110,60 @@ def handle_stops() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _unraisable
+    global _arrivals
+    if _arrivals is None and threading.current_thread() is threading.main_thread():
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        _arrivals = read
+    if threading.excepthook is not _thread_error:
+        global _default_thread_hook
+        _default_thread_hook = threading.excepthook
+        threading.excepthook = _thread_error
+
+
+_default_thread_hook = threading.excepthook
+
+
+def _thread_error(args) -> None:
+    """After a stop, an error in another thread is its consequence (the local runner's
+    thread of a worker process the same Ctrl-C ended): the command's one line says it all.
+    Before a stop, Python's own report."""
+    if not stopping(within=STOP_GRACE_S):
+        _default_thread_hook(args)
+
+
+STOP_GRACE_S = 0.5
+"""How long an error in another thread waits for the stop it may be the consequence of: a
+signal to the whole process group ends a worker process at once, while this process's
+handler runs when its main thread next runs Python."""
+
+
+_arrivals: int | None = None
+"""The read end of the pipe Python's C-level signal handler writes each signal's number to
+(`signal.set_wakeup_fd`) the moment it arrives, before the main thread runs its handler."""
+_arrived: list[int] = []
+
+
+def _signal_arrived() -> bool:
+    """Whether SIGINT or SIGTERM has arrived, even if the main thread, blocked in native
+    code, has not run its handler yet."""
+    if _arrivals is not None and not _arrived:
+        try:
+            numbers = os.read(_arrivals, 512)
+        except (BlockingIOError, OSError):
+            numbers = b""
+        _arrived.extend(n for n in numbers if n in (signal.SIGINT, signal.SIGTERM))
+    return bool(_arrived)
+
+
+def stopping(within: float = 0.0) -> bool:
+    """Whether a stop was asked (or its signal has arrived), waiting up to `within` seconds."""
+    deadline = time.monotonic() + within
+    while not (_stop or _signal_arrived()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(_stop or _arrived)
 
 
 def stop_requested() -> bool:

@@ -11,6 +11,7 @@ as given.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -52,6 +53,7 @@ def _quiet_workers_runner():
         def _default_environment(self, environment):
             command = getattr(environment, "command_string", "")
             if command.endswith("-m apache_beam.runners.worker.sdk_worker_main"):
+                os.environ["PIPELINE_COMMAND_PID"] = str(os.getpid())  # pipeline.worker.PARENT
                 environment = environments.SubprocessSDKEnvironment.from_command_string(
                     command_string=f"{sys.executable} -m pipeline.worker"
                 )

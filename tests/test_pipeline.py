@@ -549,24 +549,37 @@ def test_a_stop_whose_interrupt_was_swallowed_commits_nothing(rows, tmp_path, mo
     assert not glob.glob(str(tmp_path / "out*"))  # nothing committed, no staging left
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_run_stopped_by_a_signal_says_so_in_one_line_and_leaves_nothing(tmp_path, signum):
+TWO_WORKERS = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+
+
+@pytest.mark.parametrize(
+    "signum, workers",
+    [(signal.SIGTERM, ()), (signal.SIGINT, ()), (signal.SIGTERM, TWO_WORKERS)],
+)
+def test_a_run_stopped_by_a_signal_says_so_in_one_line_and_leaves_nothing(
+    tmp_path, signum, workers
+):
     # SIGTERM is what `timeout`, schedulers and Kubernetes send: it stops a run as Ctrl-C
-    # does, staging deleted, one line, exit code 130.
+    # does, staging deleted, one line, exit code 130. With worker processes, the signal goes
+    # to the whole process group, as a terminal's Ctrl-C and `kill -- -PGID` send it.
     data = tmp_path / "clicks.csv"
     generate.write_csv(str(data), generate.generate(60_000, seed=5))
     output = tmp_path / "out"
     command = [sys.executable, "-m", "pipeline", "--config", str(EXAMPLE_CONFIG)]
-    command += ["--input", str(data), "--output", str(output)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    command += ["--input", str(data), "--output", str(output), *workers]
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not glob.glob(str(tmp_path / "out.incomplete-*" / ".work" / "spill")):  # Beam runs
         assert process.poll() is None and time.monotonic() < deadline, "the run never began"
         time.sleep(0.05)
-    process.send_signal(signum)
+    os.killpg(process.pid, signum)
     _, stderr = process.communicate(timeout=120)
     said = stderr.decode()
     assert process.returncode == 130, said
     assert said.strip().splitlines()[-1] == "interrupted: stopped before the end", said
     assert "Traceback" not in said, said
+    for line in said.strip().splitlines():  # the product's own lines only
+        assert line.startswith("pipeline: ") or line.startswith("interrupted: "), said
     assert sorted(os.listdir(tmp_path)) == ["clicks.csv"]

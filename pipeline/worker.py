@@ -6,6 +6,10 @@ worker then printed TensorFlow's import lines and the libraries' warnings, which
 itself drops (common/console.py). This module sets what the command sets before TensorFlow
 is imported, imports it without those lines, then runs Beam's worker. The worker's own logs
 still reach the command through Beam's logging service.
+
+A Ctrl-C or SIGTERM to the process group ends a worker at once and quietly (the command
+stops the run and says so in its one line), and a worker ends when the command is gone (a
+SIGKILL'd command cannot stop it).
 """
 
 from __future__ import annotations

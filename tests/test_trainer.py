@@ -888,8 +888,9 @@ def test_the_start_is_a_candidate_whatever_the_checkpoint_rotation_and_a_lost_hi
     small_pipeline_output, tmp_path, monkeypatch
 ):
     """More than five checkpoints before the first evaluation: rotation deletes
-    model.ckpt-0, but the start was kept aside when it was saved (MODEL_DIR/start/). A run
-    killed before it wrote eval_metrics.json, resumed, still compares with the start."""
+    model.ckpt-0, but the start was kept aside when it was saved (MODEL_DIR/start/). A
+    resumed run whose history was lost (neither selection.json nor eval_metrics.json, as in
+    a model directory copied without them) still compares with the start."""
     output = _with_validation_split(small_pipeline_output["output"], tmp_path / "out", monkeypatch)
     model_dir = tmp_path / "model"
     flags = ("--save-checkpoints-steps", "2", "--eval-every-steps", "20", "--no-export")
@@ -904,8 +905,10 @@ def test_the_start_is_a_candidate_whatever_the_checkpoint_rotation_and_a_lost_hi
     assert [h["global_step"] for h in written["history"]] == [0, 20]
     assert "validation_auc_needed" in written["best"]
     assert written["best"]["step"] == _chosen(written["history"], written["best"])["global_step"]
-    # Killed before the end: no eval_metrics.json. The resumed run evaluates the start again.
+    # The history lost: the resumed run evaluates the start again. (A run killed before
+    # its end keeps it in selection.json: test_a_resumed_run_keeps_the_history_...)
     (model_dir / "eval_metrics.json").unlink()
+    (model_dir / "selection.json").unlink()
     args.train_steps = 40
     task.train_and_evaluate(args)
     written = json.loads((model_dir / "eval_metrics.json").read_text())

@@ -53,7 +53,9 @@ def _quiet_workers_runner():
         def _default_environment(self, environment):
             command = getattr(environment, "command_string", "")
             if command.endswith("-m apache_beam.runners.worker.sdk_worker_main"):
-                os.environ["PIPELINE_COMMAND_PID"] = str(os.getpid())  # pipeline.worker.PARENT
+                from pipeline.worker import PARENT
+
+                os.environ[PARENT] = str(os.getpid())
                 environment = environments.SubprocessSDKEnvironment.from_command_string(
                     command_string=f"{sys.executable} -m pipeline.worker"
                 )

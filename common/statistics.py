@@ -178,8 +178,8 @@ def numeric_summary(count: int, total: int, total_sq: int, low: float, high: flo
       total_sq: the exact sum of their squares times 2**(2 * SUM_SCALE_BITS).
       low, high: the smallest and the largest value.
     """
-    if not count:
-        return {"count": 0, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
+    if not count:  # the figures of no values are not defined
+        return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
     mean, variance = mean_and_variance(count, total, total_sq)
     return {
         "count": count,

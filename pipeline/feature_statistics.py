@@ -62,7 +62,7 @@ def statistics_list(
             out.type = statistics_pb2.FeatureNameStatistics.FLOAT
             common = out.num_stats.common_stats
             _scalar(common, rows)
-            if split == "train":
+            if split == "train" and stats["numeric"][feature.name]["count"]:
                 moments = stats["numeric"][feature.name]
                 out.num_stats.mean = moments["mean"]
                 out.num_stats.std_dev = moments["std"]

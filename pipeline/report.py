@@ -210,6 +210,9 @@ def render(
 
     parts.append("<h2>Sequence lengths (training split)</h2>")
     for name, summary in stats["sequences"].items():
+        if not summary["count"]:  # no training row: no length is defined
+            parts.append(f"<h3>{html.escape(name)}</h3><p>No sequences.</p>")
+            continue
         chosen = chosen_length(config, name, summary["histogram"])
         cost = statistics.truncation(summary["histogram"], chosen)
         q = summary["quantiles"]
@@ -228,6 +231,9 @@ def render(
     if bags:
         parts.append("<h2>Bags (training split; pooled, every id kept up to the cap)</h2>")
     for name, summary in bags.items():
+        if not summary["count"]:
+            parts.append(f"<h3>{html.escape(name)}</h3><p>No bags.</p>")
+            continue
         cap = statistics.bag_cap(summary["histogram"])
         cost = statistics.truncation(summary["histogram"], cap)
         parts += [
@@ -270,10 +276,11 @@ def render(
             "<th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
         )
         for name, n in stats["numeric"].items():
-            parts.append(
-                f"<tr><td>{html.escape(name)}</td><td>{n['count']:,}</td><td>{n['mean']:.4g}"
-                f"</td><td>{n['std']:.4g}</td><td>{n['min']:.4g}</td><td>{n['max']:.4g}</td></tr>"
+            figures = "".join(
+                f"<td>{'n/a' if n[k] is None else format(n[k], '.4g')}</td>"
+                for k in ("mean", "std", "min", "max")
             )
+            parts.append(f"<tr><td>{html.escape(name)}</td><td>{n['count']:,}</td>{figures}</tr>")
         parts.append("</table>")
     if capacity:
         parts += capacity_section(capacity)

@@ -240,6 +240,36 @@ def test_too_many_rejected_rows_fail_the_run_without_success(rows, tmp_path):
         plan_pipeline_output(output)
 
 
+def test_a_run_without_a_training_row_says_so_and_keeps_its_report(rows, tmp_path):
+    # Every row of one user: the split key sends them all to one held-out split. The
+    # training split's figures (lengths, moments) are not defined; the report and stats.json
+    # say so instead of failing on them or making them up.
+    from pipeline.decode import split_of
+
+    user = next(f"u{i}" for i in range(100) if split_of(f"u{i}", 0.1, 0.1) != "train")
+    data = tmp_path / "one-user.csv"
+    generate.write_csv(str(data), [(user, *row[1:]) for row in rows[:40]])
+    output = str(tmp_path / "out")
+    with pytest.raises(pipeline_run.TooManyRejected, match="no training row: of 40 rows read"):
+        _run(tmp_path, "out", "csv", [str(data)])
+    assert not os.path.exists(output)
+    (staging,) = glob.glob(output + ".incomplete-*")
+    stats = json.loads(open(os.path.join(staging, "stats.json")).read())
+    assert stats["rows"]["train"] == 0 and stats["rows"]["read"] == 40
+    history = stats["sequences"]["history"]
+    assert history["count"] == 0 and history["mean"] is None and history["max"] is None
+    assert stats["numeric"]["price"] == {
+        "count": 0,
+        "mean": None,
+        "std": None,
+        "min": None,
+        "max": None,
+    }
+    report = open(os.path.join(staging, "report.html")).read()
+    assert "<h3>history</h3><p>No sequences.</p>" in report
+    assert "<tr><td>price</td><td>0</td><td>n/a</td>" in report
+
+
 def test_a_failing_run_commits_nothing(rows, tmp_path, monkeypatch):
     data = tmp_path / "clicks.csv"
     generate.write_csv(str(data), rows)

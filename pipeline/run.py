@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import posixpath
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,23 +176,38 @@ def check_rejected(
       output: OUTPUT, named as left as it was (nothing is committed).
     """
     rows = stats["rows"]
+    kept = (f" (nothing was committed: {output} is as it was)" if output else "") + "."
+    reasons = list(stats.get("rejected_reasons", {}).items())[:3]
+    commonest = "; ".join(f"{reason} ({count:,})" for reason, count in reasons)
     if rows["read"] and not rows["train"]:
+        held_out = rows["validation"] + rows["eval"]
         raise TooManyRejected(
-            f"no training row: of {rows['read']} rows read, {rows['rejected']} were rejected "
-            f"and {rows['read'] - rows['rejected'] - rows['train']} went to the other splits; "
-            f"nothing to train on. Every rejected row, with its reason, is in {rejected_dir}"
-            + (f" (nothing was committed: {output} is as it was)" if output else "")
+            f"no training row: of {rows['read']:,} rows read, "
+            + (
+                f"{rows['rejected']:,} were rejected (commonest reasons: {commonest}; every "
+                f"rejected row, with its reason, is in {rejected_dir})"
+                if rows["rejected"]
+                else f"none was rejected (its stats.json and report.html are in "
+                f"{posixpath.dirname(rejected_dir)})"
+            )
+            + (
+                f"{' and' if rows['rejected'] else ';'} {held_out:,} went to the held-out "
+                f"splits ({rows['validation']:,} validation, {rows['eval']:,} eval): the split "
+                "key sends all the rows of a key to one split, so a few keys can leave "
+                "training empty"
+                if held_out
+                else ""
+            )
+            + "; nothing to train on"
+            + kept
         )
     if not rows["read"] or rows["rejected"] / rows["read"] <= max_fraction:
         return
-    reasons = list(stats["rejected_reasons"].items())[:3]
     raise TooManyRejected(
-        f"{rows['rejected']} of {rows['read']} rows rejected "
+        f"{rows['rejected']:,} of {rows['read']:,} rows rejected "
         f"({rows['rejected'] / rows['read']:.2%}), more than --max-rejected-fraction "
-        f"{max_fraction:g}; commonest reasons: "
-        + "; ".join(f"{reason} ({count})" for reason, count in reasons)
-        + f". Every rejected row, with its reason, is in {rejected_dir}"
-        + (f" (nothing was committed: {output} is as it was)" if output else "")
+        f"{max_fraction:g}; commonest reasons: {commonest}. Every rejected row, with its "
+        f"reason, is in {rejected_dir}" + kept
     )
 
 

@@ -250,10 +250,14 @@ def test_a_run_without_a_training_row_says_so_and_keeps_its_report(rows, tmp_pat
     data = tmp_path / "one-user.csv"
     generate.write_csv(str(data), [(user, *row[1:]) for row in rows[:40]])
     output = str(tmp_path / "out")
-    with pytest.raises(pipeline_run.TooManyRejected, match="no training row: of 40 rows read"):
+    with pytest.raises(pipeline_run.TooManyRejected) as error:
         _run(tmp_path, "out", "csv", [str(data)])
-    assert not os.path.exists(output)
     (staging,) = glob.glob(output + ".incomplete-*")
+    assert (
+        f"no training row: of 40 rows read, none was rejected (its stats.json and report.html "
+        f"are in {staging}); 40 went to the held-out " in str(error.value)
+    )
+    assert not os.path.exists(output)
     stats = json.loads(open(os.path.join(staging, "stats.json")).read())
     assert stats["rows"]["train"] == 0 and stats["rows"]["read"] == 40
     history = stats["sequences"]["history"]

@@ -90,8 +90,13 @@ def test_a_run_without_training_rows_is_refused():
         "rows": {"read": 50, "train": 0, "validation": 0, "eval": 0, "rejected": 50},
         "rejected_reasons": {"blank line": 50},
     }
-    with pytest.raises(run.TooManyRejected, match="no training row: of 50 rows read, 50"):
+    with pytest.raises(run.TooManyRejected) as error:
         run.check_rejected(stats, 1.0, "/staging/rejected", "/out")
+    assert str(error.value) == (
+        "no training row: of 50 rows read, 50 were rejected (commonest reasons: blank line "
+        "(50); every rejected row, with its reason, is in /staging/rejected); nothing to "
+        "train on (nothing was committed: /out is as it was)."
+    )
 
 
 @pytest.mark.trainer_env

@@ -68,6 +68,17 @@ class PlanError(ValueError):
     """Statistics and config that cannot be planned; the message names what is wrong."""
 
 
+def _empty_vocabulary(vocabulary: str, measured: dict, frequency_threshold: int) -> str:
+    """Why a vocabulary keeps no value, from its stats.json entry."""
+    distinct = int(measured.get("distinct_values", 0))
+    if not distinct:
+        return f"vocabulary {vocabulary!r} has no value in the training split"
+    return (
+        f"vocabulary {vocabulary!r} keeps no value: none of its {distinct:,} distinct training "
+        f"values occurs frequency_threshold ({frequency_threshold:,}) times"
+    )
+
+
 def make_plan(
     stats: dict[str, Any],
     config: Config,
@@ -109,11 +120,13 @@ def make_plan(
         entries = int(measured["size"])
         settings = config.vocabulary_config(vocabulary)
         if entries <= 1:
-            for name in names:
-                dropped[name] = (
-                    f"vocabulary {vocabulary!r} has {entries} value(s) after top_k and "
-                    f"frequency_threshold: a constant carries no information"
-                )
+            reason = (
+                f"vocabulary {vocabulary!r} has 1 value after top_k and frequency_threshold: "
+                "a constant carries no information"
+                if entries
+                else _empty_vocabulary(vocabulary, measured, settings.frequency_threshold)
+            )
+            dropped.update(dict.fromkeys(names, reason))
             continue
         kept = []
         for name in names:

@@ -106,7 +106,6 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
             unstorable.get(vocabulary, (0, 0)),
         )
         size = vocabulary_sizes[vocabulary]
-        # An empty vocabulary's file holds tf.Transform's one placeholder entry.
         if size != max(summary["expected_size"], 1):
             LOG.warning(
                 "vocabulary %s: tf.Transform wrote %d entries, the frequency counts expect %d",
@@ -114,6 +113,10 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
                 size,
                 summary["expected_size"],
             )
+        elif not summary["expected_size"]:
+            # The file of an empty vocabulary holds tf.Transform's one placeholder entry,
+            # which no value maps to: the vocabulary keeps no value.
+            size = 0
         unseen = [skew.get((vocabulary, name), [0, 0, 0]) for name in names]
         totals = (sum(column) for column in zip(*unseen, strict=True))
         eval_summary = statistics.unseen_summary(*totals)

@@ -147,6 +147,9 @@ def test_stats_count_the_values_no_vocabulary_file_holds_as_out_of_vocabulary(ro
     text = _config_text("parquet")
     config.write_text(
         text.replace("[vocabulary.region]", "[vocabulary.items]\ntop_k = 40\n\n[vocabulary.region]")
+        # and no region is frequent enough: an empty vocabulary (tf.Transform's file then
+        # holds one placeholder entry that no value maps to)
+        .replace("frequency_threshold = 3 ", "frequency_threshold = 100000 ")
     )
     output = str(tmp_path / "out")
     stats = pipeline_run.run(["--config", str(config), "--input", str(path), "--output", output])
@@ -164,6 +167,11 @@ def test_stats_count_the_values_no_vocabulary_file_holds_as_out_of_vocabulary(ro
     for name in ("item_id", "history"):
         ids, out = _out_of_vocabulary(output, "eval", [name], items["size"])
         assert stats["eval_skew"]["features"][name]["oov_rate"] == out / ids, name
+    region = stats["vocabularies"]["region"]
+    assert region["size"] == 0 and region["distinct_values"] > 10
+    ids, out = _out_of_vocabulary(output, "train", ["region"], region["size"])
+    assert ids == region["tokens"] == out and region["oov_rate"] == 1.0
+    assert len(_vocabularies(output)["region"].splitlines()) == 1
 
 
 BAD_LINES = {

@@ -113,7 +113,29 @@ def test_empty_only_sequence_is_dropped_and_table_keeps_the_rest():
 def test_one_value_vocabulary_is_dropped():
     plan = make_plan(stats(device_size=1), config())
     assert "device" not in plan.tables
-    assert "1 value(s)" in plan.dropped["device"]
+    assert plan.dropped["device"] == (
+        "vocabulary 'device' has 1 value after top_k and frequency_threshold: "
+        "a constant carries no information"
+    )
+
+
+@pytest.mark.parametrize(
+    "distinct, reason",
+    [
+        (
+            40,
+            "vocabulary 'device' keeps no value: none of its 40 distinct training values "
+            "occurs frequency_threshold (1,000) times",
+        ),
+        (0, "vocabulary 'device' has no value in the training split"),
+    ],
+)
+def test_an_empty_vocabulary_is_dropped_saying_why(distinct, reason):
+    measured = stats()
+    measured["vocabularies"]["device"] = vocab(0, distinct)
+    plan = make_plan(measured, config(vocabulary={"device": {"frequency_threshold": 1000}}))
+    assert "device" not in plan.tables
+    assert plan.dropped["device"] == reason
 
 
 def test_id_like_feature_is_flagged():

@@ -34,6 +34,39 @@ class Options(PipelineOptions):
         return state
 
 
+def check_cloud_locations(options: PipelineOptions) -> None:
+    """Refuses a --temp_location or --staging_location that Beam's validator would refuse,
+    and a dry run without either, as InputError.
+
+    Where neither is a valid gs:// path, Beam falls back to a default bucket of the project,
+    which it looks up (or creates) over the network: a typo in the one the user gave would
+    send the job's files elsewhere, after a warning this command's quiet logs do not show, and
+    a dry run, which is offline, would wait on the network for minutes.
+    """
+    from apache_beam.options.pipeline_options import (
+        GoogleCloudOptions,
+        StandardOptions,
+        TestOptions,
+    )
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+
+    from pipeline.input_files import InputError
+
+    if "Dataflow" not in str(options.view_as(StandardOptions).runner):
+        return
+    cloud = options.view_as(GoogleCloudOptions)
+    validator = PipelineOptionsValidator(options, None)
+    given = [name for name in ("temp_location", "staging_location") if getattr(cloud, name)]
+    errors = [error for name in given for error in validator.validate_gcs_path(cloud, name)]
+    if errors:
+        raise InputError("the pipeline options are not valid: " + "; ".join(errors))
+    if not given and options.view_as(TestOptions).dry_run:
+        raise InputError(
+            "a Dataflow dry run needs --temp_location gs://BUCKET/PATH (without it Beam looks "
+            "up a default bucket over the network)"
+        )
+
+
 def new_pipeline(options: PipelineOptions, runner=None):
     """`beam.Pipeline(runner, options)`; options Beam's validator refuses (a project id or a
     bucket name Cloud does not allow) raise InputError naming each, instead of Beam's
@@ -42,6 +75,7 @@ def new_pipeline(options: PipelineOptions, runner=None):
 
     from pipeline.input_files import InputError
 
+    check_cloud_locations(options)
     try:
         return beam.Pipeline(runner=runner, options=options)
     except ValueError as e:

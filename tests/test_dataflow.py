@@ -225,3 +225,48 @@ def test_options_dataflow_refuses_are_one_error_naming_them(tmp_path):
         InputError, match=r"the pipeline options are not valid: Invalid Project ID \(p\)"
     ):
         pipeline_run.run(args)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            ("gs://my-bucket/tmp", "gs://My_Bucket/tmp"),
+            r"not valid: Invalid GCS bucket \(gs://My_Bucket/tmp\), given for the option: "
+            "temp_location",
+        ),
+        (
+            ("--temp_location", "--staging_location"),
+            None,  # a staging location alone is enough: Beam uses it for both
+        ),
+        (
+            ("gs://my-bucket/tmp", None),
+            "a Dataflow dry run needs --temp_location gs://BUCKET/PATH",
+        ),
+    ],
+)
+def test_the_job_locations_are_checked_before_beam_looks_up_a_default_bucket(
+    tmp_path, monkeypatch, change, message
+):
+    # Where neither location is a valid gs:// path Beam falls back to the project's default
+    # bucket, looked up over the network: minutes of waiting offline, or, online, the job's
+    # files somewhere the user did not name.
+    from apache_beam.io.gcp import gcsio
+
+    def network(*args, **kwargs):
+        raise AssertionError("Beam looked up a default bucket")
+
+    monkeypatch.setattr(gcsio, "get_or_create_default_gcs_bucket", network)
+    data = _small_csv_files(tmp_path / "two", 2)
+    old, new = change
+    args = _dry_run_args(data)
+    if new is None:
+        at = args.index(old)
+        del args[at - 1 : at + 1]
+    else:
+        args = [new if a == old else a for a in args]
+    if message is None:
+        assert pipeline_run.run(args)["dry_run"]
+    else:
+        with pytest.raises(InputError, match=message):
+            pipeline_run.run(args)

@@ -13,6 +13,7 @@ vocabulary, is written beside the schema as tf.Transform writes it.
 
 from __future__ import annotations
 
+import heapq
 import json
 import uuid
 
@@ -70,6 +71,7 @@ def write_transform_graph(
         tensor_adapter.TensorAdapter(adapter_config).OriginalTypeSpecs(),
         written,
     )
+    canonical_node_order(artifacts.join(written, tft.TFTransformOutput.TRANSFORM_FN_DIR))
     asset_map = {name: vocabulary_file_name(name) for name in config.vocabularies()}
     metadata = artifacts.join(written, tft.TFTransformOutput.TRANSFORMED_METADATA_DIR)
     with tf.io.gfile.GFile(artifacts.join(metadata, ASSET_MAP), "w") as f:
@@ -86,3 +88,59 @@ def write_transform_graph(
     if tf.io.gfile.exists(written):  # on Cloud Storage no object is left under it
         tf.io.gfile.rmtree(written)
     return artifacts.join(output, tft.TFTransformOutput.TRANSFORM_FN_DIR)
+
+
+def canonical_node_order(saved_model_dir: str) -> None:
+    """Rewrites a SavedModel's saved_model.pb with the nodes of each function in one order,
+    and its fingerprint.pb to match.
+
+    TensorFlow prunes the transform function out of the traced graph walking a set of
+    operations, so the order of the function's nodes (not its edges: each node names its
+    inputs) changed from one run to the next, and with it the bytes of saved_model.pb
+    between two runs on the same data. Ordered topologically, ties broken by name, the
+    nodes are in one order whatever the walk's; TensorFlow connects them by name either way.
+    """
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.saved_model import fingerprinting_utils
+
+    path = artifacts.join(saved_model_dir, "saved_model.pb")
+    model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        model.ParseFromString(f.read())
+    for meta_graph in model.meta_graphs:
+        for function in meta_graph.graph_def.library.function:
+            ordered = topological_order(function.node_def)
+            del function.node_def[:]
+            function.node_def.extend(ordered)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(model.SerializeToString(deterministic=True))
+    fingerprinting_utils.write_fingerprint(saved_model_dir)
+
+
+def topological_order(nodes) -> list:
+    """NodeDefs of one function, each after the nodes it takes an input or a control edge
+    from, ties broken by name."""
+    by_name = {node.name: node for node in nodes}
+    inputs = {
+        node.name: {edge.lstrip("^").split(":")[0] for edge in node.input} & by_name.keys()
+        for node in nodes
+    }
+    consumers: dict[str, list[str]] = {name: [] for name in by_name}
+    for name, sources in inputs.items():
+        for source in sources:
+            consumers[source].append(name)
+    waiting = {name: len(sources) for name, sources in inputs.items()}
+    ready = [name for name, count in waiting.items() if not count]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        name = heapq.heappop(ready)
+        ordered.append(by_name[name])
+        for consumer in consumers[name]:
+            waiting[consumer] -= 1
+            if not waiting[consumer]:
+                heapq.heappush(ready, consumer)
+    if len(ordered) != len(by_name):
+        raise ValueError("a function of the transform graph has a cycle")
+    return ordered

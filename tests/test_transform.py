@@ -240,3 +240,48 @@ def test_the_graph_traced_from_the_measurements_is_tf_transforms(graph, tmp_path
         raw = _unseen_batch(300, seed)
         # The column-wise values, checked against tf.Transform's graph, against ours.
         check_against_graph(raw, transform(raw, CONFIG, resources, moments), mine, ADAPTER)
+    # Its functions' nodes are in one order: topological, ties broken by name. Any order
+    # TensorFlow's walk gives (shuffled here) is written back as the same bytes.
+    _assert_one_node_order(Path(written))
+
+
+def _fingerprint(saved_model_dir: Path) -> dict:
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    fingerprint = fingerprint_pb2.FingerprintDef()
+    fingerprint.ParseFromString((saved_model_dir / "fingerprint.pb").read_bytes())
+    fields = {f.name: v for f, v in fingerprint.ListFields()}
+    fields.pop("uuid", None)  # TensorFlow gives every SavedModel written a random one
+    return fields
+
+
+def _assert_one_node_order(saved_model_dir: Path) -> None:
+    import random
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from pipeline.transform_graph import canonical_node_order
+
+    path = saved_model_dir / "saved_model.pb"
+    written, fingerprint = path.read_bytes(), _fingerprint(saved_model_dir)
+    model = saved_model_pb2.SavedModel()
+    model.ParseFromString(written)
+    functions = [f for g in model.meta_graphs for f in g.graph_def.library.function]
+    assert sum(len(f.node_def) for f in functions) > 20
+    for function in functions:
+        placed = set()
+        for node in function.node_def:
+            sources = {edge.lstrip("^").split(":")[0] for edge in node.input}
+            assert not sources & {n.name for n in function.node_def} - placed, node.name
+            placed.add(node.name)
+    shuffled = random.Random(0)
+    for function in functions:
+        nodes = list(function.node_def)
+        shuffled.shuffle(nodes)
+        del function.node_def[:]
+        function.node_def.extend(nodes)
+    path.write_bytes(model.SerializeToString(deterministic=True))
+    assert path.read_bytes() != written
+    canonical_node_order(str(saved_model_dir))
+    assert path.read_bytes() == written
+    assert _fingerprint(saved_model_dir) == fingerprint

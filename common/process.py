@@ -196,5 +196,8 @@ def is_interrupt(error: object) -> bool:
 
 
 def _say_interrupted() -> int:
-    print("interrupted: stopped before the end", file=sys.stderr)
+    """The stop's one line, named after the command as its other lines are."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    command = f"{spec.name.split('.')[0]}: " if spec is not None else ""
+    print(f"{command}interrupted: stopped before the end", file=sys.stderr)
     return INTERRUPTED

@@ -620,8 +620,8 @@ def test_a_run_stopped_by_a_signal_says_so_in_one_line_and_leaves_nothing(
     _, stderr = process.communicate(timeout=120)
     said = stderr.decode()
     assert process.returncode == 130, said
-    assert said.strip().splitlines()[-1] == "interrupted: stopped before the end", said
+    assert said.strip().splitlines()[-1] == "pipeline: interrupted: stopped before the end"
     assert "Traceback" not in said, said
     for line in said.strip().splitlines():  # the product's own lines only
-        assert line.startswith("pipeline: ") or line.startswith("interrupted: "), said
+        assert line.startswith("pipeline: "), said
     assert sorted(os.listdir(tmp_path)) == ["clicks.csv"]

@@ -49,7 +49,9 @@ LIBRARY_LOGGERS = (
 """Loggers that only let errors through by default."""
 
 KEPT_LIBRARY_LOGGERS = ("apache_beam.runners.dataflow",)
-"""Library loggers a user needs at INFO: Dataflow's job id and its console address."""
+"""Library loggers a user needs at INFO: Dataflow's job id and its console address. Their
+lines of `KNOWN_NOISE` are dropped (the advice to pre-build a container on every job that
+installs requirements: docs/dataflow.md says how)."""
 
 IGNORED_WARNINGS = (
     # google-api-core, on any Python it will drop one day.
@@ -94,6 +96,7 @@ KNOWN_NOISE = (
     "Calling checkpoint_exists",
     "Using config:",
     "Saving checkpoints for",
+    "consider using the SDK container image pre-building workflow",
 )
 """Lines the libraries print that a user of these commands need not read; none of them is
 printed by default (tests/test_console.py runs each command and checks)."""
@@ -207,6 +210,8 @@ def configure_logging(verbose: bool) -> None:
             logging.Formatter("%(asctime)s %(name)s: %(message)s") if verbose else _OwnFormatter()
         )
         handler.addFilter(_quiet_after_a_stop)
+        if not verbose:
+            handler.addFilter(_not_known_noise)
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     for name in OWN_LOGGERS:
@@ -217,6 +222,14 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     if not verbose:
         quiet_absl()
+
+
+def _not_known_noise(record: logging.LogRecord) -> bool:
+    """Drops a library's line of `KNOWN_NOISE` (from the loggers kept at INFO)."""
+    if record.name.split(".")[0] in OWN_LOGGERS:
+        return True
+    message = record.getMessage()
+    return not any(noise in message for noise in KNOWN_NOISE)
 
 
 def _quiet_after_a_stop(record: logging.LogRecord) -> bool:

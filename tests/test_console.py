@@ -182,6 +182,24 @@ def test_a_real_warning_still_shows():
     assert "tf.layers.dense" not in result.stderr
 
 
+def test_dataflows_advice_to_prebuild_is_dropped_and_its_job_lines_kept():
+    script = (
+        "import logging; from common import console; console.start([]); "
+        "console.configure_logging(False); "
+        "log = logging.getLogger('apache_beam.runners.dataflow.dataflow_runner'); "
+        "log.warning('Pipeline has additional dependencies to be installed in SDK worker "
+        "container, consider using the SDK container image pre-building workflow to avoid "
+        "repetitive installations.'); "
+        "log.info('Created job with id: [2026-12-07_01]')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert result.stderr.strip().splitlines() == [
+        "apache_beam.runners.dataflow.dataflow_runner: Created job with id: [2026-12-07_01]"
+    ]
+
+
 class _Clock:
     def __init__(self):
         self.now = 0.0

@@ -164,10 +164,16 @@ def import_tensorflow(verbose: bool) -> None:
                 import tensorflow  # noqa: F401
 
 
+VERBOSE_ENV = "TPU_EMBEDDING_VERBOSE"
+"""Set to 1 by a command started with -v, so that the processes it starts (Beam's local
+workers) show the libraries' logs too."""
+
+
 def wants_verbose(argv: Sequence[str] | None) -> bool:
-    """Whether the command line asks for the libraries' logs (before argparse runs)."""
+    """Whether the command line asks for the libraries' logs (before argparse runs), or
+    the command that started this process did."""
     args = sys.argv[1:] if argv is None else list(argv)
-    return "-v" in args or "--verbose" in args
+    return "-v" in args or "--verbose" in args or os.environ.get(VERBOSE_ENV) == "1"
 
 
 def start(argv: Sequence[str] | None = None) -> bool:
@@ -177,7 +183,9 @@ def start(argv: Sequence[str] | None = None) -> bool:
       argv: the command's arguments (sys.argv[1:] when None).
     """
     verbose = wants_verbose(argv)
-    if not verbose:
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_DEFAULT)
         # gRPC's native library (Beam's link to its worker processes) logs a closed
         # connection at INFO, through absl, as a stop ends them.

@@ -86,11 +86,13 @@ def main() -> None:
         console.import_tensorflow(verbose)
         from apache_beam.runners.worker import sdk_worker_main
 
-    # The libraries' INFO lines (TensorFlow's "Assets written to ...") as the command drops
-    # them; Beam's worker sets up the handlers, which these levels filter.
-    for name in console.LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    console.quiet_absl()
+    if not verbose:
+        # The libraries' INFO lines (TensorFlow's "Assets written to ...") as the command
+        # drops them; Beam's worker sets up the handlers, which these levels filter. A
+        # command started with -v has its workers show them (console.VERBOSE_ENV).
+        for name in console.LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        console.quiet_absl()
     sdk_worker_main.main(sys.argv)
 
 

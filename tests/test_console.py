@@ -25,7 +25,7 @@ EXAMPLE_CONFIG = ROOT / "examples" / "clicks" / "features.toml"
 
 def _env() -> dict[str, str]:
     """The environment without the settings a user would not have made."""
-    unset = ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
+    unset = ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", console.VERBOSE_ENV)
     return {k: v for k, v in os.environ.items() if k not in unset}
 
 
@@ -198,6 +198,23 @@ def test_dataflows_advice_to_prebuild_is_dropped_and_its_job_lines_kept():
     assert result.stderr.strip().splitlines() == [
         "apache_beam.runners.dataflow.dataflow_runner: Created job with id: [2026-12-07_01]"
     ]
+
+
+def test_a_verbose_command_starts_verbose_processes():
+    # Beam's local workers (--direct_running_mode multi_processing) are processes the
+    # command starts: with -v they show the libraries' logs as the command does.
+    child = "from common import console; print(console.start([]))"
+    script = (
+        "import subprocess, sys; from common import console; "
+        f"console.start(sys.argv[1:]); subprocess.run([sys.executable, '-c', {child!r}])"
+    )
+    said = {
+        flag: subprocess.run(
+            [sys.executable, "-c", script, *flag], cwd=ROOT, env=_env(), capture_output=True
+        ).stdout
+        for flag in ((), ("-v",))
+    }
+    assert said == {(): b"False\n", ("-v",): b"True\n"}
 
 
 class _Clock:

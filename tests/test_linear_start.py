@@ -265,3 +265,86 @@ def test_without_a_validation_split_the_start_still_counts_the_best_feature(tmp_
     assert set(values) == {"user_id", "items"}
     # Every item seen in training starts at its counts; the OOV row at the prior.
     assert np.all(np.abs(values["items"][:30]) > 1e-6) and abs(values["items"][30]) < 1e-6
+
+
+def _selection(tmp_path, pipeline_run, train_steps=300):
+    from common.plan import EmbeddingPlan
+    from trainer.selection import Selection
+
+    plan = EmbeddingPlan(
+        tables={},
+        features={},
+        dropped={},
+        numeric_features=[],
+        label={"name": "y", "type": "binary"},
+        length_coverage=0.95,
+        notes=[],
+    )
+    args = argparse.Namespace(
+        model_dir=str(tmp_path),
+        eval_every_steps=100,
+        eval_steps=None,
+        id_bias=True,
+        bias_init=True,
+        train_steps=train_steps,
+    )
+    return Selection(args, plan, ["validation"], ["eval"], pipeline_run)
+
+
+def _earlier_run(tmp_path, pipeline_run, checkpoint: bool):
+    """A model directory an earlier run left: its selection.json (measured on the validation
+    rows of `pipeline_run`), its best checkpoint and, if `checkpoint`, its latest one."""
+    import json
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.ckpt-100.index").write_bytes(b"")
+    history = [
+        {"split": "validation", "global_step": step, "auc": auc}
+        for step, auc in ((0, 0.70), (100, 0.75))
+    ]
+    best = {"step": 100, "validation_auc": 0.75, "checkpoint": "best/model.ckpt-100"}
+    (tmp_path / "selection.json").write_text(
+        json.dumps({"pipeline_run": pipeline_run, "history": history, "best": best})
+    )
+    if checkpoint:
+        (tmp_path / "model.ckpt-100.index").write_bytes(b"")
+        (tmp_path / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-100"\n')
+
+
+@pytest.mark.parametrize(
+    ("measured_on", "checkpoint", "taken_up"),
+    [
+        ("run-a", True, True),  # a resumed run on the same pipeline run
+        ("run-b", True, False),  # the pipeline output was committed again since
+        ("run-a", False, False),  # no checkpoint: a new model, whatever the folder holds
+    ],
+)
+def test_a_run_takes_up_only_its_own_models_selection_on_the_same_validation_rows(
+    tmp_path, measured_on, checkpoint, taken_up
+):
+    _earlier_run(tmp_path, measured_on, checkpoint)
+    selection = _selection(tmp_path, "run-a")
+    if taken_up:
+        assert [h["global_step"] for h in selection.history] == [0, 100]
+        assert selection.best["step"] == 100 and selection.start["auc"] == 0.70
+    else:
+        assert selection.history == [] and selection.best is None and selection.start is None
+
+
+@pytest.mark.parametrize(("step", "evaluated"), [(200, True), (100, False), (150, False)])
+def test_a_resumed_evaluation_point_missing_from_the_history_is_evaluated(
+    tmp_path, step, evaluated
+):
+    # A run stopped after saving the checkpoint of an evaluation point and before evaluating
+    # it resumes from it: that checkpoint is a candidate, as in a run that was not stopped.
+    import json
+
+    _earlier_run(tmp_path, "run-a", checkpoint=True)
+    selection = _selection(tmp_path, "run-a")
+    estimator = _FakeEstimator({0: 0.70, 100: 0.75, 150: 0.77, 200: 0.80})
+    estimator.step = step
+    selection.catch_up(estimator, lambda *a, **k: None, step)
+    steps = [h["global_step"] for h in selection.history]
+    assert steps == ([0, 100, step] if evaluated else [0, 100])
+    written = json.loads((tmp_path / "selection.json").read_text())
+    assert written["pipeline_run"] == "run-a" and written["history"] == selection.history

@@ -37,6 +37,8 @@ HISTORY = "history"
 BEST = "best"
 BEST_DIR = "best"
 START_DIR = "start"
+PIPELINE_RUN = "pipeline_run"
+"""SELECTION's record of the pipeline run whose validation rows its figures were measured on."""
 RUN_ONLY = ("trained_from_step", "steps_trained", "export_dir")
 LINEAR_START = "linear_start"
 
@@ -82,8 +84,11 @@ class Selection:
         plan: EmbeddingPlan,
         validation_files: list[str],
         eval_files: list[str],
+        pipeline_run: str | None = None,
     ):
         self.args = args
+        self.pipeline_run = pipeline_run
+        """The id of the pipeline run whose validation rows the evaluations read."""
         self.plan = plan
         self.files = validation_files
         self.eval_files = eval_files
@@ -102,7 +107,13 @@ class Selection:
     def _resume(self, model_dir: str) -> None:
         """Takes up the history and the best checkpoint of an earlier run in MODEL_DIR (from
         SELECTION, else from the eval_metrics.json of a model directory written before it),
-        so that a resumed run compares its checkpoints with the best one so far."""
+        so that a resumed run compares its checkpoints with the best one so far.
+
+        Only a run that resumes training takes them up, and only if they were measured on
+        the validation rows of the same pipeline run: without a checkpoint to resume from
+        (a new run in a folder an earlier one left) the best checkpoint is not of this
+        model, and a recommitted pipeline output may hold other validation rows, whose
+        figures cannot be ranked with the earlier ones."""
         import tensorflow as tf
 
         for name in (SELECTION, EVAL_METRICS):
@@ -110,6 +121,22 @@ class Selection:
                 previous = artifacts.read_json(model_dir, name)
                 break
         else:
+            return
+        measured_on = previous.get(PIPELINE_RUN)
+        if tf.train.latest_checkpoint(model_dir) is None:
+            LOG.info(
+                "No checkpoint in %s: earlier evaluations in its %s are set aside", model_dir, name
+            )
+            return
+        if measured_on and self.pipeline_run and measured_on != self.pipeline_run:
+            LOG.warning(
+                "The pipeline output was committed again (run %s, evaluated before: run %s): "
+                "its validation rows may differ, so the %d earlier evaluations and the best "
+                "checkpoint so far are set aside; this run selects among its own checkpoints",
+                self.pipeline_run,
+                measured_on,
+                len(previous.get(HISTORY, [])),
+            )
             return
         self.history = list(previous.get(HISTORY, []))
         self.start = next(
@@ -123,6 +150,18 @@ class Selection:
             checkpoint = checkpoint_in(model_dir, checkpoint)
             if tf.io.gfile.exists(checkpoint + ".index"):
                 self.best = {"step": best["step"], self.metric: value, "checkpoint": checkpoint}
+
+    def catch_up(self, estimator, make_input_fn, step: int) -> None:
+        """Evaluates the checkpoint a run resumes from when it is an evaluation point the
+        history lacks (a run stopped after saving it and before evaluating it): it is a
+        candidate, as it is in a run that was not stopped."""
+        every = self.args.eval_every_steps
+        if not (every and 0 < step < self.args.train_steps and step % every == 0):
+            return
+        name = VALIDATION if self.files else "eval"
+        if any((h.get("split"), h.get("global_step")) == (name, step) for h in self.history):
+            return
+        self.evaluate(estimator, make_input_fn)
 
     def evaluate_start(self, estimator, make_input_fn) -> None:
         """Makes the starting point (`model.ckpt-0`, kept under MODEL_DIR/start/ when it was
@@ -208,7 +247,11 @@ class Selection:
                 f"{VALIDATION}_{self.metric}": self.best[self.metric],
                 "checkpoint": artifacts.join(BEST_DIR, os.path.basename(self.best["checkpoint"])),
             }
-        artifacts.write_json(self.args.model_dir, SELECTION, {HISTORY: self.history, BEST: best})
+        artifacts.write_json(
+            self.args.model_dir,
+            SELECTION,
+            {PIPELINE_RUN: self.pipeline_run, HISTORY: self.history, BEST: best},
+        )
 
     def _beyond_start(self, result: dict[str, Any]) -> bool:
         """Whether a trained checkpoint may replace the start: by AUC, only where it beats

@@ -78,9 +78,8 @@ def _train_and_evaluate(args: argparse.Namespace, run: RunInputs) -> dict[str, A
     estimator = build_estimator(
         args, run.plan, run.config, run.cluster, start, key_features=run.key_features
     )
-    selection = Selection(
-        args, run.plan, run.validation_files, run.eval_files if run.eval_rows else []
-    )
+    eval_files = run.eval_files if run.eval_rows else []
+    selection = Selection(args, run.plan, run.validation_files, eval_files, run.manifest.run_id)
     step_before, steps = train(args, run, estimator, selection)
 
     check_same_run(args.pipeline_output, run.manifest)
@@ -125,6 +124,7 @@ def train(
     started = time.time()
     step_before = global_step(estimator)
     start = step_before
+    selection.catch_up(estimator, partial(make_input_fn, key_features=run.key_features), start)
     for target in eval_points(step_before, args.train_steps, args.eval_every_steps):
         # Each segment reads the data in an order of its own (the seed and the step it
         # starts from): one seed for all would replay the same first batches after every

@@ -119,10 +119,13 @@ def make_plan(
             )
         entries = int(measured["size"])
         settings = config.vocabulary_config(vocabulary)
-        if entries <= 1:
+        # One kept value with training tokens outside it (top_k 1) still tells that value
+        # from the rest: two ids, the value's and the OOV bucket's.
+        outside = settings.num_oov_buckets > 0 and (measured.get("oov_rate") or 0.0) > 0.0
+        if entries == 0 or (entries == 1 and not outside):
             reason = (
-                f"vocabulary {vocabulary!r} has 1 value after top_k and frequency_threshold: "
-                "a constant carries no information"
+                f"vocabulary {vocabulary!r} has 1 value after top_k and frequency_threshold "
+                "and no training token outside it: a constant carries no information"
                 if entries
                 else _empty_vocabulary(vocabulary, measured, settings.frequency_threshold)
             )

@@ -114,9 +114,20 @@ def test_one_value_vocabulary_is_dropped():
     plan = make_plan(stats(device_size=1), config())
     assert "device" not in plan.tables
     assert plan.dropped["device"] == (
-        "vocabulary 'device' has 1 value after top_k and frequency_threshold: "
-        "a constant carries no information"
+        "vocabulary 'device' has 1 value after top_k and frequency_threshold and no training "
+        "token outside it: a constant carries no information"
     )
+
+
+def test_one_kept_value_with_tokens_outside_it_is_two_ids_not_a_constant():
+    # top_k = 1 over "mobile" (60%) and the rest (40%): the value against the OOV bucket.
+    measured = stats()
+    measured["vocabularies"]["device"] = {**vocab(1, 3), "oov_rate": 0.4}
+    plan = make_plan(measured, config())
+    assert "device" not in plan.dropped
+    assert plan.tables["device"].entries == 1 and plan.tables["device"].num_oov_buckets == 2
+    without_buckets = config(vocabulary={"num_oov_buckets": 0})
+    assert "constant" in make_plan(measured, without_buckets).dropped["device"]
 
 
 @pytest.mark.parametrize(

@@ -341,6 +341,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: input.list_delimiter must not be empty")
     if input_config.list_delimiter == input_config.field_delimiter:
         raise ConfigError(f"{source}: input.list_delimiter must differ from field_delimiter")
+    if any(c in input_config.list_delimiter for c in "\r\n"):
+        # A CSV row fits on one line: no cell holds a line break, and every list would be
+        # read as one token.
+        raise ConfigError(
+            f"{source}: input.list_delimiter must not hold a line break, got "
+            f"{input_config.list_delimiter!r}"
+        )
 
     if "label" not in data:
         raise ConfigError(f"{source}: missing [label] section (name and type of the label)")

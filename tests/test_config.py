@@ -173,7 +173,7 @@ def _embedding(**keys):
         (with_changes(input={"field_delimiter": "\n"}), "input.field_delimiter must be one"),
         (
             with_changes(input={"list_delimiter": "\n"}),
-            "input.list_delimiter must not hold a line break, got '.n'",
+            "input.list_delimiter must not hold a line break, got '\\n'",
         ),
         (with_changes(input={"list_delimiter": "|\r"}), "input.list_delimiter must not hold"),
         (with_changes(vocabulary={"top_k": 1.5}), "vocabulary.top_k must be an integer"),

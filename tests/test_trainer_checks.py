@@ -122,3 +122,58 @@ def test_no_tpu_behind_the_address_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(tpu_system_metadata, "_query_tpu_system_metadata", nothing_there)
     with pytest.raises(TrainerError, match=r"no TPU found at grpc://10\.0\.0\.1:8470"):
         tpu_setup.tpu_topology(NoCluster())
+
+
+def _trained_folder(model_dir):
+    """The files a trained model directory holds (names as the trainer writes them)."""
+    for name in (
+        "checkpoint",
+        "graph.pbtxt",
+        "model.ckpt-60.index",
+        "model.ckpt-60.data-00000-of-00001",
+        "events.out.tfevents.1796611508.vm",
+        "training_config.json",
+        "embedding_plan.json",
+        "eval_metrics.json",
+        "selection.json",
+        "best/model.ckpt-60.index",
+        "start/model.ckpt-0.meta",
+        "eval_validation/events.out.tfevents.1796611510.vm",
+        "export/1796611536/saved_model.pb",
+        "export/temp-1796611599/variables/variables.index",
+    ):
+        path = model_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["notes.txt", "best/mine.txt", "start/sub/model.ckpt-0.index", "data/train.tfrecord.gz"],
+)
+def test_a_model_dir_holding_files_the_trainer_does_not_write_is_refused(tmp_path, foreign):
+    # The trainer deletes and replaces its own files there (best/, start/, unfinished
+    # exports): a folder holding anything else is not its own, and nothing is touched.
+    from trainer.checks import check_model_dir_is_ours
+
+    model_dir = tmp_path / "model"
+    check_model_dir_is_ours(str(model_dir))  # a new folder
+    _trained_folder(model_dir)
+    check_model_dir_is_ours(str(model_dir))  # one it trained in
+    (model_dir / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (model_dir / foreign).write_text("mine")
+    with pytest.raises(TrainerError, match=f"holds {foreign}, which the trainer does not write"):
+        check_model_dir_is_ours(str(model_dir))
+    assert (model_dir / foreign).read_text() == "mine"
+
+
+def test_a_model_dir_inside_the_pipeline_output_is_refused(tmp_path):
+    from trainer.checks import check_model_dir_apart
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (tmp_path / "link").symlink_to(output)
+    for model_dir in (output, output / "model", tmp_path / "link" / "model"):
+        with pytest.raises(TrainerError, match="is inside the pipeline output"):
+            check_model_dir_apart(str(model_dir), str(output))
+    check_model_dir_apart(str(tmp_path / "out-model"), str(output))  # a sibling is fine

@@ -241,6 +241,66 @@ def check_same_run(pipeline_output: str, manifest: artifacts.Manifest) -> None:
         )
 
 
+TRAINER_FILES = frozenset(
+    {
+        "checkpoint",
+        "graph.pbtxt",
+        "projector_config.pbtxt",
+        TRAINING_CONFIG,
+        artifacts.PLAN,
+        "eval_metrics.json",  # trainer.selection.EVAL_METRICS
+        "selection.json",  # trainer.selection.SELECTION
+        "trainer.lock",  # trainer.lock.LOCK
+    }
+)
+"""The files the trainer (and TPUEstimator in it) writes at the top of MODEL_DIR."""
+TRAINER_PREFIXES = ("model.ckpt-", "events.out.tfevents.", "checkpoint.tmp")
+TRAINER_FOLDERS = frozenset({"export", "export_best", "eval"})
+"""Folders it writes (with eval_<name>/, TensorBoard's evaluation curves), whatever they hold."""
+CHECKPOINT_FOLDERS = frozenset({"best", "start"})
+"""Folders that hold only the copies of one checkpoint (trainer.selection)."""
+
+
+def check_model_dir_apart(model_dir: str, pipeline_output: str) -> None:
+    """Refuses a --model-dir that is (or is inside) the pipeline output, before anything is
+    written there: the trainer's files would mix with the run's (whose --overwrite replaces
+    only its own), its plan would replace the pipeline output's."""
+    model, output = storage.canonical(model_dir).rstrip("/"), storage.canonical(pipeline_output)
+    output = output.rstrip("/")
+    if model == output or model.startswith(output + "/"):
+        raise TrainerError(
+            f"--model-dir {model_dir} is inside the pipeline output {pipeline_output}: train "
+            "into a folder of its own"
+        )
+
+
+def check_model_dir_is_ours(model_dir: str) -> None:
+    """Refuses a --model-dir that holds a file the trainer does not write: the trainer
+    replaces and deletes its own files there (the best checkpoint's copy, unfinished
+    exports, its records), so it trains only in a new or empty folder or one it trained in
+    before.
+
+    Raises:
+      TrainerError: naming the first file that is not the trainer's.
+    """
+    files = storage.list_files(model_dir)
+    for relative in files:
+        top, _, inside = relative.partition("/")
+        if not inside:
+            ours = top in TRAINER_FILES or top.startswith(TRAINER_PREFIXES)
+        elif top in CHECKPOINT_FOLDERS:
+            ours = "/" not in inside and inside.startswith(("model.ckpt-", "checkpoint"))
+        else:
+            ours = top in TRAINER_FOLDERS or top.startswith("eval_")
+        if not ours:
+            what = " (a pipeline output)" if "_SUCCESS" in files else ""
+            raise TrainerError(
+                f"--model-dir {model_dir}{what} holds {relative}, which the trainer does not "
+                "write; it replaces and deletes files of its own there, so it trains only in a "
+                "new or empty folder or one it trained in before: choose another --model-dir"
+            )
+
+
 def check_model_dir(
     model_dir: str,
     plan: EmbeddingPlan,

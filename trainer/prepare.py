@@ -24,6 +24,8 @@ from trainer.checks import (
     check_every_host_has_data,
     check_inputs,
     check_model_dir,
+    check_model_dir_apart,
+    check_model_dir_is_ours,
     check_plan_matches_config,
     check_same_run,
     check_train_steps,
@@ -78,6 +80,7 @@ def prepare(args: argparse.Namespace) -> RunInputs:
     shards the TPU cannot share out."""
     # The manifest is read once: training and evaluation read exactly the shards it lists.
     manifest = artifacts.require_complete(args.pipeline_output)
+    check_model_dir_apart(args.model_dir, args.pipeline_output)
     console.import_tensorflow(getattr(args, "verbose", False))
     import tensorflow_transform as tft
 
@@ -166,6 +169,7 @@ def _plan_edits(plan: EmbeddingPlan, stats: dict[str, Any], config: Config) -> l
 def check_model(args: argparse.Namespace, run: RunInputs) -> None:
     """Refuses, under MODEL_DIR's lock and before anything is written there, a checkpoint
     of another model and a --train-steps the checkpoint is already past."""
+    check_model_dir_is_ours(args.model_dir)
     check_model_dir(args.model_dir, run.plan, run.config, vars(args), run.fingerprints)
     check_train_steps(args.model_dir, args.train_steps)
 

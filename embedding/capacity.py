@@ -43,6 +43,7 @@ import math
 import re
 from typing import Any
 
+from common.config import BIAS_SUFFIX
 from common.formatting import human_bytes
 from common.plan import EmbeddingPlan
 
@@ -186,6 +187,63 @@ def activation_bytes(batch_size: int, length: int, dimension: int) -> dict[str, 
     return {"sequence_bytes": pooled * max(length, 1), "pooled_bytes": pooled}
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    """What the trainer builds from a plan: which tables lie on the TPU and how each feature
+    is looked up. None in place of one (`capacity(model=None)`) counts the plan as it is:
+    every table, every sequence looked up as a sequence, no bias table.
+
+    Attributes:
+      pool_sequences: sequences pooled in the lookup, one vector a row (the default model;
+        --history-attention looks them up as [batch, L, dim]).
+      id_bias: a dimension-1 bias table `TABLE__bias` beside each table with a categorical
+        feature (--id-bias, on by default).
+      key_features: features read through their bias only, no embedding (the split key,
+        --key-term): a table that only they look up is not built, its bias table is.
+    """
+
+    pool_sequences: bool = True
+    id_bias: bool = True
+    key_features: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, plan: EmbeddingPlan, split_key: str, key_term: bool = True, **flags):
+        """The trainer's model of `plan`: the split key, where the plan has it as a
+        categorical feature, read through its bias only (trainer.prepare.key_features)."""
+        feature = plan.features.get(split_key)
+        key = feature is not None and feature.type == "categorical" and key_term
+        return cls(key_features=(split_key,) if key else (), **flags)
+
+
+def built_tables(plan: EmbeddingPlan, model: ModelShape | None) -> dict[str, tuple[int, int]]:
+    """Table name -> (rows, dimension) of every table the model puts on the TPU."""
+    if model is None:
+        return {t.name: (t.vocabulary_size, t.dimension) for t in plan.tables.values()}
+    tables = {}
+    for t in plan.tables.values():
+        if any(n not in model.key_features for n in t.features):
+            tables[t.name] = (t.vocabulary_size, t.dimension)
+        if model.id_bias and any(plan.features[n].type == "categorical" for n in t.features):
+            tables[t.name + BIAS_SUFFIX] = (t.vocabulary_size, 1)
+    return tables
+
+
+def lookups(plan: EmbeddingPlan, model: ModelShape | None) -> list[tuple[int, int]]:
+    """(values a row, dimension) of every lookup the model makes a step: L for a sequence
+    looked up as one, else 1 (pooled in the lookup, or one id)."""
+    found = []
+    for f in plan.features.values():
+        if f.table not in plan.tables:
+            continue
+        pooled = model is not None and model.pool_sequences
+        if model is None or f.name not in model.key_features:
+            length = 1 if pooled else max(f.max_sequence_length, 1)
+            found.append((length, plan.tables[f.table].dimension))
+        if model is not None and model.id_bias and f.type == "categorical":
+            found.append((1, 1))
+    return found
+
+
 def _shard_rows(rows: int, cores: int) -> int:
     """Rows on the fullest core under `div` sharding: the first rows % cores get one more."""
     return math.ceil(rows / cores)
@@ -218,20 +276,22 @@ class SliceFit:
 
 
 def fit_on(
-    plan: EmbeddingPlan, tpu: TpuSlice, slots: int, batch_size: int, headroom: float
+    plan: EmbeddingPlan,
+    tpu: TpuSlice,
+    slots: int,
+    batch_size: int,
+    headroom: float,
+    model: ModelShape | None = None,
 ) -> SliceFit:
-    """The plan's tables and activations on one slice."""
+    """The tables and activations of the plan's model (`ModelShape`) on one slice."""
     tables = sum(
-        _shard_rows(t.vocabulary_size, tpu.cores) * t.dimension * BYTES_PER_VALUE * (1 + slots)
-        for t in plan.tables.values()
+        _shard_rows(rows, tpu.cores) * dimension * BYTES_PER_VALUE * (1 + slots)
+        for rows, dimension in built_tables(plan, model).values()
     )
     per_core_batch = math.ceil(batch_size / tpu.cores)
     activations = 2 * sum(
-        activation_bytes(per_core_batch, f.max_sequence_length, plan.tables[f.table].dimension)[
-            "sequence_bytes"
-        ]
-        for f in plan.features.values()
-        if f.table in plan.tables
+        per_core_batch * length * dimension * BYTES_PER_VALUE
+        for length, dimension in lookups(plan, model)
     )
     usable = int(tpu.hbm_per_core * (1.0 - headroom))
     return SliceFit(
@@ -259,6 +319,7 @@ def capacity(
     batch_size: int = DEFAULT_BATCH_SIZE,
     headroom: float = DEFAULT_HEADROOM,
     tpu_type: str | None = None,
+    model: ModelShape | None = None,
 ) -> dict[str, Any]:
     """The capacity section of the plan (`embedding_plan.json` key `capacity`).
 
@@ -268,6 +329,7 @@ def capacity(
       batch_size: the global batch the activations are sized for.
       headroom: share of each core's HBM kept for the dense model and XLA.
       tpu_type: a slice to report on specially (`target`), or None.
+      model: what the trainer builds from the plan (`ModelShape`); None: the plan as is.
 
     Returns:
       A JSON-able dict: `tables` (rows, dimension, weight/slot/total bytes), `activations`
@@ -282,9 +344,8 @@ def capacity(
     _check_settings(batch_size, headroom)
     target = tpu_slice(tpu_type) if tpu_type else None
     tables = {
-        t.name: {"rows": t.vocabulary_size, "dimension": t.dimension}
-        | table_bytes(t.vocabulary_size, t.dimension, slots)
-        for t in plan.tables.values()
+        name: {"rows": rows, "dimension": dimension} | table_bytes(rows, dimension, slots)
+        for name, (rows, dimension) in built_tables(plan, model).items()
     }
     activations = {
         f.name: {
@@ -295,9 +356,9 @@ def capacity(
         }
         | activation_bytes(batch_size, f.max_sequence_length, plan.tables[f.table].dimension)
         for f in plan.features.values()
-        if f.table in plan.tables
+        if f.table in plan.tables and (model is None or f.name not in model.key_features)
     }
-    fits = [fit_on(plan, s, slots, batch_size, headroom) for s in all_slices()]
+    fits = [fit_on(plan, s, slots, batch_size, headroom, model) for s in all_slices()]
     smallest = next((f.tpu_type for f in fits if f.fits), None)
     return {
         "optimizer": optimizer,
@@ -310,8 +371,9 @@ def capacity(
         "activations": activations,
         "slices": [dataclasses.asdict(f) for f in fits],
         "smallest_fit": smallest,
+        "model": None if model is None else dataclasses.asdict(model),
         "target": (
-            dataclasses.asdict(fit_on(plan, target, slots, batch_size, headroom))
+            dataclasses.asdict(fit_on(plan, target, slots, batch_size, headroom, model))
             if target
             else None
         ),
@@ -336,13 +398,14 @@ def refusal(
     tpu_type: str,
     batch_size: int,
     headroom: float = DEFAULT_HEADROOM,
+    model: ModelShape | None = None,
 ) -> str | None:
-    """Why the plan cannot train on `tpu_type`, with the numbers; None when it fits.
+    """Why the plan's model cannot train on `tpu_type`, with the numbers; None when it fits.
 
     Raises:
       CapacityError: unknown TPU type or optimizer.
     """
-    report = capacity(plan, optimizer, batch_size, headroom, tpu_type)
+    report = capacity(plan, optimizer, batch_size, headroom, tpu_type, model)
     fit = report["target"]
     if fit["fits"]:
         return None
@@ -445,6 +508,7 @@ def fit_to_slice(
     tpu_type: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     headroom: float = DEFAULT_HEADROOM,
+    model: ModelShape | None = None,
 ) -> tuple[EmbeddingPlan, list[Change], bool]:
     """Shrinks what the user allows until the plan fits `tpu_type`.
 
@@ -471,7 +535,7 @@ def fit_to_slice(
     tpu = tpu_slice(tpu_type)
 
     def fits(candidate: EmbeddingPlan) -> bool:
-        return fit_on(candidate, tpu, slots, batch_size, headroom).fits
+        return fit_on(candidate, tpu, slots, batch_size, headroom, model).fits
 
     adjustable = [n for n in shrinkable if n in plan.tables]
 

@@ -367,6 +367,21 @@ def format_capacity(report: dict[str, Any]) -> list[str]:
                 f"  {name:<16}{a['max_sequence_length']:>6}{a['dimension']:>6}"
                 f"{human_bytes(a['sequence_bytes']):>14}{human_bytes(a['pooled_bytes']):>12}"
             )
+    model = report.get("model")
+    if model:
+        parts = [
+            *(["sequences pooled in the lookup"] if model["pool_sequences"] else []),
+            *(
+                ["a dimension-1 bias table beside each categorical table"]
+                if model["id_bias"]
+                else []
+            ),
+            *(f"{name} read through its bias only" for name in model["key_features"]),
+        ]
+        lines.append(
+            f"  The fit counts the trainer's default model ({'; '.join(parts)}); the trainer "
+            "checks the model its flags build when it starts (--history-attention: sequences)"
+        )
     lines.append(
         f"  Per TPU core, tables sharded (div) over every core; {report['headroom']:.0%} of "
         "each core's HBM kept for the dense model"
@@ -444,6 +459,7 @@ def add_capacity(
       PlanError: `fit` without `tpu_type`, or an unknown TPU type or optimizer.
     """
     optimizer = config.embedding.optimizer
+    model = capacity.ModelShape.of(plan, config.split.key)  # the trainer's default model
     try:
         fitted = None
         if fit:
@@ -451,7 +467,7 @@ def add_capacity(
                 raise PlanError("--fit needs --tpu-type: the slice to fit the tables to")
             shrinkable = [v for v in plan.tables if config.vocabulary_config(v).shrinkable]
             shrunk, changes, fits = capacity.fit_to_slice(
-                plan, stats, shrinkable, optimizer, tpu_type, batch_size, headroom
+                plan, stats, shrinkable, optimizer, tpu_type, batch_size, headroom, model
             )
             dims = {c.table: c.after for c in changes if c.what == "dimension"}
             plan = dataclasses.replace(
@@ -466,7 +482,7 @@ def add_capacity(
                 "fits": fits,
                 "changes": [dataclasses.asdict(c) for c in changes],
             }
-        report = capacity.capacity(plan, optimizer, batch_size, headroom, tpu_type)
+        report = capacity.capacity(plan, optimizer, batch_size, headroom, tpu_type, model)
     except capacity.CapacityError as e:
         raise PlanError(str(e)) from e
     if fitted:

@@ -100,6 +100,80 @@ def test_activation_bytes_of_a_sequence_and_pooled():
     assert by_slice(report)["v3-8"]["activation_bytes_per_core"] == 2 * 512 * 62 * 48 * 4
 
 
+def _split_key_plan():
+    """items (item_id, history at L = 62) and the split key user_id's own table."""
+    return EmbeddingPlan(
+        tables={
+            "items": TablePlan(
+                "items", ["history", "item_id"], 5_000, 48, "mean", 4_999, 1, "auto"
+            ),
+            "user_id": TablePlan("user_id", ["user_id"], 800, 32, "mean", 799, 1, "auto"),
+        },
+        features={
+            "history": FeaturePlan("history", "items", "sequence", max_sequence_length=62),
+            "item_id": FeaturePlan("item_id", "items", "categorical"),
+            "user_id": FeaturePlan("user_id", "user_id", "categorical"),
+        },
+        dropped={},
+        numeric_features=[],
+        label={"name": "clicked", "type": "binary"},
+        length_coverage=0.95,
+        notes=[],
+    )
+
+
+@pytest.mark.parametrize("pool_sequences", [True, False])
+def test_the_capacity_is_the_trainers_model_not_the_plan_as_it_is(pool_sequences):
+    # The trainer builds a bias table beside each categorical table, reads the split key
+    # through its bias only (no user_id embedding), and pools the history in the lookup
+    # unless --history-attention.
+    plan = _split_key_plan()
+    model = capacity.ModelShape.of(plan, "user_id", pool_sequences=pool_sequences)
+    assert model.key_features == ("user_id",)
+    report = capacity.capacity(plan, "sgd", batch_size=4096, model=model)
+    assert {n: (t["rows"], t["dimension"]) for n, t in report["tables"].items()} == {
+        "items": (5_000, 48),
+        "items__bias": (5_000, 1),
+        "user_id__bias": (800, 1),
+    }
+    history = 1 if pool_sequences else 62
+    per_core = 512  # 4,096 over a v3-8's 8 cores
+    # history and item_id at 48 wide, the two bias lookups at 1; and their gradients.
+    expected = 2 * per_core * (history * 48 + 48 + 1 + 1) * 4
+    assert by_slice(report)["v3-8"]["activation_bytes_per_core"] == expected
+    assert report["model"]["pool_sequences"] is pool_sequences
+    assert "user_id" not in report["activations"]
+    # --no-key-term: the plan less the split key (trainer.prepare.without_split_key).
+    assert capacity.ModelShape.of(plan, "user_id", key_term=False).key_features == ()
+
+
+def test_the_trainer_checks_the_fit_of_the_model_its_flags_build():
+    import argparse
+
+    from trainer.tpu_setup import capacity_refusal
+
+    plan = _split_key_plan()
+    config = parse_config(
+        {
+            "split": {"key": "user_id"},
+            "label": {"name": "clicked"},
+            "feature": [
+                {"name": "item_id", "type": "categorical", "vocabulary": "items"},
+                {"name": "history", "type": "sequence", "vocabulary": "items"},
+                {"name": "user_id", "type": "categorical"},
+            ],
+        }
+    )
+    flags = dict(use_tpu=True, tpu_type="v2-8", batch_size=2_400_000, key_term=True, id_bias=True)
+    # 300,000 rows a core. Pooled: 2 x 300,000 x (48 + 48 + 1 + 1) x 4 = 235 MB a core, it
+    # fits; looked up as sequences (--history-attention), 7.26 GB, over the 6.01 GB usable.
+    pooled = argparse.Namespace(**flags, history_attention=False)
+    assert capacity_refusal(pooled, config, plan) is None
+    attention = argparse.Namespace(**flags, history_attention=True)
+    assert "do not fit a v2-8" in capacity_refusal(attention, config, plan)
+    assert "7.26 GB of activations" in capacity_refusal(attention, config, plan)
+
+
 def test_coverage_read_between_measured_points_on_the_straight_line():
     curve = {"1": 0.1, "2": 0.18, "4": 0.3, "8": 0.5, "10": 1.0}
     assert coverage_at(curve, 6) == pytest.approx(0.4)

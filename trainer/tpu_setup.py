@@ -60,8 +60,17 @@ def capacity_refusal(args: argparse.Namespace, config: Config, plan: EmbeddingPl
             "--tpu-type (v2-8, v3-8, v4-8, ...) to check before the TPU starts"
         )
         return None
+    model = capacity.ModelShape.of(
+        plan,
+        config.split.key,
+        key_term=args.key_term,
+        pool_sequences=not args.history_attention,
+        id_bias=args.id_bias,
+    )
     try:
-        return capacity.refusal(plan, config.embedding.optimizer, tpu_type, args.batch_size)
+        return capacity.refusal(
+            plan, config.embedding.optimizer, tpu_type, args.batch_size, model=model
+        )
     except capacity.CapacityError as e:
         return str(e)
 

@@ -84,6 +84,12 @@ def test_an_empty_split_keeps_only_its_count_and_a_nan_loss_is_none():
     assert regression == {"examples": 5, "rmse": 1.5, "loss": 2.25}
 
 
+def test_the_loss_reported_is_the_mean_over_rows_not_the_estimators():
+    raw = {"examples": np.int64(5), "rmse": np.float32(1.5), "loss": np.float32(2.5)}
+    figures = metrics.finalize({**raw, "loss_over_examples": np.float32(2.25)}, binary=False)
+    assert figures == {"examples": 5, "rmse": 1.5, "loss": 2.25}
+
+
 def test_only_finite_numbers_rank():
     assert metrics.rankable(0.7) and metrics.rankable(1)
     assert not any(metrics.rankable(v) for v in (None, float("nan"), float("inf"), True))

@@ -976,3 +976,33 @@ def test_an_export_stopped_midway_leaves_nothing_behind(trained, tmp_path, monke
     metrics = task.train_and_evaluate(_args(trained["output"], model_dir, "--train-steps", "20"))
     assert not list((model_dir / "export").glob("temp-*"))
     assert os.path.isdir(metrics["export_dir"])
+
+
+def test_the_eval_loss_is_the_mean_over_rows_whatever_the_batches(trained):
+    # The estimator's own loss is the mean of each batch's mean: a batch of one row weighs
+    # as much as a full one. The reported loss is the mean over the rows.
+    from common import artifacts
+    from trainer.inputs import make_input_fn
+    from trainer.selection import jsonable
+
+    output, plan = trained["output"], trained["plan"]
+    files = artifacts.data_files(output, "eval")
+    rows = trained["stats"]["rows"]["eval"]
+    labels = np.array(
+        [
+            tf.train.Example.FromString(r.numpy()).features.feature["clicked"].float_list.value[0]
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+        ]
+    )
+    assert len(labels) == rows > 3
+    # Two batches: all rows but one, then one row.
+    args = _args(output, trained["model_dir"], "--train-steps", "20")
+    args.batch_size = rows - 1
+    estimator = build_estimator(args, plan, read_pipeline_config(output))
+    input_fn = make_input_fn(files, plan, training=False, id_bias=True)
+    figures = jsonable(estimator.evaluate(input_fn), plan)
+    p = np.array([x["probabilities"] for x in estimator.predict(input_fn)], np.float64).ravel()
+    assert len(p) == rows
+    exact = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    assert figures["examples"] == rows
+    assert figures["loss"] == pytest.approx(exact, rel=1e-4)

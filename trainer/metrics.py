@@ -20,6 +20,11 @@ NEGATIVES = "negatives"
 UNDEFINED = "undefined"
 """metric -> why it is None: the key beside the figures that explains each missing one."""
 AUC = "auc"
+LOSS = "loss"
+EXAMPLE_LOSS = "loss_over_examples"
+"""The mean loss over the evaluated rows (`trainer.model`), reported as `loss`: the
+estimator's own `loss` is the mean of each batch's mean, so a last, partial batch weighed as
+much as a whole one."""
 UNSEEN_EXAMPLES = "examples_unseen_"
 UNSEEN_POSITIVES = "positives_unseen_"
 UNSEEN_AUC = "auc_unseen_"
@@ -79,6 +84,8 @@ def finalize(raw: Mapping[str, Any], binary: bool) -> dict[str, Any]:
       accuracy over nothing is not a figure either.
     """
     values = {k: _plain(v) for k, v in raw.items()}
+    if EXAMPLE_LOSS in values:
+        values[LOSS] = values.pop(EXAMPLE_LOSS)
     undefined: dict[str, str] = {}
     examples = int(values.get(EXAMPLES) or 0)
     if not examples:

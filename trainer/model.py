@@ -22,7 +22,7 @@ from embedding.columns import (
     cpu_optimizer,
     create_feature_columns,
 )
-from trainer.metrics import AUC_THRESHOLDS
+from trainer.metrics import AUC_THRESHOLDS, EXAMPLE_LOSS
 
 PROBABILITIES = "probabilities"
 PREDICTIONS = "predictions"
@@ -372,6 +372,12 @@ def _portable_scaffold(config) -> tf.compat.v1.train.Scaffold:
 def _metric_fn(binary: bool, categorical: Sequence[str] = ()):
     def metric_fn(labels, logits, **unseen):
         metrics = {EXAMPLES: _count(labels)}
+        # The loss of every row, averaged over the rows (not over the batches).
+        if binary:
+            per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+        else:
+            per_row = tf.math.squared_difference(labels, logits)
+        metrics[EXAMPLE_LOSS] = tf.compat.v1.metrics.mean(per_row)
         if binary:
             probabilities = tf.sigmoid(logits)
             # The class counts say whether an AUC is defined at all (trainer.metrics): the

@@ -1006,3 +1006,43 @@ def test_the_eval_loss_is_the_mean_over_rows_whatever_the_batches(trained):
     exact = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
     assert figures["examples"] == rows
     assert figures["loss"] == pytest.approx(exact, rel=1e-4)
+
+
+def test_a_run_stopped_between_evaluation_points_resumes_to_the_same_model(
+    small_pipeline_output, tmp_path, monkeypatch
+):
+    # Checkpoints every 10 steps, evaluations every 20: a stop after the checkpoint of step
+    # 30 resumes inside the segment that began at step 20, whose data order is seed + 20.
+    from trainer import selection
+
+    output = small_pipeline_output["output"]
+    flags = ["--train-steps", "60", "--eval-every-steps", "20", "--no-export", "--seed", "5"]
+    task.train_and_evaluate(_args(output, tmp_path / "whole", *flags))
+
+    real = selection.keep_start
+
+    def stop_after_step_30(model_dir):
+        listener = real(model_dir)
+        kept = listener.after_save
+
+        def after_save(session, step):
+            kept(session, step)
+            if step == 30:
+                raise KeyboardInterrupt
+
+        listener.after_save = after_save
+        return listener
+
+    monkeypatch.setattr(task, "keep_start", stop_after_step_30)
+    with pytest.raises(KeyboardInterrupt):
+        task.train_and_evaluate(_args(output, tmp_path / "stopped", *flags))
+    assert tf.train.latest_checkpoint(str(tmp_path / "stopped")).endswith("model.ckpt-30")
+    monkeypatch.setattr(task, "keep_start", real)
+    task.train_and_evaluate(_args(output, tmp_path / "stopped", *flags))
+    whole = tf.train.load_checkpoint(str(tmp_path / "whole"))
+    resumed = tf.train.load_checkpoint(str(tmp_path / "stopped"))
+    names = sorted(whole.get_variable_to_shape_map())
+    assert sorted(resumed.get_variable_to_shape_map()) == names
+    assert resumed.get_tensor("global_step") == 60
+    for name in names:
+        np.testing.assert_array_equal(resumed.get_tensor(name), whole.get_tensor(name), name)

@@ -208,6 +208,7 @@ def make_input_fn(
     oov_share: float = 0.0,
     key_features: Sequence[str] = (),
     sequence_dropout: float = 0.0,
+    replay_steps: int = 0,
 ) -> Callable:
     """An Estimator `input_fn(params)` over a split's files.
 
@@ -226,6 +227,9 @@ def make_input_fn(
       seed: shuffle seed, for reproducible order; host i uses seed + i.
       id_bias, oov_share, key_features, sequence_dropout: as `prepare_features` takes
         them; `oov_share` and `sequence_dropout` apply only when `training`.
+      replay_steps: steps' worth of batches read and dropped first, random draws and all
+        (`trainer.selection.segment_of`): a resumed run's data then goes on where the
+        stopped one's did.
 
     Raises:
       InputError: (when called) fewer files than the TPU has hosts.
@@ -281,6 +285,11 @@ def make_input_fn(
         # draw in order, and the same seed trains the same model.
         sequential = training and seed is not None
         dataset = dataset.map(prepare, num_parallel_calls=None if sequential else tf.data.AUTOTUNE)
+        if replay_steps:
+            # A TPU host's dataset gives one batch to each of its cores a step (PER_HOST_V2).
+            context = params.get("context")
+            per_step = 1 if context is None else context.num_of_replicas_per_host
+            dataset = dataset.skip(replay_steps * per_step)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn

@@ -67,6 +67,30 @@ def eval_points(start: int, train_steps: int, every: int | None) -> list[int]:
     return [*points, train_steps]
 
 
+def segment_of(step: int, every: int | None) -> tuple[int, int]:
+    """(the step the training segment holding `step` began at, the batches of it before
+    `step`).
+
+    Training stops at each evaluation point and reads its data anew, in the order of the
+    seed plus the step the segment began at; a run resumed from a checkpoint inside a
+    segment (a kill between two evaluation points) replays, read and not trained, the
+    batches the segment had trained before the checkpoint, and so trains on the batches an
+    uninterrupted run would: the same seed gives the same model. Without evaluation points
+    a resumed run starts a segment of its own.
+    """
+    begun = (step // every) * every if every else step
+    if step > begun:
+        LOG.info(
+            "Resuming at step %d, inside the segment that began at step %d: reading its "
+            "first %d batches again (not trained on), so that it trains on the batches an "
+            "uninterrupted run would",
+            step,
+            begun,
+            step - begun,
+        )
+    return begun, step - begun
+
+
 class Selection:
     """Periodic evaluation on the validation split and the best checkpoint it selects.
 

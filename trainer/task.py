@@ -49,6 +49,7 @@ from trainer.selection import (
     jsonable,
     keep_start,
     log_verdict,
+    segment_of,
     start_figures,
     verdict,
     without_run_only,
@@ -126,6 +127,7 @@ def train(
     start = step_before
     selection.catch_up(estimator, partial(make_input_fn, key_features=run.key_features), start)
     for target in eval_points(step_before, args.train_steps, args.eval_every_steps):
+        begun, replay = segment_of(start, args.eval_every_steps)
         # Each segment reads the data in an order of its own (the seed and the step it
         # starts from): one seed for all would replay the same first batches after every
         # evaluation or resume, and the same seed and steps still give the same model.
@@ -134,7 +136,8 @@ def train(
             run.plan,
             training=True,
             drop_remainder=args.use_tpu,
-            seed=args.seed + start,
+            seed=args.seed + begun,
+            replay_steps=replay,
             id_bias=args.id_bias,
             oov_share=args.oov_train_share,
             key_features=run.key_features,

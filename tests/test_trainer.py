@@ -912,7 +912,8 @@ def test_the_start_is_a_candidate_whatever_the_checkpoint_rotation_and_a_lost_hi
     args.train_steps = 40
     task.train_and_evaluate(args)
     written = json.loads((model_dir / "eval_metrics.json").read_text())
-    assert [h["global_step"] for h in written["history"]] == [0, 40]
+    # Step 20, the evaluation point the run resumes from, is a candidate again too.
+    assert [h["global_step"] for h in written["history"]] == [0, 20, 40]
     assert written["best"]["step"] == _chosen(written["history"], written["best"])["global_step"]
 
 

@@ -169,17 +169,20 @@ def mean_and_variance(count: int, total: int, total_sq: int) -> tuple[float, flo
     return float(mean), float(variance)
 
 
-def numeric_summary(count: int, total: int, total_sq: int, low: float, high: float) -> dict:
-    """Count, mean, standard deviation, min and max of a numeric column.
+def numeric_summary(
+    count: int, total: int, total_sq: int, low: float, high: float, zeros: int = 0
+) -> dict:
+    """Count, mean, standard deviation, min, max and zeros of a numeric column.
 
     Args:
       count: the number of values.
       total: the exact sum of the values times 2**SUM_SCALE_BITS.
       total_sq: the exact sum of their squares times 2**(2 * SUM_SCALE_BITS).
       low, high: the smallest and the largest value.
+      zeros: how many values are 0.
     """
     if not count:  # the figures of no values are not defined
-        return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+        return {"count": 0, "mean": None, "std": None, "min": None, "max": None, "zeros": 0}
     mean, variance = mean_and_variance(count, total, total_sq)
     return {
         "count": count,
@@ -187,6 +190,7 @@ def numeric_summary(count: int, total: int, total_sq: int, low: float, high: flo
         "std": math.sqrt(max(variance, 0.0)),
         "min": low,
         "max": high,
+        "zeros": zeros,
     }
 
 

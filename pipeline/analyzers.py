@@ -245,7 +245,7 @@ def _add_sums(sums) -> tuple[int, int, int]:
 
 
 def _measured_sums(measured, feature: str) -> tuple[int, int, int]:
-    count, total, total_sq, _, _ = measured["numeric"].get(feature, [0, 0, 0, 0.0, 0.0])
+    count, total, total_sq, *_ = measured["numeric"].get(feature, [0, 0, 0])
     return count, total, total_sq
 
 

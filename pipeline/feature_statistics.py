@@ -5,9 +5,10 @@
 (the features and the label, as tf.Transform's raw schema has them) the rows holding it, its
 number of values a row (min, max, mean, total; exact, from the length histograms), the
 distinct values of a column that has a vocabulary of its own, and mean, standard deviation,
-min and max of a numeric column. Every figure is one of stats.json's, nothing is estimated;
-what the pipeline does not measure for a split (numeric moments of eval, distinct values of a
-column that shares its vocabulary) is left out rather than guessed. A row with a missing value
+min, max and zeros of a numeric column and of the label, in each split. Every figure is one
+of stats.json's, nothing is estimated. What the pipeline does not measure (the distinct values
+of a column that shares its vocabulary, or of any column in eval) is not set; the protos have
+no "unset" for a number, so TFDV and Facets show 0 there. A row with a missing value
 is rejected, so no kept row misses a column: `num_missing` is 0.
 
 `tfdv.load_stats_binary(OUTPUT/statistics/train.pb)` reads the written files; `schema.pbtxt`
@@ -60,14 +61,7 @@ def statistics_list(
         out.path.step.append(feature.name)
         if feature.type == "numeric":
             out.type = statistics_pb2.FeatureNameStatistics.FLOAT
-            common = out.num_stats.common_stats
-            _scalar(common, rows)
-            if split == "train" and stats["numeric"][feature.name]["count"]:
-                moments = stats["numeric"][feature.name]
-                out.num_stats.mean = moments["mean"]
-                out.num_stats.std_dev = moments["std"]
-                out.num_stats.min = moments["min"]
-                out.num_stats.max = moments["max"]
+            _numeric(out.num_stats, rows, _moments(stats, split, feature.name))
             continue
         out.type = statistics_pb2.FeatureNameStatistics.STRING
         common = out.string_stats.common_stats
@@ -89,8 +83,28 @@ def statistics_list(
     label = dataset.features.add()
     label.path.step.append(config.label.name)
     label.type = statistics_pb2.FeatureNameStatistics.FLOAT
-    _scalar(label.num_stats.common_stats, rows)
+    _numeric(label.num_stats, rows, _moments(stats, split, config.label.name))
     return result
+
+
+def _moments(stats: dict[str, Any], split: str, name: str) -> dict[str, Any] | None:
+    """A numeric column's (or the label's) figures in one split, as stats.json has them;
+    None where stats.json has none (written by an earlier version)."""
+    if split == "train":
+        if name == stats["label"]["name"]:
+            return stats["label"] if "count" in stats["label"] else None
+        return stats["numeric"].get(name)
+    return stats["eval_skew"].get("numeric", {}).get(name)
+
+
+def _numeric(out: statistics_pb2.NumericStatistics, rows: int, moments: dict | None) -> None:
+    _scalar(out.common_stats, rows)
+    if moments and moments["count"]:  # no figure of no values
+        out.mean = moments["mean"]
+        out.std_dev = moments["std"]
+        out.min = moments["min"]
+        out.max = moments["max"]
+        out.num_zeros = moments["zeros"]
 
 
 def _scalar(common: statistics_pb2.CommonStatistics, rows: int) -> None:

@@ -38,13 +38,25 @@ def measure_batch(batch: pa.RecordBatch, config: Config) -> dict[str, Any]:
                 {int(n): int(c) for n, c in enumerate(counts) if c}
             )
         elif feature.type == "numeric":
-            values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-            result["numeric"][feature.name] = (
-                [len(values), *exact_sums(values), float(values.min()), float(values.max())]
-                if len(values)
-                else [0, 0, 0, float("inf"), float("-inf")]
-            )
+            result["numeric"][feature.name] = _moments(column)
+    label = batch.schema.get_field_index(config.label.name)
+    if label >= 0:  # the label's figures too (statistics/*.pb)
+        result["numeric"][config.label.name] = _moments(batch.column(label))
     return result
+
+
+NO_MOMENTS = (0, 0, 0, float("inf"), float("-inf"), 0)
+"""The moments of no values: count, sums, min, max, zeros."""
+
+
+def _moments(column: pa.Array) -> list:
+    """[count, exact sum, exact sum of squares, min, max, zeros] of a numeric column's values."""
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    if not len(values):
+        return list(NO_MOMENTS)
+    low, high = float(values.min()), float(values.max())
+    zeros = int(np.count_nonzero(values == 0))
+    return [len(values), *exact_sums(values), low, high, zeros]
 
 
 _CHUNK = 1 << 14
@@ -78,12 +90,19 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     a["rows"] += b["rows"]
     for name, counts in b["lengths"].items():
         a["lengths"].setdefault(name, Counter()).update(counts)
-    for name, (n, s, sq, lo, hi) in b["numeric"].items():
+    for name, (n, s, sq, lo, hi, zeros) in b["numeric"].items():
         if name in a["numeric"]:
-            n0, s0, sq0, lo0, hi0 = a["numeric"][name]
-            a["numeric"][name] = [n0 + n, s0 + s, sq0 + sq, min(lo0, lo), max(hi0, hi)]
+            n0, s0, sq0, lo0, hi0, zeros0 = a["numeric"][name]
+            a["numeric"][name] = [
+                n0 + n,
+                s0 + s,
+                sq0 + sq,
+                min(lo0, lo),
+                max(hi0, hi),
+                zeros0 + zeros,
+            ]
         else:
-            a["numeric"][name] = [n, s, sq, lo, hi]
+            a["numeric"][name] = [n, s, sq, lo, hi, zeros]
     return a
 
 

@@ -57,7 +57,7 @@ from pipeline.input_checks import (
 )
 from pipeline.input_files import InputError
 from pipeline.local_runner import default_runner
-from pipeline.measure import UNSTORABLE
+from pipeline.measure import NO_MOMENTS, UNSTORABLE
 from pipeline.options import Options, new_pipeline
 from pipeline.signatures import cache_signatures
 
@@ -94,7 +94,11 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
         "sequences": {},
         "bags": {},
         "numeric": {},
-        "label": {"name": config.label.name, "type": config.label.type},
+        "label": {
+            "name": config.label.name,
+            "type": config.label.type,
+            **statistics.numeric_summary(*train["numeric"].get(config.label.name, NO_MOMENTS)),
+        },
     }
     skew = {tuple(key): sums for key, sums in measured.get("eval_skew", [])}
     for vocabulary, names in config.vocabularies().items():
@@ -146,7 +150,16 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
         for pair, sums in sorted(measured["overlaps"], key=lambda o: tuple(o[0]))
     ]
     evaluated = measured.get("eval_measured", {"lengths": {}})
-    stats["eval_skew"] = {"features": {}, "lengths": {}}
+    stats["eval_skew"] = {
+        "features": {},
+        "lengths": {},
+        # The eval split's numeric figures, the label's among them (statistics/eval.pb).
+        "numeric": {
+            name: statistics.numeric_summary(*evaluated.get("numeric", {}).get(name, NO_MOMENTS))
+            for name in [f.name for f in config.features if f.type == "numeric"]
+            + [config.label.name]
+        },
+    }
     for feature in config.features:
         if feature.type in LIST_TYPES:
             histogram = train["lengths"].get(feature.name, {})
@@ -156,7 +169,7 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
                 evaluated["lengths"].get(feature.name, {})
             )
         elif feature.type == "numeric":
-            moments = train["numeric"].get(feature.name, [0, 0, 0, 0.0, 0.0])
+            moments = train["numeric"].get(feature.name, NO_MOMENTS)
             stats["numeric"][feature.name] = statistics.numeric_summary(*moments)
         if feature.type != "numeric":
             vocabulary = config.vocabulary_of(feature)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
@@ -54,6 +55,23 @@ def test_train_and_eval_statistics_hold_stats_json_figures(small_pipeline_output
         device = features["device"].string_stats
         assert device.common_stats.num_non_missing == stats["rows"][split]
         assert device.common_stats.num_missing == 0
+        # The label's figures, against the labels of the split's written examples.
+        labels = np.array(_labels(output, split, "clicked"))
+        label = features["clicked"].num_stats
+        assert label.mean == pytest.approx(labels.mean()) and 0 < label.mean < 1
+        assert label.std_dev == pytest.approx(labels.std())
+        assert (label.min, label.max, label.num_zeros) == (0, 1, int((labels == 0).sum()))
+        price = features["price"].num_stats
+        moments = (
+            stats["numeric"]["price"]
+            if split == "train"
+            else (stats["eval_skew"]["numeric"]["price"])
+        )
+        assert moments["count"] == stats["rows"][split]
+        assert (price.mean, price.std_dev, price.min, price.max) == pytest.approx(
+            (moments["mean"], moments["std"], moments["min"], moments["max"])
+        )
+        assert price.mean > 0 and price.num_zeros == moments["zeros"]
     train = _features(_load(output, "train"))
     assert train["device"].string_stats.unique == stats["vocabularies"]["device"]["distinct_values"]
     assert train["region"].string_stats.unique == stats["vocabularies"]["region"]["distinct_values"]
@@ -93,3 +111,13 @@ def test_tensorflow_data_validation_reads_them(small_pipeline_output):
     )
     # Every column the schema names is present in every eval row, as the pipeline counted.
     assert dict(anomalies.anomaly_info) == {}
+
+
+def _labels(output: str, split: str, name: str) -> list[float]:
+    import tensorflow as tf
+
+    files = artifacts.data_files(output, split)
+    return [
+        tf.train.Example.FromString(r.numpy()).features.feature[name].float_list.value[0]
+        for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]

@@ -94,7 +94,11 @@ def test_lengths_rows_and_numeric_moments():
                             "history": {"0": 1, "2": 1, "3": 1},
                             "tags": {"0": 1, "1": 1, "2": 1},
                         },
-                        "numeric": {"price": [3, 9 << 149, 35 << 298, 1.0, 5.0]},  # exact sums
+                        # exact sums; then min, max and zeros; the label's too
+                        "numeric": {
+                            "price": [3, 9 << 149, 35 << 298, 1.0, 5.0, 0],
+                            "y": [3, 2 << 149, 2 << 298, 0.0, 1.0, 1],
+                        },
                     }
                 ]
             ),

@@ -276,6 +276,7 @@ def test_a_run_without_a_training_row_says_so_and_keeps_its_report(rows, tmp_pat
         "std": None,
         "min": None,
         "max": None,
+        "zeros": 0,
     }
     report = open(os.path.join(staging, "report.html")).read()
     assert "<h3>history</h3><p>No sequences.</p>" in report

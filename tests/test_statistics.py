@@ -106,6 +106,7 @@ def test_numeric_summary():
         "std": None,
         "min": None,
         "max": None,
+        "zeros": 0,
     }
 
 

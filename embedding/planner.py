@@ -519,7 +519,17 @@ def plan_pipeline_output(
     artifacts.write_text(
         pipeline_output,
         artifacts.REPORT,
-        report.render(stats, config, f"Pipeline report: {pipeline_output}", capacity=plan.capacity),
+        report.render(
+            stats,
+            config,
+            f"Pipeline report: {pipeline_output}",
+            capacity=plan.capacity,
+            lengths={
+                name: f.max_sequence_length
+                for name, f in plan.features.items()
+                if f.type == "sequence"
+            },
+        ),
     )
     return plan
 

@@ -184,8 +184,11 @@ def render(
     config: Config,
     title: str = "Pipeline report",
     capacity: dict[str, Any] | None = None,
+    lengths: dict[str, int] | None = None,
 ) -> str:
-    """The whole report page; with `capacity` (the plan's), its TPU capacity section too."""
+    """The whole report page; with `capacity` (the plan's), its TPU capacity section too, and
+    with `lengths` (the plan's max_sequence_length of each sequence, which `--length-coverage`
+    may have changed) those lengths marked instead of the config's."""
     rows = stats["rows"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -213,7 +216,7 @@ def render(
         if not summary["count"]:  # no training row: no length is defined
             parts.append(f"<h3>{html.escape(name)}</h3><p>No sequences.</p>")
             continue
-        chosen = chosen_length(config, name, summary["histogram"])
+        chosen = (lengths or {}).get(name) or chosen_length(config, name, summary["histogram"])
         cost = statistics.truncation(summary["histogram"], chosen)
         q = summary["quantiles"]
         parts += [

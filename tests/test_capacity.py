@@ -425,7 +425,15 @@ def test_planner_cli_writes_capacity_into_plan_and_report(small_pipeline_output,
     assert "<h2>TPU capacity (embedding plan)</h2>" in report
     assert f"<td>items</td><td>{items.vocabulary_size:,}</td><td>{items.dimension}</td>" in report
     assert "Smallest slice that fits: v2-8." in report
-    # At a global batch of 100 million the history activations alone overflow a v2-8 core.
+    # At a global batch of 100 million the activations overflow a v2-8 core.
     argv = ["--pipeline-output", output, "--tpu-type", "v2-8", "--batch-size", "100000000"]
     assert main(argv) == DOES_NOT_FIT
     assert "does NOT fit" in capsys.readouterr().out
+    # The report marks the plan's length, which --length-coverage changed, not the config's.
+    assert main(["--pipeline-output", output, "--length-coverage", "0.5"]) == 0
+    length = read_plan(output).features["history"].max_sequence_length
+    default = plan.features["history"].max_sequence_length
+    assert length < default
+    report = open(os.path.join(output, "report.html")).read()
+    assert f"At max_sequence_length {length}:" in report
+    assert f"At max_sequence_length {default}:" not in report

@@ -550,16 +550,13 @@ def fit_to_slice(
     for name in adjustable:
         before, after = plan.tables[name].entries, entries.get(name, plan.tables[name].entries)
         if after < before:
-            curve = stats["vocabularies"][name].get("coverage", {})
+            measured = stats["vocabularies"][name]
+            curve = measured.get("coverage", {})
+            # The vocabulary as it is covers exactly the tokens not out of it.
+            oov_rate = measured.get("oov_rate")
+            was = coverage_at(curve, before) if oov_rate is None else 1.0 - oov_rate
             changes.append(
-                Change(
-                    name,
-                    "top_k",
-                    before,
-                    after,
-                    coverage_at(curve, before),
-                    coverage_at(curve, after),
-                )
+                Change(name, "top_k", before, after, was, min(coverage_at(curve, after), was))
             )
 
     automatic = [n for n, t in plan.tables.items() if t.dimension_source == "auto"]

@@ -437,3 +437,15 @@ def test_planner_cli_writes_capacity_into_plan_and_report(small_pipeline_output,
     report = open(os.path.join(output, "report.html")).read()
     assert f"At max_sequence_length {length}:" in report
     assert f"At max_sequence_length {default}:" not in report
+
+
+def test_the_fit_says_what_the_vocabulary_covers_now_exactly():
+    # The coverage curve is measured at powers of two and read in between on a straight
+    # line; the vocabulary as it is covers exactly the tokens not out of it (stats.json).
+    plan = one_table_plan(100_000_000, 64)
+    stats = stats_for(99_999_999)
+    stats["vocabularies"]["items"]["oov_rate"] = 0.0143
+    shrunk, changes, fits = fit_to_slice(plan, stats, ["items"], "adagrad", "v2-8", 4096)
+    (change,) = changes
+    assert change.coverage_before == pytest.approx(1 - 0.0143)
+    assert change.coverage_after <= change.coverage_before

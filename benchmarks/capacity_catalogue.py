@@ -62,7 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = artifacts.read_json(args.pipeline_output, artifacts.STATS)
     config = read_pipeline_config(args.pipeline_output)
     items = stats["vocabularies"]["items"]
-    items.update(size=args.items, distinct_values=args.items, coverage=zipf_coverage(args.items))
+    # Every value kept: no token out of the vocabulary.
+    items.update(
+        size=args.items,
+        distinct_values=args.items,
+        coverage=zipf_coverage(args.items),
+        oov_rate=0.0,
+    )
     overrides = dict(config.vocabulary_overrides)
     for name in args.shrinkable:
         overrides[name] = dataclasses.replace(config.vocabulary_config(name), shrinkable=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import posixpath
 import time
 from collections.abc import Sequence
@@ -178,6 +179,31 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
                 **statistics.unseen_summary(*skew.get((vocabulary, feature.name), [0, 0, 0])),
             }
     return stats
+
+
+FLOAT32_EXACT = 2**24
+"""Above this magnitude float32 (a tf.Example's float_list) no longer holds every integer."""
+
+
+def warn_of_float32(stats: dict[str, Any]) -> None:
+    """Warns of a numeric column whose values are too large for float32 to tell apart: a
+    tf.Example holds numbers as float32, so values above 2**24 (timestamps in seconds, ids)
+    are rounded to a step of 2 or more, and the column's figures and z-scores with them."""
+    for name, figures in stats["numeric"].items():
+        if not figures["count"]:
+            continue
+        largest = max(abs(figures["min"]), abs(figures["max"]))
+        if largest > FLOAT32_EXACT:
+            step = 2.0 ** (math.floor(math.log2(largest)) - 23)
+            LOG.warning(
+                "numeric feature %s: values up to %s are held as float32, as a tf.Example "
+                "holds numbers; at that size float32 keeps steps of %s, so nearby values "
+                "become one. Shift or scale the column (e.g. seconds since a recent date) in "
+                "the input",
+                name,
+                f"{largest:.7g}",
+                f"{step:g}",
+            )
 
 
 def check_rejected(
@@ -419,6 +445,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         artifacts.write_text(
             staging, artifacts.REPORT, report.render(stats, config, f"Pipeline report: {output}")
         )
+        warn_of_float32(stats)
         rows = stats["rows"]
         LOG.info(
             "Rows: %s read (%s rows/s over both passes), %s train, %s validation, %s eval, "

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from common.statistics import (
@@ -175,3 +177,20 @@ def test_unseen_summary_and_bag_cap():
     assert bag_cap({}) == 0 and bag_cap({"0": 5}) == 0
     assert bag_cap({"2": 10, "7": 1}) == 7  # the longest, when not an outlier
     assert bag_cap({"2": 9999, "100": 1}) == 8  # 4 x the 99.9% quantile
+
+
+@pytest.mark.pipeline_env
+def test_numbers_too_large_for_float32_are_warned_of(caplog):
+    # A tf.Example holds numbers as float32: timestamps in seconds keep steps of 128.
+    from pipeline.run import warn_of_float32
+
+    numeric = {
+        "ts": {"count": 5, "min": 1_700_000_000.0, "max": 1_700_002_944.0},
+        "price": {"count": 3, "min": -16_777_216.0, "max": 99.5},  # 2**24: still exact
+        "empty": {"count": 0, "min": None, "max": None},
+    }
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        warn_of_float32({"numeric": numeric})
+    (warning,) = caplog.messages
+    assert warning.startswith("numeric feature ts: values up to 1.700003e+09 are held as float32")
+    assert "keeps steps of 128" in warning

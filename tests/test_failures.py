@@ -28,6 +28,28 @@ def test_a_restore_failure_names_the_checkpoint_and_a_shard_failure_the_output()
     assert failure_line(ValueError("a bug"), ARGS) is None
 
 
+def test_a_damaged_best_checkpoint_is_named_not_the_latest():
+    # Restoring the copy of the best checkpoint fails: its files are the ones to delete; the
+    # latest checkpoint is intact (blaming it sent the user round in a loop).
+    damaged = tf.errors.DataLossError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node 'save/RestoreV2'\nNode: 'save/RestoreV2'\n"
+        "TensorBundle at /m/model/best/model.ckpt-300 shard 0 (320000 bytes): Checksum does "
+        "not match: stored 614756214 vs. calculated on the restored bytes 4223340640\n"
+        "\t [[{{node save/RestoreV2}}]]",
+    )
+    line = failure_line(damaged, ARGS)
+    assert line.startswith(
+        "checkpoint /m/model/best/model.ckpt-300 is damaged or incomplete (TensorBundle at "
+        "/m/model/best/model.ckpt-300 shard 0 (320000 bytes): Checksum does not match"
+    )
+    assert line.endswith(
+        "delete /m/model/best (the copy of one checkpoint the run keeps aside); "
+        "the next run chooses among the checkpoints it evaluates from then on"
+    )
+
+
 def test_a_shard_gone_during_training_says_the_output_was_rewritten():
     # What reading a shard raises after a pipeline run with --overwrite replaced the output.
     gone = tf.errors.NotFoundError(

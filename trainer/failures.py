@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from trainer.selection import BEST_DIR, START_DIR
+
 
 def _first_line(error: Exception) -> str:
     message = getattr(error, "message", None) or str(error)
@@ -28,6 +30,30 @@ def _about_checkpoint(error: Exception, model_dir: str) -> bool:
         or model_dir.rstrip("/") in message
         or "checkpoint" in message.lower()
     )
+
+
+def _damaged_checkpoint(error: Exception, model_dir: str) -> str:
+    """The line for a checkpoint TensorFlow could not read: the one its message names (the
+    best or the start checkpoint's copy, or one beside the others), else the latest."""
+    import tensorflow as tf
+
+    message = getattr(error, "message", None) or str(error)
+    named = re.search(re.escape(model_dir.rstrip("/")) + r"[^\s;:,'\"]*?model\.ckpt-\d+", message)
+    checkpoint = named.group(0) if named else tf.train.latest_checkpoint(model_dir) or model_dir
+    why = next((line.strip() for line in message.splitlines() if checkpoint in line), None)
+    why = why or _first_line(error)
+    folder = checkpoint.rsplit("/", 2)[-2] if checkpoint.count("/") >= 2 else ""
+    if folder in (BEST_DIR, START_DIR):
+        fix = (
+            f"delete {checkpoint.rsplit('/', 1)[0]} (the copy of one checkpoint the run keeps "
+            "aside); the next run chooses among the checkpoints it evaluates from then on"
+        )
+    else:
+        fix = (
+            "delete its files (and its line in MODEL_DIR/checkpoint) to resume from the one "
+            "before, or train into a new --model-dir"
+        )
+    return f"checkpoint {checkpoint} is damaged or incomplete ({why}): {fix}"
 
 
 def failure_line(error: Exception, args: argparse.Namespace) -> str | None:
@@ -49,12 +75,7 @@ def failure_line(error: Exception, args: argparse.Namespace) -> str | None:
     if not isinstance(error, damage_types):
         return None
     if _about_checkpoint(error, args.model_dir):
-        checkpoint = tf.train.latest_checkpoint(args.model_dir) or args.model_dir
-        return (
-            f"checkpoint {checkpoint} is damaged or incomplete ({_first_line(error)}): delete "
-            "its files (and its line in MODEL_DIR/checkpoint) to resume from the one before, "
-            "or train into a new --model-dir"
-        )
+        return _damaged_checkpoint(error, args.model_dir)
     message = getattr(error, "message", None) or str(error)
     output = args.pipeline_output.rstrip("/")
     if isinstance(error, tf.errors.NotFoundError) and output in message:

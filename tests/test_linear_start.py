@@ -348,3 +348,31 @@ def test_a_resumed_evaluation_point_missing_from_the_history_is_evaluated(
     assert steps == ([0, 100, step] if evaluated else [0, 100])
     written = json.loads((tmp_path / "selection.json").read_text())
     assert written["pipeline_run"] == "run-a" and written["history"] == selection.history
+
+
+def test_a_start_of_no_rankable_figure_is_evaluated_once(tmp_path):
+    # Validation rows of one class: no AUC, so neither the start nor any checkpoint ranks;
+    # the start was evaluated again at every evaluation point.
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "model.ckpt-0.index").write_bytes(b"")
+    selection = _selection(tmp_path, "run-a")
+    calls = []
+
+    class OneClass:
+        step = 0
+
+        def evaluate(self, input_fn, steps=None, checkpoint_path=None, name=None):
+            calls.append(checkpoint_path)
+            step = 0 if checkpoint_path else self.step
+            return {"auc": 1.0, "examples": 400, "positives": 0, "loss": 0.1, "global_step": step}
+
+        def latest_checkpoint(self):
+            return None
+
+    estimator = OneClass()
+    for step in (100, 200, 300):
+        estimator.step = step
+        selection.evaluate(estimator, lambda *a, **k: None)
+    assert [c for c in calls if c] == [str(tmp_path / "start" / "model.ckpt-0")]
+    assert [h["global_step"] for h in selection.history] == [0, 100, 200, 300]
+    assert selection.best is None and selection.start is None

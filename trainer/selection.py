@@ -201,7 +201,12 @@ class Selection:
 
         start = artifacts.join(self.args.model_dir, START_DIR, "model.ckpt-0")
         counted = self.args.bias_init and self.args.id_bias
-        wanted = self.start is None or self.best is None
+        # Once per model directory; again only where a rankable start lost the best
+        # checkpoint (a start of no rankable figure, one class in validation, stays unranked).
+        evaluated = any(
+            (h.get("split"), h.get("global_step")) == (VALIDATION, 0) for h in self.history
+        )
+        wanted = not evaluated or (self.start is not None and self.best is None)
         if not (self.files and self.args.eval_every_steps and counted and wanted):
             return
         if tf.io.gfile.exists(start + ".index"):

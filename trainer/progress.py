@@ -110,6 +110,18 @@ class EvaluationProgress(tf.compat.v1.train.SessionRunHook):
             self._progress.close()
 
 
+def log_trained(steps: int, seconds: float, batch_size: int) -> None:
+    """The run's training speed: over its training alone, not the evaluations between (each
+    builds and loads a graph and reads the validation split)."""
+    LOG.info(
+        "Trained %d steps in %.1f s of training (%.1f steps/s, %.0f examples/s)",
+        steps,
+        seconds,
+        steps / max(seconds, 1e-9),
+        steps * batch_size / max(seconds, 1e-9),
+    )
+
+
 def eval_batches(rows: int, batch_size: int, eval_steps: int | None) -> int:
     """The batches an evaluation of `rows` reads: all of them, or --eval-steps at most."""
     batches = math.ceil(rows / batch_size) if rows else 0

@@ -120,9 +120,9 @@ def train(
       The step training resumed from and the number of steps trained.
     """
     from trainer.inputs import make_input_fn
-    from trainer.progress import TrainingProgress
+    from trainer.progress import TrainingProgress, log_trained
 
-    started = time.time()
+    training_s = 0.0
     step_before = global_step(estimator)
     start = step_before
     selection.catch_up(estimator, partial(make_input_fn, key_features=run.key_features), start)
@@ -145,18 +145,13 @@ def train(
         )
         progress = [TrainingProgress(args.train_steps, args.batch_size)]
         keep = [keep_start(args.model_dir)]  # model.ckpt-0, before rotation can delete it
+        began_s = time.time()
         estimator.train(train_input, max_steps=target, hooks=progress, saving_listeners=keep)
+        training_s += time.time() - began_s
         selection.evaluate(estimator, partial(make_input_fn, key_features=run.key_features))
         start = target
     steps = global_step(estimator) - step_before
-    elapsed = time.time() - started
-    LOG.info(
-        "Trained %d steps in %.1f s (%.1f steps/s, %.0f examples/s)",
-        steps,
-        elapsed,
-        steps / max(elapsed, 1e-9),
-        steps * args.batch_size / max(elapsed, 1e-9),
-    )
+    log_trained(steps, training_s, args.batch_size)
     return step_before, steps
 
 

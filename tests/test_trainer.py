@@ -1047,3 +1047,15 @@ def test_a_run_stopped_between_evaluation_points_resumes_to_the_same_model(
     assert resumed.get_tensor("global_step") == 60
     for name in names:
         np.testing.assert_array_equal(resumed.get_tensor(name), whole.get_tensor(name), name)
+
+
+def test_a_rerun_with_nothing_to_train_keeps_the_flags_the_model_was_trained_with(
+    trained, tmp_path
+):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained["model_dir"], model_dir)
+    before = (model_dir / "training_config.json").read_bytes()
+    extra = ("--train-steps", "20", "--learning-rate", "0.5", "--seed", "9", "--no-export")
+    metrics = task.train_and_evaluate(_args(trained["output"], model_dir, *extra))
+    assert metrics["steps_trained"] == 0
+    assert (model_dir / "training_config.json").read_bytes() == before

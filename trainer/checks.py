@@ -388,8 +388,8 @@ def check_train_steps(model_dir: str, train_steps: int) -> None:
     if step is not None and train_steps < step:
         raise TrainerError(
             f"{model_dir} holds a checkpoint at step {step}, past --train-steps {train_steps}: "
-            f"nothing to train. Give --train-steps above {step} to train on, or a new "
-            "--model-dir"
+            f"nothing to train. Give --train-steps above {step} to train on ({step} "
+            "evaluates and exports it again), or a new --model-dir"
         )
 
 

@@ -30,6 +30,7 @@ from trainer.checks import (
     check_same_run,
     check_train_steps,
     check_vocabularies,
+    checkpoint_step,
     plan_edits,
     vocabulary_fingerprints,
 )
@@ -190,9 +191,19 @@ def check_tpu(args: argparse.Namespace, manifest: artifacts.Manifest, train_file
 
 
 def write_training_config(args: argparse.Namespace, run: RunInputs) -> None:
-    """Writes the resolved flags and the plan to MODEL_DIR, beside the checkpoints."""
+    """Writes the resolved flags and the plan to MODEL_DIR, beside the checkpoints; a run
+    with nothing left to train keeps those the model was trained with."""
     import tensorflow as tf
 
+    step = checkpoint_step(args.model_dir)
+    if step is not None and step >= args.train_steps:
+        LOG.info(
+            "Nothing to train: the checkpoint is at step %d; %s keeps the flags it was "
+            "trained with",
+            step,
+            TRAINING_CONFIG,
+        )
+        return
     tf.io.gfile.makedirs(args.model_dir)
     resolved = {
         **vars(args),

@@ -608,6 +608,9 @@ def test_a_resumed_run_keeps_the_history_and_the_best_checkpoint_so_far(
 def test_without_a_validation_split_nothing_is_selected(trained):
     best = trained["metrics"]["best"]
     assert best["selected_on"] is None and "validation" in best["reason"]
+    # eval_metrics.json still says which export holds the model it describes.
+    written = json.loads(open(os.path.join(trained["model_dir"], "eval_metrics.json")).read())
+    assert written["best"]["export_dir"] == trained["metrics"]["export_dir"]
     assert not os.path.exists(os.path.join(trained["model_dir"], "export_best"))
 
 

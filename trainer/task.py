@@ -201,9 +201,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
     check_same_run(args.pipeline_output, run.manifest)
     chosen = checkpoint_in(args.model_dir, best["checkpoint"]) if best.get("checkpoint") else None
     path = export_saved_model(estimator, artifacts.join(args.model_dir, "export"), serving, chosen)
-    metrics["export_dir"] = path
-    if best.get("checkpoint"):
-        best["export_dir"] = path
+    metrics["export_dir"] = best["export_dir"] = path  # also where nothing was selected
     try:
         check_same_run(args.pipeline_output, run.manifest)
     except TrainerError:
@@ -212,8 +210,7 @@ def export(args: argparse.Namespace, run: RunInputs, estimator, metrics: dict[st
         if not storage.list_files(parent):
             storage.delete_tree(parent)
         raise
-    if best.get("export_dir"):
-        artifacts.write_json(args.model_dir, EVAL_METRICS, without_run_only(metrics))
+    artifacts.write_json(args.model_dir, EVAL_METRICS, without_run_only(metrics))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -371,7 +371,9 @@ def capacity(
         "activations": activations,
         "slices": [dataclasses.asdict(f) for f in fits],
         "smallest_fit": smallest,
-        "model": None if model is None else dataclasses.asdict(model),
+        "model": None
+        if model is None
+        else {**dataclasses.asdict(model), "key_features": list(model.key_features)},
         "target": (
             dataclasses.asdict(fit_on(plan, target, slots, batch_size, headroom, model))
             if target

@@ -93,3 +93,11 @@ def test_the_loss_reported_is_the_mean_over_rows_not_the_estimators():
 def test_only_finite_numbers_rank():
     assert metrics.rankable(0.7) and metrics.rankable(1)
     assert not any(metrics.rankable(v) for v in (None, float("nan"), float("inf"), True))
+
+
+def test_a_split_evaluated_in_part_says_so():
+    figures = metrics.finalize(_raw(256, 120, 0.5), binary=True)
+    assert metrics.describe_split("eval", figures, partial=True).startswith(
+        "eval split, the part evaluated (--eval-steps): 256 rows, 120 positive, 136 negative"
+    )
+    assert metrics.describe_split("eval", figures).startswith("eval split: 256 rows")

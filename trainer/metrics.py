@@ -126,16 +126,18 @@ def too_small(metrics: Mapping[str, Any]) -> bool:
     return min(metrics[POSITIVES], metrics[NEGATIVES]) < MIN_CLASS_ROWS
 
 
-def describe_split(name: str, metrics: Mapping[str, Any]) -> str:
+def describe_split(name: str, metrics: Mapping[str, Any], partial: bool = False) -> str:
     """One line on a split's rows and whether its AUC can judge a model, e.g. "eval split:
-    411 rows, 0 positive, 411 negative: AUC undefined (an AUC needs both classes)"."""
+    411 rows, 0 positive, 411 negative: AUC undefined (an AUC needs both classes)";
+    `partial`: only part of the split was evaluated (--eval-steps), and the line says so."""
     examples = int(metrics.get(EXAMPLES) or 0)
+    split = f"{name} split" + (", the part evaluated (--eval-steps)" if partial else "")
     if not examples:
-        return f"{name} split: no rows; nothing was evaluated on it"
+        return f"{split}: no rows; nothing was evaluated on it"
     if POSITIVES not in metrics:
-        return f"{name} split: {examples:,} rows"
+        return f"{split}: {examples:,} rows"
     head = (
-        f"{name} split: {examples:,} rows, {metrics[POSITIVES]:,} positive, "
+        f"{split}: {examples:,} rows, {metrics[POSITIVES]:,} positive, "
         f"{metrics[NEGATIVES]:,} negative"
     )
     reason = (metrics.get(UNDEFINED) or {}).get(AUC)

@@ -385,8 +385,10 @@ class Selection:
                 (h for h in reversed(self.history) if h.get("split") == VALIDATION), None
             )
             if validation is not None:
-                lines.append(describe_split(VALIDATION, validation))
-        lines.append(describe_split("eval", eval_metrics))
+                lines.append(
+                    describe_split(VALIDATION, validation, self.args.eval_steps is not None)
+                )
+        lines.append(describe_split("eval", eval_metrics, self.args.eval_steps is not None))
         return lines
 
 

@@ -20,6 +20,14 @@ from common.formatting import human_bytes
 WIDTH, HEIGHT, PAD = 640, 220, 40
 
 
+def _number(value: float | None) -> str:
+    """A figure of a numeric column: 4 significant digits, a large one whole (a timestamp's
+    mean, min and max all read 1.7e+09 otherwise)."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if 1e6 <= abs(value) < 1e18 else f"{value:.4g}"
+
+
 def _share(value: float | None, digits: int) -> str:
     """A share as a percentage; "n/a" where it is not defined (no tokens)."""
     return "n/a" if value is None else f"{value:.{digits}%}"
@@ -279,10 +287,7 @@ def render(
             "<th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
         )
         for name, n in stats["numeric"].items():
-            figures = "".join(
-                f"<td>{'n/a' if n[k] is None else format(n[k], '.4g')}</td>"
-                for k in ("mean", "std", "min", "max")
-            )
+            figures = "".join(f"<td>{_number(n[k])}</td>" for k in ("mean", "std", "min", "max"))
             parts.append(f"<tr><td>{html.escape(name)}</td><td>{n['count']:,}</td>{figures}</tr>")
         parts.append("</table>")
     if capacity:

@@ -194,3 +194,16 @@ def test_numbers_too_large_for_float32_are_warned_of(caplog):
     (warning,) = caplog.messages
     assert warning.startswith("numeric feature ts: values up to 1.700003e+09 are held as float32")
     assert "keeps steps of 128" in warning
+
+
+@pytest.mark.pipeline_env
+def test_the_report_shows_a_large_numbers_figures_whole():
+    from pipeline.report import _number
+
+    # A timestamp's mean, min and max read 1.7e+09, all three, at 4 significant digits.
+    assert [_number(v) for v in (1_700_001_488.387, 1_700_000_000.0, 873.73, None)] == [
+        "1,700,001,488",
+        "1,700,000,000",
+        "873.7",
+        "n/a",
+    ]

@@ -85,6 +85,21 @@ def test_the_auc_standard_error_shrinks_with_rows_and_vanishes_without_a_class()
     assert auc_standard_error(0.7, 0, 100) == 0.0
 
 
+def _label_only_plan():
+    """A plan of no table: what selection reads of a plan is its label."""
+    from common.plan import EmbeddingPlan
+
+    return EmbeddingPlan(
+        tables={},
+        features={},
+        dropped={},
+        numeric_features=[],
+        label={"name": "y", "type": "binary"},
+        length_coverage=0.95,
+        notes=[],
+    )
+
+
 class _FakeEstimator:
     """Returns preset validation figures per checkpoint step."""
 
@@ -117,22 +132,12 @@ class _FakeEstimator:
 def test_a_trained_checkpoint_replaces_the_start_only_beyond_one_standard_error(
     tmp_path, later, kept
 ):
-    from common.plan import EmbeddingPlan
     from trainer.selection import Selection
 
-    plan = EmbeddingPlan(
-        tables={},
-        features={},
-        dropped={},
-        numeric_features=[],
-        label={"name": "y", "type": "binary"},
-        length_coverage=0.95,
-        notes=[],
-    )
     args = argparse.Namespace(
         model_dir=str(tmp_path), eval_every_steps=100, eval_steps=None, id_bias=True
     )
-    selection = Selection(args, plan, ["validation"], ["eval"])
+    selection = Selection(args, _label_only_plan(), ["validation"], ["eval"])
     estimator = _FakeEstimator({0: 0.7000, 100: later})
     start = tmp_path / "model.ckpt-0"
     selection.evaluate(estimator, lambda *a, **k: None, checkpoint=str(start))
@@ -268,18 +273,8 @@ def test_without_a_validation_split_the_start_still_counts_the_best_feature(tmp_
 
 
 def _selection(tmp_path, pipeline_run, train_steps=300):
-    from common.plan import EmbeddingPlan
     from trainer.selection import Selection
 
-    plan = EmbeddingPlan(
-        tables={},
-        features={},
-        dropped={},
-        numeric_features=[],
-        label={"name": "y", "type": "binary"},
-        length_coverage=0.95,
-        notes=[],
-    )
     args = argparse.Namespace(
         model_dir=str(tmp_path),
         eval_every_steps=100,
@@ -288,7 +283,7 @@ def _selection(tmp_path, pipeline_run, train_steps=300):
         bias_init=True,
         train_steps=train_steps,
     )
-    return Selection(args, plan, ["validation"], ["eval"], pipeline_run)
+    return Selection(args, _label_only_plan(), ["validation"], ["eval"], pipeline_run)
 
 
 def _earlier_run(tmp_path, pipeline_run, checkpoint: bool):

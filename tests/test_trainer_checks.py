@@ -124,8 +124,10 @@ def test_no_tpu_behind_the_address_is_one_clear_error(monkeypatch):
         tpu_setup.tpu_topology(NoCluster())
 
 
-def _trained_folder(model_dir):
+def _trained_folder(model_dir: str):
     """The files a trained model directory holds (names as the trainer writes them)."""
+    from common import storage
+
     for name in (
         "checkpoint",
         "graph.pbtxt",
@@ -142,29 +144,28 @@ def _trained_folder(model_dir):
         "export/1796611536/saved_model.pb",
         "export/temp-1796611599/variables/variables.index",
     ):
-        path = model_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("x")
+        storage.write_text(storage.join(model_dir, name), "x")
 
 
 @pytest.mark.parametrize(
     "foreign",
     ["notes.txt", "best/mine.txt", "start/sub/model.ckpt-0.index", "data/train.tfrecord.gz"],
 )
-def test_a_model_dir_holding_files_the_trainer_does_not_write_is_refused(tmp_path, foreign):
+def test_a_model_dir_holding_files_the_trainer_does_not_write_is_refused(any_root, foreign):
     # The trainer deletes and replaces its own files there (best/, start/, unfinished
     # exports): a folder holding anything else is not its own, and nothing is touched.
+    # Locally and on Cloud Storage (the emulator), where folders are name prefixes.
+    from common import storage
     from trainer.checks import check_model_dir_is_ours
 
-    model_dir = tmp_path / "model"
-    check_model_dir_is_ours(str(model_dir))  # a new folder
+    model_dir = storage.join(any_root, "model")
+    check_model_dir_is_ours(model_dir)  # a new folder
     _trained_folder(model_dir)
-    check_model_dir_is_ours(str(model_dir))  # one it trained in
-    (model_dir / foreign).parent.mkdir(parents=True, exist_ok=True)
-    (model_dir / foreign).write_text("mine")
+    check_model_dir_is_ours(model_dir)  # one it trained in
+    storage.write_text(storage.join(model_dir, foreign), "mine")
     with pytest.raises(TrainerError, match=f"holds {foreign}, which the trainer does not write"):
-        check_model_dir_is_ours(str(model_dir))
-    assert (model_dir / foreign).read_text() == "mine"
+        check_model_dir_is_ours(model_dir)
+    assert storage.read_text(storage.join(model_dir, foreign)) == "mine"
 
 
 def test_a_model_dir_inside_the_pipeline_output_is_refused(tmp_path):

@@ -143,13 +143,25 @@ def _trained_folder(model_dir: str):
         "eval_validation/events.out.tfevents.1796611510.vm",
         "export/1796611536/saved_model.pb",
         "export/temp-1796611599/variables/variables.index",
+        # what a stop in the middle of a save leaves, and a profile
+        "model.ckpt-14_temp/part-00000-of-00001.data-00000-of-00001.tempstate8731",
+        "graph.pbtxt.tmp8a7b61",
+        "plugins/profile/2026_12_07_03_00_00/host.xplane.pb",
     ):
         storage.write_text(storage.join(model_dir, name), "x")
 
 
 @pytest.mark.parametrize(
     "foreign",
-    ["notes.txt", "best/mine.txt", "start/sub/model.ckpt-0.index", "data/train.tfrecord.gz"],
+    [
+        "notes.txt",
+        "best/mine.txt",
+        "start/sub/model.ckpt-0.index",
+        "data/train.tfrecord.gz",
+        "export/README.txt",
+        "export/my_backup/saved_model.pb",
+        "eval_mine/notes.txt",
+    ],
 )
 def test_a_model_dir_holding_files_the_trainer_does_not_write_is_refused(any_root, foreign):
     # The trainer deletes and replaces its own files there (best/, start/, unfinished
@@ -178,3 +190,9 @@ def test_a_model_dir_inside_the_pipeline_output_is_refused(tmp_path):
         with pytest.raises(TrainerError, match="is inside the pipeline output"):
             check_model_dir_apart(str(model_dir), str(output))
     check_model_dir_apart(str(tmp_path / "out-model"), str(output))  # a sibling is fine
+    # A model dir holding the output (named as the trainer's export/ would be) is refused.
+    with pytest.raises(TrainerError, match="holds the pipeline output"):
+        check_model_dir_apart(str(tmp_path), str(tmp_path / "export"))
+    for bad in ("gs://", "gs://bucket", str(tmp_path / "m*"), str(tmp_path / "m[1]")):
+        with pytest.raises(TrainerError, match=r"--model-dir .*(gs://BUCKET/PATH|pattern)"):
+            check_model_dir_apart(bad, str(output))

@@ -7,6 +7,7 @@ thing (a vocabulary that does not match the table, a checkpoint of another model
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from common import artifacts, storage
@@ -254,11 +255,35 @@ TRAINER_FILES = frozenset(
     }
 )
 """The files the trainer (and TPUEstimator in it) writes at the top of MODEL_DIR."""
-TRAINER_PREFIXES = ("model.ckpt-", "events.out.tfevents.", "checkpoint.tmp")
-TRAINER_FOLDERS = frozenset({"export", "export_best", "eval"})
-"""Folders it writes (with eval_<name>/, TensorBoard's evaluation curves), whatever they hold."""
+TRAINER_PREFIXES = ("model.ckpt-", "events.out.tfevents.", "checkpoint.tmp", "graph.pbtxt.tmp")
+"""Checkpoints (and the `model.ckpt-N_temp/` a save writes first), TensorBoard's events, and
+the temporary files TensorFlow writes before renaming them."""
+EXPORT_FOLDERS = frozenset({"export", "export_best"})
+"""Folders of SavedModels, one folder a timestamp (`temp-<timestamp>` while written)."""
+EVENT_FOLDERS = ("eval", "eval_", "plugins")
+"""TensorBoard's evaluation curves (eval/, eval_<name>/) and profiles (plugins/)."""
 CHECKPOINT_FOLDERS = frozenset({"best", "start"})
 """Folders that hold only the copies of one checkpoint (trainer.selection)."""
+
+
+def _trainers(relative: str) -> bool:
+    """Whether a file under MODEL_DIR (its '/'-separated path) is one the trainer writes."""
+    top, _, inside = relative.partition("/")
+    if not inside:
+        return top in TRAINER_FILES or top.startswith(TRAINER_PREFIXES)
+    if top in CHECKPOINT_FOLDERS:
+        return "/" not in inside and inside.startswith(("model.ckpt-", "checkpoint"))
+    if top in EXPORT_FOLDERS:
+        return re.fullmatch(r"(temp-)?\d+", inside.partition("/")[0]) is not None
+    if top.startswith("model.ckpt-"):  # a save's model.ckpt-N_temp/ a stop left
+        return top.endswith("_temp")
+    if top == "plugins":
+        return True
+    return (
+        top.startswith(EVENT_FOLDERS)
+        and "/" not in inside
+        and inside.startswith("events.out.tfevents.")
+    )
 
 
 def check_model_dir_apart(model_dir: str, pipeline_output: str) -> None:
@@ -272,6 +297,19 @@ def check_model_dir_apart(model_dir: str, pipeline_output: str) -> None:
             f"--model-dir {model_dir} is inside the pipeline output {pipeline_output}: train "
             "into a folder of its own"
         )
+    if output.startswith(model + "/"):
+        raise TrainerError(
+            f"--model-dir {model_dir} holds the pipeline output {pipeline_output}: train into "
+            "a folder of its own"
+        )
+    for character in storage.GLOB_CHARACTERS:
+        if character in model_dir:
+            raise TrainerError(
+                f"--model-dir {model_dir}: a path with {character!r} in it is read as a "
+                "pattern; choose a name without *, ? or ["
+            )
+    if storage.is_remote(model_dir) and not re.fullmatch(r"gs://[^/]+/.+", model_dir):
+        raise TrainerError(f"--model-dir {model_dir}: give a folder in a bucket, gs://BUCKET/PATH")
 
 
 def check_model_dir_is_ours(model_dir: str) -> None:
@@ -285,14 +323,7 @@ def check_model_dir_is_ours(model_dir: str) -> None:
     """
     files = storage.list_files(model_dir)
     for relative in files:
-        top, _, inside = relative.partition("/")
-        if not inside:
-            ours = top in TRAINER_FILES or top.startswith(TRAINER_PREFIXES)
-        elif top in CHECKPOINT_FOLDERS:
-            ours = "/" not in inside and inside.startswith(("model.ckpt-", "checkpoint"))
-        else:
-            ours = top in TRAINER_FOLDERS or top.startswith("eval_")
-        if not ours:
+        if not _trainers(relative):
             what = " (a pipeline output)" if "_SUCCESS" in files else ""
             raise TrainerError(
                 f"--model-dir {model_dir}{what} holds {relative}, which the trainer does not "

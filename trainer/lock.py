@@ -101,7 +101,14 @@ def hold(model_dir: str, break_lock: bool = False) -> Iterator[None]:
     Raises:
       TrainerError: another trainer holds the lock (naming it), or MODEL_DIR is a file.
     """
-    if storage.is_file(model_dir):
+    try:
+        is_file = storage.is_file(model_dir)
+    except Exception as e:  # Cloud Storage out of reach (after its client's retries), ...
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise TrainerError(
+            f"--model-dir {model_dir} cannot be read: {type(e).__name__}: {first}"
+        ) from None
+    if is_file:
         raise TrainerError(f"--model-dir {model_dir} is a file; give a directory")
     if not storage.is_remote(model_dir):  # an object store has no directories to make
         try:

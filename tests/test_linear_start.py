@@ -272,12 +272,12 @@ def test_without_a_validation_split_the_start_still_counts_the_best_feature(tmp_
     assert np.all(np.abs(values["items"][:30]) > 1e-6) and abs(values["items"][30]) < 1e-6
 
 
-def _selection(tmp_path, pipeline_run, train_steps=300):
+def _selection(tmp_path, pipeline_run, train_steps=300, every=100):
     from trainer.selection import Selection
 
     args = argparse.Namespace(
         model_dir=str(tmp_path),
-        eval_every_steps=100,
+        eval_every_steps=every,
         eval_steps=None,
         id_bias=True,
         bias_init=True,
@@ -371,3 +371,13 @@ def test_a_start_of_no_rankable_figure_is_evaluated_once(tmp_path):
     assert [c for c in calls if c] == [str(tmp_path / "start" / "model.ckpt-0")]
     assert [h["global_step"] for h in selection.history] == [0, 100, 200, 300]
     assert selection.best is None and selection.start is None
+
+
+def test_a_run_without_evaluations_selects_nothing_even_where_an_earlier_one_did(tmp_path):
+    # Resumed with --eval-every-steps 0, the steps trained since the earlier evaluations are
+    # never evaluated: the earlier best is not this model's best, the last checkpoint is.
+    _earlier_run(tmp_path, "run-a", checkpoint=True)
+    selection = _selection(tmp_path, "run-a", every=0)
+    assert selection.best is None and selection.history == []
+    summary = selection.best_summary(None, None)
+    assert summary["selected_on"] is None and "export/ holds the last" in summary["reason"]

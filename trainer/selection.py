@@ -147,6 +147,10 @@ class Selection:
         else:
             return
         measured_on = previous.get(PIPELINE_RUN)
+        if not self.args.eval_every_steps:
+            # Nothing is evaluated, so nothing is selected: the last checkpoint is the model,
+            # not a best one of evaluations that stopped before the steps trained since.
+            return
         if tf.train.latest_checkpoint(model_dir) is None:
             LOG.info(
                 "No checkpoint in %s: earlier evaluations in its %s are set aside", model_dir, name
@@ -321,6 +325,12 @@ class Selection:
                 LOG.warning("%s", reason)
             return {"selected_on": None, "reason": reason}
         if self.best is None:
+            if not self.args.eval_every_steps:
+                return {
+                    "selected_on": None,
+                    "reason": "no evaluation during training (--eval-every-steps 0): nothing "
+                    "was selected; export/ holds the last checkpoint",
+                }
             reason = "no evaluation during training"
             if self.undefined:
                 reason = (

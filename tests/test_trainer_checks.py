@@ -196,3 +196,32 @@ def test_a_model_dir_inside_the_pipeline_output_is_refused(tmp_path):
     for bad in ("gs://", "gs://bucket", str(tmp_path / "m*"), str(tmp_path / "m[1]")):
         with pytest.raises(TrainerError, match=r"--model-dir .*(gs://BUCKET/PATH|pattern)"):
             check_model_dir_apart(bad, str(output))
+
+
+def test_resuming_with_flags_that_reorder_the_data_is_warned_of(tmp_path, caplog, monkeypatch):
+    import argparse
+    import json
+    import logging
+
+    from trainer import prepare
+    from trainer.prepare import warn_of_another_data_order
+
+    monkeypatch.setattr(prepare, "checkpoint_step", lambda model_dir: 180)
+    saved = {"seed": 42, "batch_size": 64, "eval_every_steps": 60}
+    (tmp_path / "training_config.json").write_text(json.dumps(saved))
+
+    def warned(**flags):
+        given = {"train_steps": 300, **saved, **flags}
+        args = argparse.Namespace(model_dir=str(tmp_path), **given)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trainer"):
+            warn_of_another_data_order(args)
+        return caplog.messages
+
+    assert warned() == []
+    (message,) = warned(seed=7, batch_size=32)
+    assert message.startswith(
+        "Resuming from step 180 with --seed 42 -> 7, --batch-size 64 -> 32: the data is read "
+        "in another order"
+    )
+    assert warned(seed=7, train_steps=180) == []  # nothing to train: nothing read

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from common import artifacts, console
+from common import artifacts, console, storage
 from common.config import Config, read_pipeline_config
 from common.plan import EmbeddingPlan
 from embedding.planner import PlanError, load_or_make_plan, make_plan
@@ -173,6 +173,36 @@ def check_model(args: argparse.Namespace, run: RunInputs) -> None:
     check_model_dir_is_ours(args.model_dir)
     check_model_dir(args.model_dir, run.plan, run.config, vars(args), run.fingerprints)
     check_train_steps(args.model_dir, args.train_steps)
+    warn_of_another_data_order(args)
+
+
+RESUME_ORDER_FLAGS = ("seed", "batch_size", "eval_every_steps")
+"""Flags that decide which batches each step trains on (trainer.selection.segment_of)."""
+
+
+def warn_of_another_data_order(args: argparse.Namespace) -> None:
+    """Warns when a run resumes training with flags that read the data in another order than
+    the checkpoint was trained with: it trains, but not the model an uninterrupted run with
+    the earlier flags gives."""
+    step = checkpoint_step(args.model_dir)
+    path = artifacts.join(args.model_dir, TRAINING_CONFIG)
+    if step is None or step >= args.train_steps or not storage.exists(path):
+        return
+    saved = artifacts.read_json(args.model_dir, TRAINING_CONFIG)
+    changed = [
+        f"--{flag.replace('_', '-')} {saved.get(flag)} -> {getattr(args, flag)}"
+        for flag in RESUME_ORDER_FLAGS
+        if flag in saved and saved[flag] != getattr(args, flag)
+    ]
+    if changed:
+        LOG.warning(
+            "Resuming from step %d with %s: the data is read in another order than the "
+            "checkpoint's run read it, so the model is not the one an uninterrupted run "
+            "gives; %s records the new flags",
+            step,
+            ", ".join(changed),
+            TRAINING_CONFIG,
+        )
 
 
 def check_tpu(args: argparse.Namespace, manifest: artifacts.Manifest, train_files: list[str]):

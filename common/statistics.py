@@ -188,8 +188,8 @@ def numeric_summary(
         "count": count,
         "mean": mean,
         "std": math.sqrt(max(variance, 0.0)),
-        "min": low,
-        "max": high,
+        "min": low + 0.0,  # -0.0 reads as 0
+        "max": high + 0.0,
         "zeros": zeros,
     }
 

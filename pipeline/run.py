@@ -45,7 +45,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from common import artifacts, console, environments, process, statistics
+from common import artifacts, console, environments, process, statistics, storage
 from common.config import LIST_TYPES, Config, ConfigError, load_config
 from pipeline import commit, feature_statistics, report
 from pipeline.graph import DEFAULT_BATCH_SIZE, MEASUREMENTS, WRITTEN, build
@@ -179,6 +179,22 @@ def summarize(config: Config, measured: dict[str, Any], vocabulary_sizes: dict[s
                 **statistics.unseen_summary(*skew.get((vocabulary, feature.name), [0, 0, 0])),
             }
     return stats
+
+
+def check_on_cloud_storage(patterns: Sequence[str], output: str, dry_run: bool) -> None:
+    """Refuses a Dataflow job whose --input or --output is on this machine's disk, which
+    Dataflow's workers cannot read or write; a dry run (which runs nothing, and is how the
+    tests build a job offline) only warns."""
+    for flag, path in [*(("--input", p) for p in patterns), ("--output", output)]:
+        if storage.is_remote(path):
+            continue
+        line = (
+            f"{flag} {path} is on this machine's disk: Dataflow's workers cannot read or "
+            "write it; give a gs:// path"
+        )
+        if not dry_run:
+            raise InputError(line)
+        LOG.warning("%s (the dry run goes on; a submitted job would fail)", line)
 
 
 FLOAT32_EXACT = 2**24
@@ -388,6 +404,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = Options(with_worker_requirements(beam_args), save_main_session=False)
     cache_signatures()  # building, translating and running the job read them thousands of times
     dry_run = bool(options.view_as(TestOptions).dry_run)
+    if "Dataflow" in str(options.view_as(StandardOptions).runner):
+        check_on_cloud_storage(args.input, output, dry_run)
     this_run = None if dry_run else commit.begin(output, args.overwrite, [f.path for f in files])
 
     with process.imports_without_gc():

@@ -270,3 +270,17 @@ def test_the_job_locations_are_checked_before_beam_looks_up_a_default_bucket(
     else:
         with pytest.raises(InputError, match=message):
             pipeline_run.run(args)
+
+
+def test_a_dataflow_job_on_this_machines_disk_is_refused(tmp_path, caplog):
+    # Dataflow's workers cannot read a file of the launcher's disk, nor write there; a dry
+    # run (offline) only warns.
+    data = _small_csv_files(tmp_path / "two", 2)
+    real = [a for a in _dry_run_args(data) if a not in ("--dry_run", "True")]
+    with pytest.raises(InputError, match=r"--input .* is on this machine's disk"):
+        pipeline_run.run(real)
+    with pytest.raises(InputError, match=r"--output /local/out is on this machine's disk"):
+        pipeline_run.check_on_cloud_storage(["gs://b/in-*.csv"], "/local/out", dry_run=False)
+    pipeline_run.check_on_cloud_storage(["gs://b/in-*.csv"], "gs://b/out", dry_run=False)
+    assert pipeline_run.run(_dry_run_args(data))["dry_run"]
+    assert "the dry run goes on; a submitted job would fail" in caplog.text

@@ -449,3 +449,37 @@ def test_the_fit_says_what_the_vocabulary_covers_now_exactly():
     (change,) = changes
     assert change.coverage_before == pytest.approx(1 - 0.0143)
     assert change.coverage_after <= change.coverage_before
+
+
+@pytest.mark.trainer_env
+def test_a_batch_the_named_tpus_cores_cannot_share_is_refused_before_the_tpu(
+    small_pipeline_output, tmp_path, monkeypatch, caplog
+):
+    # --tpu-type names the cores: a batch of 63 over a v2-8's 8 is refused without reaching
+    # for the TPU (it said "no TPU found" where none was reachable).
+    import tensorflow as tf
+
+    from trainer import task
+
+    def no_tpu(*args, **kwargs):
+        raise ReachedTPU
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", no_tpu)
+    argv = _trainer_argv(small_pipeline_output["output"], str(tmp_path / "model"), "v2-8")
+    argv[argv.index("--batch-size") + 1] = "63"
+    with caplog.at_level(logging.ERROR, logger="trainer"):
+        assert task.main(argv) == 2
+    assert "--batch-size 63 cannot be split over the TPU's 8 cores" in caplog.text
+
+
+@pytest.mark.trainer_env
+def test_a_tpu_type_without_use_tpu_is_said_to_check_nothing(small_pipeline_output, caplog):
+    from trainer import prepare, task
+
+    args = task.parse_args(
+        ["--pipeline-output", small_pipeline_output["output"], "--model-dir", "m"]
+        + ["--train-steps", "1", "--tpu-type", "v2-8"]
+    )
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        prepare.prepare(args)
+    assert "--tpu-type v2-8 is for runs with --use-tpu: this run trains on CPU" in caplog.text

@@ -96,6 +96,12 @@ def prepare(args: argparse.Namespace) -> RunInputs:
     plan = load_or_make_plan(args.pipeline_output)
     if not args.key_term:
         plan = without_split_key(plan, config)
+    if args.tpu_type and not args.use_tpu:
+        LOG.warning(
+            "--tpu-type %s is for runs with --use-tpu: this run trains on CPU, and no TPU fit "
+            "was checked",
+            args.tpu_type,
+        )
     refusal = capacity_refusal(args, config, plan)
     if refusal:
         raise TrainerError(refusal)
@@ -209,6 +215,11 @@ def check_tpu(args: argparse.Namespace, manifest: artifacts.Manifest, train_file
     """The TPU's resolver, once the TPU can share the batch and every host has shards."""
     from trainer.inputs import InputError, host_files
 
+    if args.tpu_type:  # its cores are known before the TPU is reached
+        from embedding.capacity import tpu_slice
+
+        known = tpu_slice(args.tpu_type)
+        check_tpu_batch(args.batch_size, known.cores, known.hosts)
     cluster = tpu_cluster(args)
     hosts, cores = tpu_topology(cluster)
     check_tpu_batch(args.batch_size, cores, hosts)

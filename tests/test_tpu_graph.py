@@ -778,3 +778,25 @@ def bias_table_variable(plan) -> str:
         tf.compat.v1.keras.layers.DenseFeatures([column], name=f"bias_{name}")(features)
         (variable,) = tf.compat.v1.trainable_variables()
     return variable.op.name
+
+
+@pytest.mark.slow
+def test_tpu_resumes_inside_a_segment_by_skipping_a_batch_per_core_a_step(
+    small_pipeline_output, cpu_model, tmp_path
+):
+    # The CPU checkpoint is at step 10; with evaluations every 4 steps the segment began at
+    # 8, so the resumed run reads again 2 steps' batches: on a host of 8 cores, 16 of the
+    # per-core batches its dataset gives (PER_HOST_V2), dropped before the infeed.
+    output = small_pipeline_output["output"]
+    model_dir = tmp_path / "model"
+    shutil.copytree(cpu_model, model_dir)
+    tpu = FakeTPU(hosts=1, cores_per_host=8)
+    flags = ("--train-steps", "12", "--eval-every-steps", "4", *TPU_FLAGS)
+    with tpu.installed():
+        task.train_and_evaluate(_args(output, model_dir, *flags))
+    skips = [op for op in tpu.train_graph.get_operations() if op.type == "SkipDataset"]
+    assert len(skips) == 1
+    count = tf.get_static_value(skips[0].inputs[1])
+    if count is None:  # a Const feeding it
+        count = tf.make_ndarray(skips[0].inputs[1].op.get_attr("value"))
+    assert int(count) == 2 * 8

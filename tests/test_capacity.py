@@ -340,6 +340,17 @@ class ReachedTPU(Exception):
     """Raised where the trainer starts TPU work (it builds the TPU cluster resolver)."""
 
 
+@pytest.fixture
+def unreachable_tpu(monkeypatch):
+    """A TPU resolver that raises ReachedTPU: a test sees whether the trainer reached for one."""
+    import tensorflow as tf
+
+    def no_tpu(*args, **kwargs):
+        raise ReachedTPU
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", no_tpu)
+
+
 def _trainer_argv(output, model_dir, tpu_type):
     return [
         "--pipeline-output",
@@ -363,16 +374,10 @@ def _trainer_argv(output, model_dir, tpu_type):
 @pytest.mark.trainer_env
 @pytest.mark.slow
 def test_trainer_refuses_a_plan_too_large_for_v2_8_before_tpu_work(
-    enlarged_output, tmp_path, monkeypatch, caplog
+    enlarged_output, tmp_path, unreachable_tpu, caplog
 ):
-    import tensorflow as tf
-
     from trainer import task
 
-    def no_tpu(*args, **kwargs):
-        raise ReachedTPU
-
-    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", no_tpu)
     model_dir = str(tmp_path / "model")
     with caplog.at_level(logging.ERROR, logger="trainer"):
         assert task.main(_trainer_argv(enlarged_output, model_dir, "v2-8")) == 2
@@ -453,18 +458,12 @@ def test_the_fit_says_what_the_vocabulary_covers_now_exactly():
 
 @pytest.mark.trainer_env
 def test_a_batch_the_named_tpus_cores_cannot_share_is_refused_before_the_tpu(
-    small_pipeline_output, tmp_path, monkeypatch, caplog
+    small_pipeline_output, tmp_path, unreachable_tpu, caplog
 ):
     # --tpu-type names the cores: a batch of 63 over a v2-8's 8 is refused without reaching
     # for the TPU (it said "no TPU found" where none was reachable).
-    import tensorflow as tf
-
     from trainer import task
 
-    def no_tpu(*args, **kwargs):
-        raise ReachedTPU
-
-    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", no_tpu)
     argv = _trainer_argv(small_pipeline_output["output"], str(tmp_path / "model"), "v2-8")
     argv[argv.index("--batch-size") + 1] = "63"
     with caplog.at_level(logging.ERROR, logger="trainer"):
